@@ -1,0 +1,11 @@
+"""robench: how robust is your image classifier, to corruptions and attacks, in one table."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import perturbations  # noqa: E402  (registers every perturbation)
+from .data import list_datasets, load_dataset  # noqa: E402
+from .models import create_model, list_models  # noqa: E402
+
+__all__ = ["__version__", "perturbations", "load_dataset", "list_datasets", "create_model", "list_models"]

@@ -1,0 +1,51 @@
+"""Datasets: the embedded procedural ``shapes`` and real ones read from their on-disk formats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import real, shapes  # noqa: F401  (importing registers the datasets)
+from ._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset
+
+__all__ = [
+    "load_dataset", "list_datasets", "DATASETS", "ArrayDataset", "DataError", "DatasetInfo",
+    "DatasetSpec", "ImageDataset",
+]  # fmt: skip
+
+
+def list_datasets() -> list[str]:
+    """Names of every registered dataset."""
+    return DATASETS.names()
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    *,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    channels: int | None = None,
+) -> ImageDataset:
+    """Load a registered dataset split.
+
+    Args:
+        name: a name from :func:`list_datasets` (``shapes``, ``shapes-64``, ``cifar10``...).
+        split: ``train`` or ``test``.
+        root: folder holding the files (real datasets); nothing is downloaded unless ``download``.
+        download: fetch missing files (real datasets only; the network is used only then).
+        channels: 3 turns grey images (MNIST) into 3 identical channels; None keeps them.
+
+    Returns:
+        An :class:`ImageDataset` whose items are float C x H x W in [0, 1] and int labels.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    spec = DATASETS.get(name)
+    if spec.needs_root and root is None:
+        raise DataError(f"dataset {name!r} needs --data-root: {spec.layout}")
+    return spec.loader(
+        split=split, root=None if root is None else Path(root), download=download, channels=channels
+    )

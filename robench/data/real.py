@@ -1,0 +1,1 @@
+"""Real datasets from their standard on-disk formats (being written)."""

@@ -1,0 +1,1 @@
+"""The embedded procedural dataset (being written)."""

@@ -1,0 +1,291 @@
+"""The corruption contract: specs, per-image randomness, input checks, registration, suites."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .._registry import Registry
+from .._seeding import derive_seed, make_generator
+
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "RandomSource",
+    "CorruptionSpec",
+    "PERTURBATIONS",
+    "SUITES",
+    "register_corruption",
+    "register_suite",
+    "check_batch",
+    "preset_for_size",
+]
+
+Preset = Literal["cifar", "tiny", "imagenet"]
+PRESETS: tuple[Preset, ...] = ("cifar", "tiny", "imagenet")
+PRESET_SIZE: Mapping[str, int] = {"cifar": 32, "tiny": 64, "imagenet": 224}
+Kind = Literal["corruption", "attack"]
+Family = Literal[
+    "noise", "blur", "weather", "digital", "geometric", "occlusion", "color",
+    "white-box", "black-box",
+]  # fmt: skip
+
+PERTURBATIONS: Registry[Any] = Registry("perturbation")
+SUITES: dict[str, tuple[str, ...]] = {}
+
+
+def preset_for_size(side: int) -> Preset:
+    """Preset of an image side when a dataset declares none: <=48 cifar, <=128 tiny, else imagenet."""
+    if side <= 48:
+        return "cifar"
+    if side <= 128:
+        return "tiny"
+    return "imagenet"
+
+
+def check_preset(preset: str) -> Preset:
+    """Validate a preset name."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return preset  # type: ignore[return-value]
+
+
+class RandomSource:
+    """One ``torch.Generator`` per image: every draw is stacked over the batch.
+
+    Drawing image by image keeps each image's randomness independent of the batch it sits in,
+    its position and the device, which is what makes every evaluated model see the same images.
+    Draws happen on the generators' device (CPU by default) and are then moved to ``device``.
+
+    Args:
+        generators: one generator per image, in batch order.
+        device: where the returned tensors live.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], device: torch.device | str = "cpu"):
+        self.generators = list(generators)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def _stack(self, draw: Callable[[torch.Generator], Tensor], dtype: torch.dtype | None) -> Tensor:
+        out = torch.stack([draw(g) for g in self.generators])
+        return out.to(device=self.device, dtype=dtype or out.dtype)
+
+    def rand(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+        """U[0, 1) of shape ``(N, *shape)``."""
+        return self._stack(lambda g: torch.rand(shape, generator=g, device=g.device), dtype)
+
+    def randn(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+        """N(0, 1) of shape ``(N, *shape)``."""
+        return self._stack(lambda g: torch.randn(shape, generator=g, device=g.device), dtype)
+
+    def uniform(self, low: float, high: float, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+        """U[low, high) of shape ``(N, *shape)``."""
+        return low + (high - low) * self.rand(*shape, dtype=dtype or torch.float64)
+
+    def randint(self, low: int, high: int, *shape: int) -> Tensor:
+        """Integers in [low, high) of shape ``(N, *shape)``, int64."""
+        return self._stack(
+            lambda g: torch.randint(low, high, shape, generator=g, device=g.device), torch.int64
+        )
+
+    def poisson(self, rates: Tensor) -> Tensor:
+        """Poisson draws with per-image ``rates`` of shape ``(N, ...)`` (on any device)."""
+        rates_cpu = rates.detach().to("cpu", torch.float64)
+        out = torch.stack(
+            [torch.poisson(r.to(g.device), generator=g) for r, g in zip(rates_cpu, self.generators)]
+        )
+        return out.to(device=rates.device, dtype=rates.dtype)
+
+    def per_image(self, draw: Callable[[torch.Generator], Tensor]) -> Tensor:
+        """Apply any ``draw(generator) -> Tensor`` per image and stack (escape hatch)."""
+        return self._stack(draw, None)
+
+
+def check_batch(x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is a float N x C x H x W batch with values in [0, 1]."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"expected a batch of shape N x C x H x W, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point tensor with values in [0, 1], got {x.dtype}")
+    if x.shape[0] == 0:
+        return
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input contains NaN or Inf values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+
+
+def _check_severity(severity: int, severities: tuple[int, ...]) -> int:
+    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in severities:
+        lo, hi = severities[0], severities[-1]
+        raise ValueError(f"severity must be an integer in {lo}..{hi}, got {severity!r}")
+    return severity
+
+
+def make_random_source(
+    name: str,
+    severity: int,
+    n: int,
+    *,
+    device: torch.device | str,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    seed: int | None,
+    indices: Sequence[int] | Tensor | None,
+) -> RandomSource:
+    """Per-image generators for one call.
+
+    Priority: explicit per-image ``generator`` list; else ``seed`` (+ image ``indices``, default
+    ``0..n-1``) -> ``derive_seed(seed, name, severity, index)``; else one ``generator`` split into
+    per-image seeds; else fresh OS entropy (the global RNG is never touched).
+    """
+    if isinstance(generator, Sequence) and not isinstance(generator, torch.Generator):
+        if len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for a batch of {n} images")
+        return RandomSource(generator, device)
+    if seed is not None:
+        idx = range(n) if indices is None else [int(i) for i in indices]
+        if len(idx) != n:
+            raise ValueError(f"got {len(idx)} image indices for a batch of {n} images")
+        seeds = [derive_seed(seed, name, severity, i) for i in idx]
+    elif generator is not None:
+        seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device).tolist()
+    else:
+        seeds = [secrets.randbits(62) for _ in range(n)]
+    return RandomSource([make_generator(s) for s in seeds], device)
+
+
+@dataclass(frozen=True)
+class CorruptionSpec:
+    """A registered corruption: a pure kernel plus its per-preset severity table.
+
+    Args:
+        name: stable snake_case name (used in CSV columns and URLs).
+        kernel: ``kernel(x, rng=RandomSource, **params) -> Tensor`` on a validated batch.
+        table: preset -> one kwargs dict per severity.
+        family: noise, blur, weather, digital, geometric, occlusion or color.
+        description: one line.
+        source: where the algorithm and numbers come from.
+        describe: kwargs -> the human-readable parameter shown per severity.
+        stochastic: whether the kernel draws random numbers.
+        needs_boxes: whether the kernel needs per-image bounding boxes (``boxes=``).
+    """
+
+    name: str
+    kernel: Callable[..., Tensor]
+    table: Mapping[str, tuple[Mapping[str, Any], ...]]
+    family: str
+    description: str
+    source: str
+    describe: Callable[[Mapping[str, Any]], str] = field(default=lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
+    stochastic: bool = True
+    needs_boxes: bool = False
+    kind: str = "corruption"
+
+    @property
+    def severities(self) -> tuple[int, ...]:
+        """The valid severities (1..5 for most corruptions)."""
+        return tuple(range(1, len(next(iter(self.table.values()))) + 1))
+
+    def params(self, severity: int, preset: str = "cifar") -> Mapping[str, Any]:
+        """Kernel kwargs for ``severity`` under ``preset``."""
+        _check_severity(severity, self.severities)
+        return self.table[check_preset(preset)][severity - 1]
+
+    def parameter_text(self, preset: str = "cifar") -> list[str]:
+        """Human-readable parameter at each severity."""
+        return [self.describe(self.params(s, preset)) for s in self.severities]
+
+    def __call__(
+        self,
+        x: Tensor,
+        severity: int,
+        *,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        seed: int | None = None,
+        indices: Sequence[int] | Tensor | None = None,
+        preset: str = "cifar",
+        boxes: Tensor | None = None,
+    ) -> Tensor:
+        """Corrupt a batch.
+
+        Args:
+            x: float batch in [0, 1], any device; never modified.
+            severity: 1..5 (1..6 for the DeepCorrect levels).
+            generator: one generator (split into per-image seeds) or one per image.
+            seed: run seed; with ``indices`` (dataset positions, default ``0..N-1``) each image's
+                randomness is ``derive_seed(seed, name, severity, index)``, independent of batching.
+            preset: parameter table: ``cifar`` (32 px), ``tiny`` (64 px) or ``imagenet`` (224 px).
+            boxes: N x 4 (x0, y0, x1, y1) pixel boxes, for corruptions that need them.
+
+        Returns:
+            A new tensor of the same shape, dtype and device, clipped to [0, 1].
+
+        Shape:
+            (N, C, H, W) -> (N, C, H, W)
+        """
+        check_batch(x)
+        params = self.params(severity, preset)
+        if x.shape[0] == 0:
+            return x.clone()
+        rng = make_random_source(
+            self.name, severity, x.shape[0], device=x.device,
+            generator=generator, seed=seed, indices=indices,
+        )  # fmt: skip
+        extra: dict[str, Any] = {}
+        if self.needs_boxes:
+            if boxes is None or tuple(boxes.shape) != (x.shape[0], 4):
+                raise ValueError(f"{self.name} needs boxes of shape ({x.shape[0]}, 4)")
+            extra["boxes"] = boxes
+        out = self.kernel(x, rng=rng, **params, **extra)
+        return out.clamp(0.0, 1.0).to(dtype=x.dtype)
+
+
+def register_corruption(
+    name: str,
+    *,
+    table: Mapping[str, Sequence[Mapping[str, Any]]],
+    family: str,
+    description: str,
+    source: str,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+    stochastic: bool = True,
+    needs_boxes: bool = False,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator registering a kernel as a corruption; returns the kernel unchanged.
+
+    A table given for one preset only (e.g. ``{"all": [...]}``) applies to every preset.
+    """
+
+    def wrap(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        full = {p: tuple(table.get(p, table.get("all", ()))) for p in PRESETS}
+        if any(len(v) == 0 for v in full.values()):
+            raise ValueError(f"{name}: table must cover every preset or give 'all'")
+        kwargs: dict[str, Any] = {} if describe is None else {"describe": describe}
+        spec = CorruptionSpec(
+            name=name, kernel=kernel, table=full, family=family, description=description,
+            source=source, stochastic=stochastic, needs_boxes=needs_boxes, **kwargs,
+        )  # fmt: skip
+        PERTURBATIONS.add(name, spec)
+        return kernel
+
+    return wrap
+
+
+def register_suite(name: str, members: Sequence[str]) -> None:
+    """Declare a named, ordered suite of perturbation names."""
+    if name in SUITES:
+        raise ValueError(f"suite {name!r} is already registered")
+    SUITES[name] = tuple(members)

@@ -1,0 +1,1 @@
+"""deepcorrect corruptions (being written)."""

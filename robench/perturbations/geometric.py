@@ -1,0 +1,1 @@
+"""geometric corruptions (being written)."""

@@ -1,0 +1,87 @@
+"""Noise corruptions of ImageNet-C (gaussian, shot, impulse, speckle), one draw per element."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import RandomSource, register_corruption
+
+_SRC = "ImageNet-C (Hendrycks & Dietterich 2019)"
+
+
+def _sigma(p: Any) -> str:
+    return f"sigma={p['sigma']}"
+
+
+@register_corruption(
+    "gaussian_noise",
+    table={
+        "cifar": [{"sigma": s} for s in (0.04, 0.06, 0.08, 0.09, 0.10)],
+        "tiny": [{"sigma": s} for s in (0.04, 0.08, 0.12, 0.15, 0.18)],
+        "imagenet": [{"sigma": s} for s in (0.08, 0.12, 0.18, 0.26, 0.38)],
+    },
+    family="noise",
+    description="additive Gaussian noise, independent per pixel and channel",
+    source=_SRC,
+    describe=_sigma,
+)
+def gaussian_noise(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
+    """x + N(0, sigma^2) per element."""
+    return x + sigma * rng.randn(*x.shape[1:], dtype=x.dtype)
+
+
+@register_corruption(
+    "shot_noise",
+    table={
+        "cifar": [{"c": c} for c in (500, 250, 100, 75, 50)],
+        "tiny": [{"c": c} for c in (250, 100, 50, 30, 15)],
+        "imagenet": [{"c": c} for c in (60, 25, 12, 5, 3)],
+    },
+    family="noise",
+    description="Poisson (photon) noise: Poisson(x * c) / c",
+    source=_SRC,
+    describe=lambda p: f"photons c={p['c']}",
+)
+def shot_noise(x: Tensor, *, rng: RandomSource, c: float) -> Tensor:
+    """Poisson(x * c) / c per element."""
+    return rng.poisson(x * c) / c
+
+
+@register_corruption(
+    "impulse_noise",
+    table={
+        "cifar": [{"amount": a} for a in (0.01, 0.02, 0.03, 0.05, 0.07)],
+        "tiny": [{"amount": a} for a in (0.01, 0.02, 0.05, 0.08, 0.14)],
+        "imagenet": [{"amount": a} for a in (0.03, 0.06, 0.09, 0.17, 0.27)],
+    },
+    family="noise",
+    description="salt-and-pepper noise, flipped independently per channel (skimage 's&p')",
+    source=_SRC,
+    describe=lambda p: f"amount={p['amount']}",
+)
+def impulse_noise(x: Tensor, *, rng: RandomSource, amount: float) -> Tensor:
+    """Each element flips with probability ``amount``; flipped ones become 0 or 1 with p=0.5."""
+    u = rng.rand(2, *x.shape[1:], dtype=x.dtype)
+    flipped, salt = u[:, 0] < amount, u[:, 1] < 0.5
+    out = torch.where(flipped & salt, torch.ones_like(x), x)
+    return torch.where(flipped & ~salt, torch.zeros_like(x), out)
+
+
+@register_corruption(
+    "speckle_noise",
+    table={
+        "cifar": [{"sigma": s} for s in (0.06, 0.10, 0.12, 0.16, 0.20)],
+        "tiny": [{"sigma": s} for s in (0.15, 0.20, 0.25, 0.30, 0.35)],
+        "imagenet": [{"sigma": s} for s in (0.15, 0.20, 0.35, 0.45, 0.60)],
+    },
+    family="noise",
+    description="multiplicative noise: x + x * N(0, sigma^2)",
+    source=_SRC,
+    describe=_sigma,
+)
+def speckle_noise(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
+    """x + x * N(0, sigma^2) per element."""
+    return x + x * (sigma * rng.randn(*x.shape[1:], dtype=x.dtype))

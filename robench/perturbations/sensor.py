@@ -1,0 +1,1 @@
+"""sensor corruptions (being written)."""
