@@ -56,7 +56,7 @@ class Registry(Generic[T]):
     def unknown_message(self, name: str) -> str:
         """The one-sentence error for an unknown ``name``."""
         close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "."
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"unknown {self.kind} {name!r}{hint} (see `robench list {self.kind}s`)"
 
     def names(self, pattern: str = "*") -> list[str]:

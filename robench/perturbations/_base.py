@@ -218,6 +218,7 @@ class CorruptionSpec:
         indices: Sequence[int] | Tensor | None = None,
         preset: str = "cifar",
         boxes: Tensor | None = None,
+        engine: str = "torch",
     ) -> Tensor:
         """Corrupt a batch.
 
@@ -229,6 +230,8 @@ class CorruptionSpec:
                 randomness is ``derive_seed(seed, name, severity, index)``, independent of batching.
             preset: parameter table: ``cifar`` (32 px), ``tiny`` (64 px) or ``imagenet`` (224 px).
             boxes: N x 4 (x0, y0, x1, y1) pixel boxes, for corruptions that need them.
+            engine: ``torch`` (robench's batched kernels) or ``imagecorruptions`` (the authors'
+                functions image by image on CPU, ImageNet parameters; a reference for fidelity).
 
         Returns:
             A new tensor of the same shape, dtype and device, clipped to [0, 1].
@@ -244,6 +247,13 @@ class CorruptionSpec:
             self.name, severity, x.shape[0], device=x.device,
             generator=generator, seed=seed, indices=indices,
         )  # fmt: skip
+        if engine == "imagecorruptions":
+            from .reference import corrupt_reference
+
+            seeds = [int(torch.randint(0, 2**62, (), generator=g)) for g in rng.generators]
+            return corrupt_reference(self.name, x, severity, seeds=seeds, preset=preset)
+        if engine != "torch":
+            raise ValueError(f"engine must be 'torch' or 'imagecorruptions', got {engine!r}")
         extra: dict[str, Any] = {}
         if self.needs_boxes:
             if boxes is None or tuple(boxes.shape) != (x.shape[0], 4):

@@ -1,0 +1,151 @@
+"""The robench checkpoint format: weights plus everything needed to rebuild and trust them.
+
+A checkpoint is a plain dict of tensors, strings and numbers, so ``torch.load(weights_only=True)``
+reads it without running any code. It is written atomically; its SHA-256 is its provenance.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._io import atomic_torch_save, sha256_file
+from .models import ImageClassifier, create_model
+
+__all__ = ["CheckpointError", "CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+
+FORMAT = "robench-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one sentence saying why."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything a checkpoint records besides its weights.
+
+    Args:
+        arch: registered architecture name.
+        arch_kwargs: its options.
+        num_classes: logits.
+        in_chans: input channels.
+        input_size: image side it was trained at.
+        mean: normalisation mean.
+        std: normalisation std.
+        dataset: training dataset name.
+        defense: defense name (``standard`` for plain training).
+        defense_config: the defense's hyperparameters.
+        train_config: optimiser, epochs, seed...
+        robench_version: version that wrote it.
+        extra: anything else (e.g. clean accuracy at save time).
+    """
+
+    arch: str
+    num_classes: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    in_chans: int = 3
+    dataset: str = ""
+    defense: str = "standard"
+    defense_config: Mapping[str, Any] = field(default_factory=dict)
+    train_config: Mapping[str, Any] = field(default_factory=dict)
+    robench_version: str = __version__
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, ``weights_only``-safe representation."""
+        return {
+            "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs), "num_classes": int(self.num_classes),
+            "in_chans": int(self.in_chans), "input_size": int(self.input_size), "mean": list(self.mean),
+            "std": list(self.std), "dataset": self.dataset, "defense": self.defense,
+            "defense_config": dict(self.defense_config), "train_config": dict(self.train_config),
+            "robench_version": self.robench_version, "extra": dict(self.extra),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckpointMeta:
+        """Inverse of :meth:`to_dict`, tolerant of unknown keys."""
+        try:
+            return cls(
+                arch=str(d["arch"]), num_classes=int(d["num_classes"]), input_size=int(d["input_size"]),
+                mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                arch_kwargs=dict(d.get("arch_kwargs", {})), in_chans=int(d.get("in_chans", 3)),
+                dataset=str(d.get("dataset", "")), defense=str(d.get("defense", "standard")),
+                defense_config=dict(d.get("defense_config", {})), train_config=dict(d.get("train_config", {})),
+                robench_version=str(d.get("robench_version", "")), extra=dict(d.get("extra", {})),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({exc})") from None
+
+
+def _normalize_of(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+    if isinstance(model, ImageClassifier):
+        return model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()
+    raise CheckpointError("save_checkpoint expects a robench ImageClassifier (from create_model)")
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: CheckpointMeta) -> str:
+    """Write ``model``'s weights and ``meta`` atomically; returns the file's SHA-256."""
+    mean, std = _normalize_of(model)
+    if len(mean) != len(meta.mean) or any(abs(a - b) > 1e-6 for a, b in zip(mean, meta.mean)):
+        raise CheckpointError("meta.mean does not match the model's normalisation")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
+    atomic_torch_save(obj, path)
+    return sha256_file(path)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one-sentence errors; runs no code from the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
+            f"refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file) [{str(exc).splitlines()[0][:120]}]"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {str(exc).splitlines()[0][:160]}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p} does not hold a dict of weights (got {type(obj).__name__})")
+    return obj
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> tuple[ImageClassifier, CheckpointMeta]:
+    """Rebuild the model of a robench checkpoint, in eval mode.
+
+    Returns:
+        ``(model, meta)``.
+    """
+    obj = read_checkpoint(path)
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a robench checkpoint (a raw state_dict? give its architecture with --arch)"
+        )
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer robench (format {obj.get('format_version')}); upgrade robench")
+    meta = CheckpointMeta.from_dict(obj.get("meta", {}))
+    model = create_model(meta.arch, meta.num_classes, in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **dict(meta.arch_kwargs))
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r}: {str(exc).splitlines()[0][:160]}") from None
+    return model.to(map_location).eval(), meta
