@@ -6,6 +6,12 @@ __version__ = "0.1.0"
 
 from . import perturbations  # noqa: E402  (registers every perturbation)
 from .data import list_datasets, load_dataset  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .loading import load_model  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
+from .trainer import train  # noqa: E402
 
-__all__ = ["__version__", "perturbations", "load_dataset", "list_datasets", "create_model", "list_models"]
+__all__ = [
+    "__version__", "perturbations", "evaluate", "train", "load_model", "load_dataset", "list_datasets",
+    "create_model", "list_models",
+]  # fmt: skip

@@ -66,3 +66,13 @@ class _suppress_oserror:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
         return exc_type is not None and issubclass(exc_type, OSError)  # type: ignore[arg-type]
+
+
+def sha256_bytes_of_state(module: "torch.nn.Module") -> str:
+    """SHA-256 over a module's state_dict tensors (names, shapes, bytes): provenance of in-memory models."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()

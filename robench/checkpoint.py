@@ -113,18 +113,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    if not _looks_like_torch_file(p):
+        raise CheckpointError(f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
-            f"refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file) [{str(exc).splitlines()[0][:120]}]"
-        ) from None
+        text = str(exc)
+        if "Unsupported global" in text or "GLOBAL" in text or "Unsupported operand" in text:
+            raise CheckpointError(
+                f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
+                "refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file)"
+            ) from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {text.splitlines()[0][:160]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {str(exc).splitlines()[0][:160]}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a dict of weights (got {type(obj).__name__})")
     return obj
+
+
+def _looks_like_torch_file(p: Path) -> bool:
+    """A torch.save zip archive (PK) or a legacy pickle (protocol opcode 0x80)."""
+    with open(p, "rb") as f:
+        head = f.read(2)
+    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def load_checkpoint(

@@ -123,5 +123,114 @@ def data_preview(dataset: str, data_root: Path | None, split: str, n_images: int
     click.echo(f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, {len(ds)} in the split)")
 
 
+@main.command("gallery")
+@click.option("--preset", type=click.Choice(["cifar", "tiny", "imagenet"]), default="cifar", show_default=True)
+@click.option("--dataset", default=None, help="Images to show (default: shapes at the preset's size).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("-p", "--perturbation", "names", multiple=True, help="Only these corruptions (repeatable).")
+@click.option("--suite", default=None, help="Only this suite's corruptions.")
+@click.option("-n", "--n-images", type=click.IntRange(1, 6), default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gallery.png"), show_default=True)
+@_user_errors
+def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names: tuple[str, ...], suite: str | None, n_images: int, seed: int, out: Path) -> None:
+    """Write a PNG of every corruption at every severity on a few sample images."""
+    from . import perturbations as P
+    from ._io import atomic_write_bytes
+    from .gallery import DEFAULT_DATASET, gallery_figure, sample_images
+    from .report_utils import figure_png
+
+    chosen = list(names) or (P.names(kind="corruption", suite=suite) if suite else None)
+    for n in chosen or []:
+        if P.get(n).kind != "corruption":
+            raise ValueError(f"{n!r} is an attack; the gallery shows corruptions")
+    x, boxes, _ = sample_images(dataset or DEFAULT_DATASET[preset], n_images, root=None if data_root is None else str(data_root))
+    fig = gallery_figure(x, names=chosen, preset=preset, seed=seed, boxes=boxes)
+    atomic_write_bytes(out, figure_png(fig, dpi=90))
+    click.echo(f"wrote {out}")
+
+
+@main.command("evaluate")
+@click.argument("model")
+@click.option("--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Folder with the dataset files.")
+@click.option("--suite", default="mtlat24", show_default=True, help="A name from `robench list suites`.")
+@click.option("-p", "--perturbation", "perturbations", multiple=True, help="Only these perturbations (repeatable).")
+@click.option("--n-images", type=click.IntRange(1), default=500, show_default=True, help="Seeded fixed subset of the test set.")
+@click.option("--all-images", is_flag=True, help="Use the whole test split (overrides --n-images).")
+@click.option("--batch-size", type=click.IntRange(1), default=250, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--baseline", default="auto", show_default=True, help="zoo:NAME, a result .json, or none.")
+@click.option("--surrogate", default="auto", show_default=True, help="Model crafting the transfer attacks.")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished parts of the same run.")
+@click.option("--arch", default=None, help="Architecture of a raw state_dict.")
+@click.option("--model-id", default=None, help="Name shown in tables (default: the file name).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@_user_errors
+def evaluate_cmd(model: str, dataset: str, data_root: Path | None, suite: str, perturbations: tuple[str, ...],
+                 n_images: int, all_images: bool, batch_size: int, device: str, seed: int, out: Path, baseline: str,
+                 surrogate: str, resume: bool, arch: str | None, model_id: str | None, trust_pickle: bool,
+                 no_plots: bool) -> None:
+    """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots."""
+    from .evaluation import evaluate
+
+    report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root), suite=suite,
+                      perturbations=perturbations, n_images=None if all_images else n_images, batch_size=batch_size,
+                      device=device, seed=seed, out=out, resume=resume, baseline=baseline, surrogate=surrogate,
+                      model_id=model_id, arch=arch, trust_pickle=trust_pickle, progress=True, plots=not no_plots)
+    rec = report.record
+    click.echo(f"\nR = A_perturbed / A_clean  ({rec['model']['id']} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
+               f" clean accuracy {report.clean_accuracy:.4f})")
+    base = rec.get("baseline")
+    click.echo(f"markers: +/- vs {base['id']} (rounded to 2 decimals)" if base else "markers: none (no baseline)")
+    click.echo(str(report))
+    fam = rec["summary"].get("mean_R", {})
+    if fam:
+        click.echo("mean R per family (never averaged across): " + ", ".join(f"{k} {v:.3f}" for k, v in fam.items()))
+    for key, path in report.paths.items():
+        click.echo(f"{key:>12}: {path}")
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise ValueError(f"defense options look like -o key=value, got {p!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@main.command("train")
+@click.option("--defense", default="standard", show_default=True, help="A name from `robench list defenses`.")
+@click.option("--dataset", default="shapes", show_default=True)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--arch", default="small_cnn", show_default=True, help="A name from `robench list models`.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.002, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint path (a .json card goes beside it).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run.")
+@click.option("-o", "--option", "opts", multiple=True, help="Defense option key=value (repeatable).")
+@click.option("-a", "--arch-option", "arch_opts", multiple=True, help="Architecture option key=value, e.g. width=16.")
+@_user_errors
+def train_cmd(defense: str, dataset: str, data_root: Path | None, arch: str, epochs: int | None, batch_size: int,
+              lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
+              arch_opts: tuple[str, ...]) -> None:
+    """Train a model with a defense; writes a robench checkpoint and its model card."""
+    from .trainer import train
+
+    akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
+    path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), arch=arch,
+                 arch_kwargs=akw, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
+                 options=_options(opts), device=device, progress=True)
+    click.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

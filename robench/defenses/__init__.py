@@ -1,0 +1,8 @@
+"""Defenses: how a training batch becomes a loss (one training loop serves them all)."""
+
+from __future__ import annotations
+
+from . import standard  # noqa: F401  (importing registers the defenses)
+from ._base import DEFENSES, Defense, StepContext, StepOutput, build_defense, eval_mode, register_defense
+
+__all__ = ["DEFENSES", "Defense", "StepContext", "StepOutput", "build_defense", "eval_mode", "register_defense"]

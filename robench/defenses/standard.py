@@ -1,0 +1,20 @@
+"""Plain training: cross-entropy on clean images (seed 000's baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import StepContext, StepOutput, register_defense
+
+
+@register_defense("standard", "plain cross-entropy on clean images", "Laugros et al. (seed 000)")
+@dataclass(frozen=True)
+class Standard:
+    """Cross-entropy on the clean batch."""
+
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        logits = model(x)
+        return StepOutput(F.cross_entropy(logits, y), logits)

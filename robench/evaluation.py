@@ -1,0 +1,142 @@
+"""``robench.evaluate``: score a model on the benchmark and write every output file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ._io import atomic_write_bytes, atomic_write_text, sha256_bytes_of_state
+from .loading import LoadedModel, load_model
+from .report import Report, long_table
+from .report_utils import figure_png
+from .results import ResultError, finalize, read_record, write_record
+from .runner import EvalConfig, evaluate_record
+
+__all__ = ["evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+def _as_loaded(model: nn.Module | str | Path | LoadedModel, *, model_id: str | None, arch: str | None,
+               trust_pickle: bool) -> LoadedModel:  # fmt: skip
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        digest = sha256_bytes_of_state(model)
+        return LoadedModel(model, model_id or type(model).__name__, "python", digest, "python")
+    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    if model_id:
+        loaded.model_id = model_id
+    return loaded
+
+
+def _attack_runner() -> Any:
+    try:
+        from .attack_eval import attack_entry
+    except ImportError:  # attacks not available in this build
+        return None
+    return attack_entry
+
+
+def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool) -> dict[str, Any] | None:
+    """The baseline's finished record for the same images, evaluating it first when needed."""
+    if baseline in (None, "none"):
+        return None
+    if baseline == "auto":
+        from .zoo import resolve_zoo
+
+        baseline = f"zoo:{cfg.dataset}/standard"
+        try:
+            resolve_zoo(baseline)
+        except (FileNotFoundError, ValueError):
+            log.info("no zoo baseline for %s; markers are left empty", cfg.dataset)
+            return None
+    if not baseline.startswith("zoo:") and baseline.endswith(".json"):
+        rec = read_record(baseline)
+        if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
+            raise ResultError(f"baseline {baseline} was computed on other data or another seed")
+        return rec
+    base = load_model(baseline)
+    if base.sha256 == loaded.sha256:
+        return None  # the model is its own baseline: no markers
+    rec, _ = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
+    return rec
+
+
+def evaluate(
+    model: nn.Module | str | Path,
+    *,
+    dataset: str = "shapes",
+    data_root: str | None = None,
+    suite: str = "mtlat24",
+    perturbations: tuple[str, ...] | list[str] = (),
+    n_images: int | None = 500,
+    batch_size: int = 250,
+    device: str = "auto",
+    seed: int = 0,
+    out: str | Path = "results",
+    resume: bool = True,
+    baseline: str | None = "auto",
+    surrogate: str | None = "auto",
+    model_id: str | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    progress: bool = False,
+    plots: bool = True,
+) -> Report:
+    """Score ``model`` on the benchmark and write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
+
+    Args:
+        model: an ``nn.Module`` taking [0, 1] images, a checkpoint path or ``zoo:NAME``.
+        dataset: registered dataset name.
+        data_root: folder of a real dataset.
+        suite: suite to run (``mtlat24``: 19 corruptions + 5 attacks).
+        perturbations: restrict to these names.
+        n_images: fixed, seeded subset of the test split (None: all).
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: run seed.
+        out: output folder.
+        resume: continue a finished part of the same run instead of recomputing it.
+        baseline: ``auto`` (the zoo's ``standard`` of the dataset), ``none``, ``zoo:NAME`` or a result JSON.
+        surrogate: model crafting transfer attacks (``auto``: the zoo's VGG surrogate).
+        model_id: name shown in tables (default: the file's stem).
+        arch: architecture of a raw state_dict.
+        trust_pickle: allow a pickled ``nn.Module`` file (runs code from it).
+        progress: show a progress bar.
+        plots: write the PNG plots.
+
+    Returns:
+        A :class:`~robench.report.Report`.
+    """
+    cfg = EvalConfig(dataset=dataset, data_root=data_root, suite=suite, perturbations=tuple(perturbations),
+                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)  # fmt: skip
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    out = Path(out)
+    loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
+    record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=_attack_runner())
+    base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
+    record["baseline"] = None if base is None else {"id": base["model"]["id"], "sha256": base["model"]["sha256"],
+                                                     "source": base["model"]["source"]}  # fmt: skip
+    finalize(record, base, cfg.names())
+    write_record(record, path)
+    return Report(record, _write_outputs(record, path, plots=plots))
+
+
+def _write_outputs(record: dict[str, Any], path: Path, *, plots: bool) -> dict[str, Path]:
+    rep = Report(record)
+    stem = path.with_suffix("")
+    paths = {"json": path, "csv": Path(f"{stem}.csv"), "long_csv": Path(f"{stem}-long.csv")}
+    rep.to_csv(paths["csv"])
+    atomic_write_text(paths["long_csv"], long_table([record]).to_csv(index=False))
+    if plots:
+        paths["severity_png"] = atomic_write_bytes(f"{stem}-severity.png", figure_png(rep.plot("severity")))
+        if len(rep.r_frame()):
+            paths["r_png"] = atomic_write_bytes(f"{stem}-R.png", figure_png(rep.plot("R")))
+    return paths
+
+

@@ -1,0 +1,75 @@
+"""Reports of evaluation results: tables, plots, files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..scores import FAMILY_GROUPS
+from .plots import r_bars, severity_curves
+from .tables import TABLE1_COLUMNS, format_r_table, long_table, wide_table
+
+__all__ = ["Report", "wide_table", "long_table", "format_r_table", "TABLE1_COLUMNS"]
+
+
+class Report:
+    """The result of :func:`robench.evaluate`: the record plus the files written.
+
+    Args:
+        record: the full result record (see the JSON schema).
+        paths: what was written (``json``, ``csv``, ``long_csv``, plots).
+    """
+
+    def __init__(self, record: Mapping[str, Any], paths: Mapping[str, Path] | None = None) -> None:
+        self.record = dict(record)
+        self.paths = dict(paths or {})
+
+    @property
+    def clean_accuracy(self) -> float:
+        """A_clean."""
+        return float(self.record["clean"]["accuracy"])
+
+    def robustness(self) -> dict[str, float]:
+        """R per finished perturbation."""
+        return {k: e["R"] for k, e in self.record["perturbations"].items() if e.get("status") == "done" and "R" in e}
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: one row per perturbation x severity (severity 0 = clean)."""
+        return long_table([self.record])
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """The wide CSV row (model, Clean, 24 columns in Table 1 order); written to ``path`` if given."""
+        text = wide_table([self.record]).to_csv(index=False)
+        if path is not None:
+            from .._io import atomic_write_text
+
+            atomic_write_text(path, text)
+        return text
+
+    def r_frame(self) -> pd.DataFrame:
+        """Per perturbation: R, baseline R, family group, marker, p-value."""
+        rows = []
+        for name, e in self.record["perturbations"].items():
+            if e.get("status") == "done" and "R" in e:
+                rows.append({"perturbation": name, "group": FAMILY_GROUPS.get(e["family"], e["family"]), "R": e["R"],
+                             "baseline_R": e.get("baseline_R"), "marker": e.get("marker", ""), "p_value": e.get("p_value")})  # fmt: skip
+        return pd.DataFrame(rows, columns=["perturbation", "group", "R", "baseline_R", "marker", "p_value"])
+
+    def plot(self, kind: str = "severity") -> Figure:
+        """``severity``: accuracy vs severity per corruption; ``R``: bars of R against the baseline."""
+        if kind == "severity":
+            return severity_curves(self.to_frame())
+        if kind == "R":
+            a = self.clean_accuracy
+            return r_bars(self.r_frame().astype({"baseline_R": float}), title=f"{self.record['model']['id']}: R (clean accuracy {a:.3f})")
+        raise ValueError(f"kind must be 'severity' or 'R', got {kind!r}")
+
+    def __str__(self) -> str:
+        return format_r_table([self.record])
+
+    def __repr__(self) -> str:
+        return f"Report(model={self.record['model']['id']!r}, clean={self.clean_accuracy:.4f}, perturbations={len(self.robustness())})"

@@ -1,0 +1,89 @@
+"""Result records -> pandas tables: the wide table of the paper's Table 1 and the long table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from .. import perturbations as P
+
+__all__ = ["TABLE1_COLUMNS", "wide_table", "long_table", "format_r_table", "SHORT_NAMES"]
+
+TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
+SHORT_NAMES = {
+    "gaussian_noise": "Gauss", "shot_noise": "Shot", "impulse_noise": "Impul", "defocus_blur": "Defoc",
+    "glass_blur": "Glass", "motion_blur": "Motn", "zoom_blur": "Zoom", "snow": "Snow", "frost": "Frost",
+    "fog": "Fog", "brightness": "Brig", "contrast": "Contr", "elastic_transform": "Elast", "pixelate": "Pixel",
+    "jpeg_compression": "JPEG", "occlusion": "Occl", "color_distortion": "Color", "translation": "Trans",
+    "rotation": "Rot", "pgd": "PGD", "pgd_ll": "PGDll", "cw_l2": "CW", "mi_fgsm_0.04": "MI.04", "mi_fgsm_0.08": "MI.08",
+}  # fmt: skip
+
+
+def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen = [c for c in TABLE1_COLUMNS]
+    for r in records:
+        seen += [n for n in r["perturbations"] if n not in seen]
+    return seen
+
+
+def wide_table(records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per model: model, Clean, then R per perturbation with its marker (e.g. ``0.83+``).
+
+    Missing or skipped perturbations are empty cells; numbers are rounded to 2 decimals as in the paper.
+    """
+    cols = list(columns) if columns is not None else list(TABLE1_COLUMNS)
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"model": r["model"]["id"], "Clean": f"{r['clean']['accuracy']:.2f}{r['clean'].get('marker', '')}"}
+        for c in cols:
+            e = r["perturbations"].get(c)
+            row[c] = f"{e['R']:.2f}{e.get('marker') or ''}" if e and e.get("status") == "done" and "R" in e else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "Clean", *cols])
+
+
+def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per model x perturbation x severity (severity 0 = clean), numbers as numbers."""
+    rows = []
+    for r in records:
+        base = {"model": r["model"]["id"], "model_sha256": r["model"].get("sha256"), "dataset": r["dataset"]["name"],
+                "preset": r["dataset"]["preset"], "seed": r["config"]["seed"], "n_images": r["dataset"]["n_images"],
+                "robench_version": r["robench_version"]}  # fmt: skip
+        c = r["clean"]
+        rows.append(base | {"perturbation": "clean", "kind": "clean", "family": "clean", "severity": 0, "n": c["n"],
+                            "n_correct": c["n_correct"], "accuracy": c["accuracy"], "ci_low": c["ci95"][0],
+                            "ci_high": c["ci95"][1], "R": 1.0, "parameter": ""})  # fmt: skip
+        for name, e in r["perturbations"].items():
+            if e.get("status") != "done":
+                continue
+            for s in e["severities"]:
+                rows.append(base | {"perturbation": name, "kind": e["kind"], "family": e["family"], "severity": s["severity"],
+                                    "n": s["n"], "n_correct": s["n_correct"], "accuracy": s["accuracy"],
+                                    "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
+                                    "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
+                                    "parameter": s.get("parameter", "")})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) -> str:
+    """The R table in the paper's layout (models as rows), split into blocks that fit ``width``."""
+    cols = [c for c in _columns(records) if any(c in r["perturbations"] for r in records)]
+    df = wide_table(records, columns=cols)
+    name_w = max(8, *(len(str(m)) for m in df["model"]))
+    blocks, cur, used = [], [], name_w + 8
+    for c in cols:
+        if used + 7 > width and cur:
+            blocks.append(cur)
+            cur, used = [], name_w + 8
+        cur.append(c)
+        used += 7
+    blocks.append(cur)
+    lines = []
+    for b in blocks:
+        lines.append(f"{'model':<{name_w}}  {'Clean':>6}" + "".join(f"{SHORT_NAMES.get(c, c[:6]):>7}" for c in b))
+        for _, row in df.iterrows():
+            lines.append(f"{row['model']:<{name_w}}  {row['Clean']:>6}" + "".join(f"{row[c] or 'n/a':>7}" for c in b))
+        lines.append("")
+    return "\n".join(lines).rstrip()

@@ -1,0 +1,177 @@
+"""The result record: one JSON file per run, versioned, written atomically after every step.
+
+The schema is documented in ``robench/schemas/result.schema.json``; ``SCHEMA_VERSION`` changes
+whenever a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from ._io import atomic_write_text
+from .scores import (
+    ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, FAMILY_GROUPS, marker, mce, mcnemar_p, pack_bits,
+    relative_robustness, unpack_bits, wilson_interval,
+)  # fmt: skip
+
+__all__ = [
+    "SCHEMA", "SCHEMA_VERSION", "ResultError", "new_record", "accuracy_entry", "read_record", "write_record",
+    "finalize", "environment", "correct_bits",
+]  # fmt: skip
+
+SCHEMA = "robench-result"
+SCHEMA_VERSION = 1
+SIGNIFICANCE = 0.05
+
+
+class ResultError(ValueError):
+    """A result file that cannot be used (malformed, other schema, other settings)."""
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and machine facts recorded with every result."""
+    import torch
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+        "torch": torch.__version__, "numpy": np.__version__, "device": device,
+    }  # fmt: skip
+    for mod in ("torchvision", "foolbox"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover
+            env[mod] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def accuracy_entry(correct: np.ndarray) -> dict[str, Any]:
+    """Counts, accuracy, 95 % interval and packed per-image correctness of one evaluation."""
+    n, k = int(correct.shape[0]), int(correct.sum())
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "n_correct": k, "accuracy": k / n if n else float("nan"), "ci95": [lo, hi], "correct": pack_bits(correct)}
+
+
+def correct_bits(entry: Mapping[str, Any]) -> np.ndarray:
+    """Per-image correctness of an :func:`accuracy_entry`."""
+    return unpack_bits(entry["correct"], int(entry["n"]))
+
+
+def new_record(*, run_key: Mapping[str, Any], model: Mapping[str, Any], dataset: Mapping[str, Any],
+               config: Mapping[str, Any], device: str) -> dict[str, Any]:  # fmt: skip
+    """An empty record for a run (nothing computed yet)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "robench_version": __version__,
+        "run_key": dict(run_key), "created": now, "updated": now, "model": dict(model), "dataset": dict(dataset),
+        "config": dict(config), "environment": environment(device), "clean": None, "perturbations": {},
+        "summary": {}, "baseline": None, "gradient_masking": None,
+    }  # fmt: skip
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temp file + rename): a reader never sees half a record."""
+    record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return atomic_write_text(path, json.dumps(record, indent=1, allow_nan=True) + "\n")
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and sanity-check a result file; one-sentence :class:`ResultError` otherwise."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultError(f"{p} is not a readable result file (truncated or corrupt?): {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ResultError(f"{p} is not a robench result file")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ResultError(f"{p} has schema version {data.get('schema_version')!r}; this robench reads version {SCHEMA_VERSION}")
+    for key in ("run_key", "model", "dataset", "config", "perturbations"):
+        if not isinstance(data.get(key), dict):
+            raise ResultError(f"{p} lacks its {key!r} section")
+    return data
+
+
+def _pert_correct(entry: Mapping[str, Any]) -> np.ndarray:
+    return np.concatenate([correct_bits(s) for s in entry["severities"]])
+
+
+def _compare(entry: dict[str, Any], base: Mapping[str, Any] | None) -> None:
+    """Marker and paired significance of one perturbation against the baseline's."""
+    if base is None:
+        entry.update(baseline_R=None, marker="", p_value=None, significant=None)
+        return
+    entry["baseline_R"] = base["R"]
+    entry["marker"] = marker(entry["R"], base["R"])
+    a, b = _pert_correct(entry), _pert_correct(base)
+    if a.shape == b.shape:
+        p = mcnemar_p(a, b)
+        entry.update(p_value=p, significant=bool(p < SIGNIFICANCE))
+    else:
+        entry.update(p_value=None, significant=None)
+
+
+def finalize(record: dict[str, Any], baseline: Mapping[str, Any] | None, order: Sequence[str]) -> dict[str, Any]:
+    """Fill R, markers, significance, family means and mCE from the raw counts (idempotent)."""
+    clean = record["clean"]
+    a_clean = clean["accuracy"]
+    base_perts = baseline["perturbations"] if baseline else {}
+    if baseline is not None:
+        clean["baseline_accuracy"] = baseline["clean"]["accuracy"]
+        clean["marker"] = marker(a_clean, baseline["clean"]["accuracy"])
+        a, b = correct_bits(clean), correct_bits(baseline["clean"])
+        clean["p_value"] = mcnemar_p(a, b) if a.shape == b.shape else None
+    families: dict[str, list[float]] = {}
+    for name in order:
+        entry = record["perturbations"].get(name)
+        if entry is None or entry.get("status") != "done":
+            continue
+        accs = [s["accuracy"] for s in entry["severities"]]
+        entry["accuracy"] = float(np.mean(accs))
+        entry["R"] = relative_robustness(entry["accuracy"], a_clean)
+        _compare(entry, base_perts.get(name) if base_perts.get(name, {}).get("status") == "done" else None)
+        families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(entry["R"])
+    summary: dict[str, Any] = {"mean_R": {k: float(np.mean(v)) for k, v in families.items()}}
+    summary.update(_mce_summary(record, baseline))
+    record["summary"] = summary
+    return record
+
+
+def _errors(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, list[float]]:
+    out = {}
+    for n in names:
+        e = record["perturbations"].get(n)
+        if e and e.get("status") == "done" and len(e["severities"]) == 5:
+            out[n] = [1.0 - s["accuracy"] for s in e["severities"]]
+    return out
+
+
+def _mce_summary(record: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+    names = list(ALEXNET_ERRORS)
+    errs = _errors(record, names)
+    clean_err = 1.0 - record["clean"]["accuracy"]
+    out: dict[str, Any] = {"mce_corruptions": sorted(errs)}
+    if baseline is not None:
+        base = _errors(baseline, names)
+        base_clean = 1.0 - baseline["clean"]["accuracy"]
+        out["mce_vs_baseline"] = mce(errs, base)
+        out["relative_mce_vs_baseline"] = mce(errs, base, clean_error=clean_err, reference_clean_error=base_clean)
+    if record["dataset"].get("preset") == "imagenet":
+        out["mce_vs_alexnet"] = mce(errs, ALEXNET_ERRORS)
+        out["relative_mce_vs_alexnet"] = mce(errs, ALEXNET_ERRORS, clean_error=clean_err, reference_clean_error=ALEXNET_CLEAN_ERROR)
+    else:
+        out["mce_vs_alexnet"] = None  # AlexNet's errors are ImageNet-C's; meaningless at other resolutions
+    return out

@@ -1,0 +1,253 @@
+"""``evaluate``: one model x the benchmark's perturbations -> a resumable result record.
+
+Every model sees the same images: the subset comes from the seed, each corrupted image's
+randomness from (seed, perturbation, severity, image index), and transfer adversarials are
+crafted once per (dataset, surrogate, eps, seed) and cached. The record is rewritten atomically
+after every perturbation, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import perturbations as P
+from ._seeding import derive_seed
+from .data import ImageDataset, load_dataset
+from .loading import LoadedModel, load_model
+from .results import accuracy_entry, new_record, read_record, ResultError, write_record
+
+__all__ = ["EvalConfig", "evaluate_record", "select_indices", "resolve_device", "run_stem", "predict"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation run (everything that changes the numbers is here).
+
+    Args:
+        dataset: registered dataset name.
+        data_root: folder of a real dataset.
+        suite: suite whose order and members are evaluated.
+        perturbations: restrict to these names (empty: the whole suite).
+        n_images: evaluate a fixed, seeded subset of the test split (None: all of it).
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: run seed (image subset, corruption and attack randomness).
+        surrogate: model crafting the transfer attacks (``auto``: the zoo's VGG surrogate).
+    """
+
+    dataset: str = "shapes"
+    data_root: str | None = None
+    suite: str = "mtlat24"
+    perturbations: tuple[str, ...] = ()
+    n_images: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    seed: int = 0
+    surrogate: str | None = "auto"
+
+    def names(self) -> list[str]:
+        """Perturbations of this run, in the suite's order."""
+        members = P.names(suite=self.suite)
+        if not self.perturbations:
+            return members
+        for n in self.perturbations:
+            P.get(n)  # unknown names fail here with close matches
+        return [n for n in members if n in self.perturbations] + [n for n in self.perturbations if n not in members]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; validates the name."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def select_indices(n_total: int, n_images: int | None, seed: int, dataset: str) -> np.ndarray:
+    """The evaluated test images: all, or a seeded subset (sorted), the same for every model."""
+    if n_total == 0:
+        raise ValueError(f"dataset {dataset!r} has no test images")
+    if n_images is None or n_images >= n_total:
+        return np.arange(n_total)
+    if n_images < 1:
+        raise ValueError(f"--n-images must be at least 1, got {n_images}")
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "subset", dataset)))
+    return np.sort(rng.choice(n_total, size=n_images, replace=False))
+
+
+def run_stem(model_id: str, cfg: EvalConfig, n: int) -> str:
+    """File stem of a run: model, dataset, seed and image count decide it (not the perturbation list)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("._") or "model"
+    return f"{safe}__{cfg.dataset}__s{cfg.seed}__n{n}"
+
+
+def predict(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
+    """Arg-max predictions, with one-sentence errors for wrong shapes and NaN outputs."""
+    with torch.no_grad():
+        try:
+            logits = model(x)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the model failed on a batch of shape {tuple(x.shape)} (wrong input size or channels?): "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from None
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return N x classes logits, got {shape}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"the model outputs {logits.shape[1]} classes but the dataset has {num_classes}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model produced NaN or Inf logits")
+    return logits.argmax(1)
+
+
+class _Batches:
+    """Batches of the evaluated images on the device, with their dataset indices."""
+
+    def __init__(self, ds: ImageDataset, indices: np.ndarray, batch_size: int, device: str) -> None:
+        self.ds, self.indices, self.bs, self.device = ds, indices, batch_size, device
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.bs - 1) // self.bs
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for start in range(0, len(self.indices), self.bs):
+            idx = self.indices[start : start + self.bs]
+            x, y = self.ds.get_batch(torch.from_numpy(idx))
+            boxes = None if self.ds.boxes is None else self.ds.boxes[torch.from_numpy(idx)].to(self.device)
+            yield idx, x.to(self.device), y.to(self.device), boxes
+
+
+def _corruption_entry(spec: Any, model: nn.Module, batches: _Batches, cfg: EvalConfig, preset: str,
+                      num_classes: int, tick: Progress) -> dict[str, Any]:  # fmt: skip
+    sevs = []
+    for s in spec.severities:
+        correct = []
+        for idx, x, y, boxes in batches:
+            if spec.needs_boxes and boxes is None:
+                raise ValueError(f"{spec.name} needs bounding boxes, which dataset {cfg.dataset!r} does not provide")
+            xc = spec(x, s, seed=cfg.seed, indices=idx.tolist(), preset=preset, boxes=boxes)
+            correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
+            tick(1)
+        entry = accuracy_entry(np.concatenate(correct))
+        entry.update(severity=s, parameter=spec.parameter_text(preset)[s - 1])
+        sevs.append(entry)
+    return {"kind": "corruption", "family": spec.family, "severities": sevs}
+
+
+def evaluate_record(
+    loaded: LoadedModel,
+    cfg: EvalConfig,
+    *,
+    out: Path,
+    resume: bool = True,
+    progress: bool = True,
+    attack_runner: Callable[..., dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Run (or resume) the evaluation; returns the raw record (no baseline yet) and its path."""
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    info = ds.info
+    indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
+    names = cfg.names()
+    model = loaded.model.to(device).eval()
+    batches = _Batches(ds, indices, cfg.batch_size, device)
+    run_key = {"model_sha256": loaded.sha256, "dataset": cfg.dataset, "n_images": int(len(indices)),
+               "seed": cfg.seed, "preset": info.preset}  # fmt: skip
+    path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
+    record = _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device)
+    pending = [n for n in names if record["perturbations"].get(n, {}).get("status") != "done"]
+    total = len(batches) * (int(record["clean"] is None) + sum(len(P.get(n).severities) for n in pending))
+    with _progress(total, progress) as tick:
+        if record["clean"] is None:
+            correct = [(predict(model, x, info.num_classes) == y).cpu().numpy() for _, x, y, _ in _ticking(batches, tick)]
+            record["clean"] = accuracy_entry(np.concatenate(correct))
+            write_record(record, path)
+        for name in pending:
+            spec = P.get(name)
+            t0 = _now()
+            if spec.kind == "corruption":
+                entry = _corruption_entry(spec, model, batches, cfg, info.preset, info.num_classes, tick)
+            elif attack_runner is None:
+                entry = {"kind": "attack", "family": spec.family, "status": "skipped", "reason": "attacks unavailable"}
+            else:
+                entry = attack_runner(spec, model, batches, cfg, info, tick, record)
+            entry.setdefault("status", "done")
+            entry["seconds"] = round(_now() - t0, 3)
+            record["perturbations"][name] = entry
+            record["config"]["perturbations"] = sorted(set(record["config"].get("perturbations", [])) | {name})
+            write_record(record, path)
+    return record, path
+
+
+def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
+    for item in batches:
+        yield item
+        tick(1)
+
+
+def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: LoadedModel, cfg: EvalConfig,
+                   ds: ImageDataset, indices: np.ndarray, device: str) -> dict[str, Any]:  # fmt: skip
+    if resume and path.exists():
+        try:
+            old = read_record(path)
+        except ResultError as exc:
+            log.warning("%s; starting this run again", exc)
+        else:
+            if old["run_key"] == run_key:
+                log.info("resuming %s (%d perturbations done)", path, len(old["perturbations"]))
+                return old
+            log.warning("%s was computed with other settings or another checkpoint; starting again", path)
+    model_info = {"id": loaded.model_id, "source": loaded.source, "sha256": loaded.sha256, "kind": loaded.kind,
+                  "meta": None if loaded.meta is None else loaded.meta.to_dict(), "card": loaded.card}  # fmt: skip
+    dataset_info = {"name": cfg.dataset, "split": "test", "size": len(ds), "n_images": int(len(indices)),
+                    "preset": ds.info.preset, "image_size": ds.info.image_size, "num_classes": ds.info.num_classes,
+                    "indices_seed": None if len(indices) == len(ds) else derive_seed(cfg.seed, "subset", cfg.dataset),
+                    "indices": None if len(indices) == len(ds) else indices.tolist()}  # fmt: skip
+    config = asdict(cfg) | {"perturbations": [], "device": device}
+    return new_record(run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device)
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+class _progress:
+    """A tqdm bar with ETA on stderr (silent when ``enabled`` is False)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self) -> Progress:
+        if self.enabled and self.total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, unit="batch", dynamic_ncols=True, desc="evaluate")
+            return self.bar.update  # type: ignore[union-attr,return-value]
+        return lambda n: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def names_of(seq: Sequence[str]) -> list[str]:
+    """Validate perturbation names (close-match errors) and keep their order."""
+    return [P.get(n).name for n in seq]

@@ -1,0 +1,85 @@
+"""``robench.train``: build data, model and defense, run ``fit``, write the checkpoint and its card."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from ._seeding import derive_seed
+from .checkpoint import CheckpointMeta, save_checkpoint
+from .data import load_dataset
+from .defenses import build_defense
+from .models import create_model
+from .runner import resolve_device
+from .training import TrainConfig, evaluate_accuracy, fit
+from .zoo import ZooCard, write_card
+
+__all__ = ["train", "default_epochs"]
+
+
+def default_epochs(dataset: str) -> int:
+    """Epochs when none are given: short for the embedded data, longer for real datasets."""
+    return 6 if dataset.startswith("shapes") else 30
+
+
+def train(
+    defense: str = "standard",
+    *,
+    dataset: str = "shapes",
+    data_root: str | None = None,
+    arch: str = "small_cnn",
+    arch_kwargs: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    batch_size: int = 256,
+    lr: float = 0.002,
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    options: Mapping[str, str] | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Train a model with a defense and write a robench checkpoint plus a model card (``.json``).
+
+    Returns:
+        The checkpoint path.
+    """
+    dev = resolve_device(device)
+    cfg = TrainConfig(epochs=epochs or default_epochs(dataset), batch_size=batch_size, lr=lr, seed=seed, device=dev)
+    cfg.validate()
+    d = build_defense(defense, options)
+    train_ds = load_dataset(dataset, "train", root=data_root)
+    test_ds = load_dataset(dataset, "test", root=data_root)
+    info = train_ds.info
+    akw = dict(arch_kwargs or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", arch))
+        model = create_model(arch, info.num_classes, in_chans=info.channels, **akw)
+    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
+    fingerprint = {"defense": defense, "defense_config": repr(d), "dataset": dataset, "arch": arch, "arch_kwargs": akw}
+    result = fit(model, d, train_ds, cfg, out=out_path, eval_ds=test_ds, resume=resume, progress=progress, fingerprint=fingerprint)
+    acc = evaluate_accuracy(model, test_ds, device=dev)
+    meta = CheckpointMeta(
+        arch=arch, arch_kwargs=akw, num_classes=info.num_classes, in_chans=info.channels, input_size=info.image_size,
+        mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
+        dataset=dataset, defense=defense, defense_config={k: v for k, v in vars(d).items()},
+        train_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        extra={"clean_accuracy": acc, "history": result.history, "wall_time_s": result.wall_time_s},
+    )  # fmt: skip
+    digest = save_checkpoint(model.cpu(), out_path, meta)
+    cmd = command or "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_card(ZooCard(name=out_path.stem, dataset=dataset, defense=defense, arch=arch, arch_kwargs=akw, command=cmd,
+                       seed=seed, epochs=cfg.epochs, wall_time_s=round(result.wall_time_s, 1), clean_accuracy=acc,
+                       sha256=digest, robench_version=__version__), out_path.with_suffix(".json"))  # fmt: skip
+    partial = out_path.with_name(out_path.name + ".partial")
+    if partial.exists():
+        partial.unlink()
+    return out_path
