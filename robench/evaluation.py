@@ -117,6 +117,10 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out)
+    from .data import DATASETS
+
+    DATASETS.get(dataset)  # cheap checks first: a typo fails before any loading
+    cfg.names()
     loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
     record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=_attack_runner())
     base = _baseline_record(baseline, loaded, cfg, out, progress=progress)

@@ -83,7 +83,18 @@ def new_record(*, run_key: Mapping[str, Any], model: Mapping[str, Any], dataset:
 def write_record(record: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file + rename): a reader never sees half a record."""
     record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return atomic_write_text(path, json.dumps(record, indent=1, allow_nan=True) + "\n")
+    return atomic_write_text(path, json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n")
+
+
+def _no_nan(obj: Any) -> Any:
+    """Strict JSON: NaN/Inf (undefined ratios) become null."""
+    if isinstance(obj, float):
+        return None if obj != obj or obj in (float("inf"), float("-inf")) else obj
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return obj
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -115,7 +126,7 @@ def _compare(entry: dict[str, Any], base: Mapping[str, Any] | None) -> None:
         entry.update(baseline_R=None, marker="", p_value=None, significant=None)
         return
     entry["baseline_R"] = base["R"]
-    entry["marker"] = marker(entry["R"], base["R"])
+    entry["marker"] = "" if entry["R"] is None or base["R"] is None else marker(entry["R"], base["R"])
     a, b = _pert_correct(entry), _pert_correct(base)
     if a.shape == b.shape:
         p = mcnemar_p(a, b)
@@ -141,9 +152,11 @@ def finalize(record: dict[str, Any], baseline: Mapping[str, Any] | None, order: 
             continue
         accs = [s["accuracy"] for s in entry["severities"]]
         entry["accuracy"] = float(np.mean(accs))
-        entry["R"] = relative_robustness(entry["accuracy"], a_clean)
+        r = relative_robustness(entry["accuracy"], a_clean)
+        entry["R"] = None if np.isnan(r) else r  # JSON has no NaN: R is undefined when A_clean = 0
         _compare(entry, base_perts.get(name) if base_perts.get(name, {}).get("status") == "done" else None)
-        families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(entry["R"])
+        if entry["R"] is not None:
+            families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(entry["R"])
     summary: dict[str, Any] = {"mean_R": {k: float(np.mean(v)) for k, v in families.items()}}
     summary.update(_mce_summary(record, baseline))
     record["summary"] = summary

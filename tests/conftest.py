@@ -46,3 +46,26 @@ class RngSnapshot:
 def rng_guard() -> RngSnapshot:
     """Snapshot of the global RNGs taken at the start of the test."""
     return RngSnapshot()
+
+
+@pytest.fixture(scope="session")
+def tiny_trained() -> torch.nn.Module:
+    """A small_cnn (width 8) trained for a few seconds on shapes: well above chance, far from perfect."""
+    from robench.data import load_dataset
+    from robench.models import create_model
+
+    ds = load_dataset("shapes", "test")  # the 2000 test images are enough to learn something quickly
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("small_cnn", 10, width=8)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(60):
+            idx = torch.randint(0, 1500, (64,), generator=g)
+            x, y = ds.get_batch(idx)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

@@ -35,7 +35,7 @@ class Report:
 
     def robustness(self) -> dict[str, float]:
         """R per finished perturbation."""
-        return {k: e["R"] for k, e in self.record["perturbations"].items() if e.get("status") == "done" and "R" in e}
+        return {k: e["R"] for k, e in self.record["perturbations"].items() if e.get("status") == "done" and e.get("R") is not None}
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per perturbation x severity (severity 0 = clean)."""
@@ -54,7 +54,7 @@ class Report:
         """Per perturbation: R, baseline R, family group, marker, p-value."""
         rows = []
         for name, e in self.record["perturbations"].items():
-            if e.get("status") == "done" and "R" in e:
+            if e.get("status") == "done" and e.get("R") is not None:
                 rows.append({"perturbation": name, "group": FAMILY_GROUPS.get(e["family"], e["family"]), "R": e["R"],
                              "baseline_R": e.get("baseline_R"), "marker": e.get("marker", ""), "p_value": e.get("p_value")})  # fmt: skip
         return pd.DataFrame(rows, columns=["perturbation", "group", "R", "baseline_R", "marker", "p_value"])

@@ -39,7 +39,8 @@ def wide_table(records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] |
         row: dict[str, Any] = {"model": r["model"]["id"], "Clean": f"{r['clean']['accuracy']:.2f}{r['clean'].get('marker', '')}"}
         for c in cols:
             e = r["perturbations"].get(c)
-            row[c] = f"{e['R']:.2f}{e.get('marker') or ''}" if e and e.get("status") == "done" and "R" in e else ""
+            ok = e is not None and e.get("status") == "done" and e.get("R") is not None
+            row[c] = f"{e['R']:.2f}{e.get('marker') or ''}" if ok else ""  # type: ignore[index]
         rows.append(row)
     return pd.DataFrame(rows, columns=["model", "Clean", *cols])
 
