@@ -205,3 +205,17 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
     a = json.loads((straight / target.name).read_text())
     b = json.loads(target.read_text())
     assert _strip_times(a) == _strip_times(b)
+
+
+def test_result_json_validates_against_the_schema(tmp_path: Path, tiny_trained: torch.nn.Module) -> None:
+    import importlib.resources
+
+    import jsonschema
+
+    schema = json.loads(importlib.resources.files("robench").joinpath("schemas/result.schema.json").read_text())
+    rep = evaluate(tiny_trained, model_id="tiny", perturbations=FAST, n_images=30, out=tmp_path, baseline="none", plots=False)
+    record = json.loads(Path(rep.paths["json"]).read_text())
+    jsonschema.validate(record, schema)
+    bad = dict(record, schema_version=99)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
