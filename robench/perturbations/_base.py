@@ -121,10 +121,11 @@ def check_batch(x: Tensor) -> None:
         return
     if x.shape[1] not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("input contains NaN or Inf values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
+    lo_t, hi_t = torch.aminmax(x)  # one pass; NaN propagates into both and fails the test below
+    lo, hi = float(lo_t), float(hi_t)
+    if not (0.0 <= lo and hi <= 1.0):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("input contains NaN or Inf values")
         raise ValueError(f"expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
 
 
