@@ -192,7 +192,20 @@ def evaluate_record(
             record["perturbations"][name] = entry
             record["config"]["perturbations"] = sorted(set(record["config"].get("perturbations", [])) | {name})
             write_record(record, path)
+        if attack_runner is not None and _wants_masking(record, names):
+            from .attack_eval import masking_entry
+
+            record["gradient_masking"] = masking_entry(model, batches, cfg)
+            write_record(record, path)
     return record, path
+
+
+def _wants_masking(record: dict[str, Any], names: list[str]) -> bool:
+    """Run the gradient-masking checks once, when the run scored a white-box attack."""
+    done = record["perturbations"]
+    return record.get("gradient_masking") is None and any(
+        done.get(n, {}).get("status") == "done" and done[n].get("family") == "white-box" for n in names
+    )
 
 
 def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
