@@ -21,9 +21,11 @@ from . import (  # noqa: F401  (importing registers the entries)
     context,
     deepcorrect,
     digital,
+    elastic,
     geometric,
     noise,
     sensor,
+    snow,
     weather,
 )
 from ._base import (

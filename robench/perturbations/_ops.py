@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gaussian_kernel1d", "gaussian_blur", "depthwise_conv2d", "separable_conv2d", "to_uint8_floor"]
+__all__ = [
+    "clipped_zoom",
+    "depthwise_conv2d",
+    "fft_correlate",
+    "filter_matrix",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "im_motion_blur",
+    "motion_offsets",
+    "motion_weights",
+    "scipy_gaussian",
+    "scipy_gaussian_weights",
+    "separable_conv2d",
+    "separable_filter",
+    "to_uint8_floor",
+    "uint8_levels",
+    "zoom_matrix",
+]
 
 Border = Literal["replicate", "reflect", "symmetric", "constant", "circular"]
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0, *, dtype: torch.dtype = torch.float64) -> Tensor:
+def gaussian_kernel1d(
+    sigma: float, truncate: float = 4.0, *, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """Normalised 1-D Gaussian with scipy/skimage's radius ``int(truncate * sigma + 0.5)``."""
     radius = int(truncate * float(sigma) + 0.5)
     if sigma <= 0 or radius == 0:
@@ -110,3 +131,221 @@ def radius_for(sigma: float, truncate: float = 4.0) -> int:
     return int(truncate * sigma + 0.5) if sigma > 0 else 0
 
 
+def uint8_levels(x: Tensor) -> Tensor:
+    """Values in [0, 1] -> the nearest 8-bit level on the 0..255 scale (integers, in ``x``'s dtype).
+
+    The originals start from 8-bit images, and the steps that floor to uint8 depend on the exact
+    input levels; a float32 ``k / 255`` becomes exactly ``k`` again.
+    """
+    return torch.round(x * 255.0)
+
+
+def scipy_gaussian_weights(sigma: float, truncate: float = 4.0) -> list[float]:
+    """The float64 weights of scipy's ``gaussian_filter1d``, bit for bit (numpy arithmetic)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    t = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * t**2)
+    return [float(v) for v in phi / phi.sum()]
+
+
+def _correlate1d_symmetric(v: Tensor, weights: list[float], dim: int) -> Tensor:
+    """scipy's symmetric ``correlate1d`` (mode 'nearest') in its own summation order."""
+    r = len(weights) // 2
+    if r == 0:
+        return v * weights[0]
+    pad = (0, 0, r, r) if dim == -2 else (r, r, 0, 0)
+    p = _pad(v, pad, "replicate")
+    n = v.shape[dim]
+    acc = p.narrow(dim, r, n) * weights[r]
+    for j in range(r, 0, -1):  # scipy adds the outermost pair first
+        acc = acc + (p.narrow(dim, r - j, n) + p.narrow(dim, r + j, n)) * weights[r + j]
+    return acc
+
+
+def scipy_gaussian(
+    x: Tensor, sigma: float, truncate: float = 4.0, *, use_scipy: bool = True
+) -> Tensor:
+    """``skimage.filters.gaussian`` (mode 'nearest') of every channel, identical to the last bit.
+
+    Needed where the originals floor the blurred values to uint8. On CPU, scipy itself runs
+    over the whole batch (one call); elsewhere (or with ``use_scipy=False``) float64 torch
+    operations repeat scipy's weights, pass order (rows, then columns) and summation order.
+    Returns float64.
+    """
+    v = x.to(torch.float64)
+    if use_scipy and v.device.type == "cpu":
+        from scipy.ndimage import gaussian_filter
+
+        sig = (0.0,) * (v.dim() - 2) + (float(sigma), float(sigma))
+        out = gaussian_filter(v.numpy(), sig, mode="nearest", truncate=truncate)
+        return torch.from_numpy(out)
+    w = scipy_gaussian_weights(sigma, truncate)
+    return _correlate1d_symmetric(_correlate1d_symmetric(v, w, -2), w, -1)
+
+
+def filter_matrix(n: int, weights: Tensor, border: Border = "replicate") -> Tensor:
+    """(n, n) matrix B with ``(v @ B)[o] = sum_j weights[j] * v_ext[o + j - r]`` (1-D correlation).
+
+    The border extension is folded into B, so a separable filter becomes two matrix products.
+    """
+    r = weights.numel() // 2
+    o = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
+    fold = {"replicate": lambda i: i.clamp(0, n - 1), "reflect": lambda i: _reflect101_index(i, n),
+            "symmetric": lambda i: _symmetric_index(i, n)}[border]  # fmt: skip
+    b = torch.zeros(n, n, dtype=weights.dtype)
+    b.index_put_(
+        (fold(o), torch.arange(n)[:, None].expand_as(o)),
+        weights.expand_as(o).clone(),
+        accumulate=True,
+    )
+    return b
+
+
+def separable_filter(x: Tensor, weights: Tensor, border: Border = "replicate") -> Tensor:
+    """Correlate H and W of every channel with the 1-D ``weights`` as two matrix products.
+
+    Dense (S x S) products cost S multiply-adds per pixel, but run at GEMM speed, which on CPU
+    beats sliding-window filters for every kernel the corruptions use. Computed in ``x``'s dtype.
+    """
+    h, w = x.shape[-2:]
+    bw = filter_matrix(w, weights.to(torch.float64), border).to(device=x.device, dtype=x.dtype)
+    bh = bw if h == w else filter_matrix(h, weights.to(torch.float64), border).to(bw)
+    return bh.t() @ (x @ bw)
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c 7^d >= n (sizes pocketfft and cuFFT handle fast)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5, 7):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def fft_correlate(
+    x: Tensor, kernel: Tensor, center: tuple[int, int], border: Border, *,
+    dtype: torch.dtype = torch.float64, chunk_elems: int = 1 << 22,
+) -> Tensor:  # fmt: skip
+    """Correlate every channel of ``x`` with one 2-D kernel per image (or one for all) via FFT.
+
+    ``out[n, c, y, x] = sum_{a, b} kernel[n, a, b] * x_ext[n, c, y + a - cy, x + b - cx]`` where
+    ``x_ext`` extends ``x`` with ``border``. ``kernel`` is (1 or N, kh, kw); the result is in
+    ``dtype``. Images are processed in chunks of about ``chunk_elems`` padded elements.
+
+    Shape:
+        (N, C, H, W), (1 | N, kh, kw) -> (N, C, H, W)
+    """
+    n, c, h, w = x.shape
+    kh, kw = kernel.shape[-2:]
+    cy, cx = center
+    size = (_fft_size(h + kh - 1), _fft_size(w + kw - 1))
+    k = kernel.to(device=x.device, dtype=dtype)
+    step = max(1, chunk_elems // (c * size[0] * size[1]))
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for i in range(0, n, step):
+        xp = _pad(x[i : i + step].to(dtype), (cx, kw - 1 - cx, cy, kh - 1 - cy), border)
+        kc = k if k.shape[0] == 1 else k[i : i + step]
+        spec = torch.fft.rfft2(xp, s=size)
+        spec *= torch.fft.rfft2(kc, s=size).conj_physical()[:, None]
+        out[i : i + step] = torch.fft.irfft2(spec, s=size)[..., :h, :w]
+    return out
+
+
+def zoom_matrix(n: int, factor: float) -> Tensor:
+    """(n, n) float64 matrix A: ``A @ v`` is ImageNet-C's ``clipped_zoom`` of ``v`` along one axis.
+
+    Crop ``ch = ceil(n / factor)`` at ``(n - ch) // 2``, zoom to ``out = round(ch * factor)``
+    with scipy ``zoom(order=1)``'s corner-aligned coordinates ``o * (ch - 1) / (out - 1)``, and
+    keep ``out[(out - n) // 2:][:n]``; each row holds the two bilinear weights.
+    """
+    ch = math.ceil(n / factor)
+    top, out = (n - ch) // 2, round(ch * factor)
+    o = torch.arange((out - n) // 2, (out - n) // 2 + n, dtype=torch.float64)
+    coord = o * ((ch - 1) / (out - 1)) if out > 1 else torch.zeros_like(o)
+    lo = coord.floor().clamp(0, ch - 1)
+    frac = coord - lo
+    rows = torch.arange(n)
+    a = torch.zeros(n, n, dtype=torch.float64)
+    a.index_put_((rows, top + lo.long()), 1.0 - frac, accumulate=True)
+    a.index_put_((rows, top + (lo.long() + 1).clamp(max=ch - 1)), frac, accumulate=True)
+    return a
+
+
+def clipped_zoom(x: Tensor, factor: float) -> Tensor:
+    """ImageNet-C's ``clipped_zoom`` of every channel (centred crop, bilinear zoom, centred trim).
+
+    Separable, so it is ``A_h @ x @ A_w^T`` with the :func:`zoom_matrix` of each axis: two
+    matrix products in ``x``'s dtype, within float rounding of scipy's ``zoom(order=1)``.
+    """
+    h, w = x.shape[-2:]
+    aw = zoom_matrix(w, factor).to(device=x.device, dtype=x.dtype)
+    ah = aw if h == w else zoom_matrix(h, factor).to(aw)
+    return ah @ (x @ aw.t())
+
+
+def motion_weights(radius: float, sigma: float) -> Tensor:
+    """ImageMagick's one-sided motion kernel: exp(-i^2 / 2 sigma^2), i < 2 ceil(r) + 1, sum 1."""
+    width = 2 * math.ceil(radius) + 1
+    i = torch.arange(width, dtype=torch.float64)
+    k = torch.exp(-(i * i) / (2.0 * sigma * sigma)) / (math.sqrt(2.0 * math.pi) * sigma)
+    return k / k.sum()
+
+
+def motion_offsets(radius: float, angles: Tensor) -> tuple[Tensor, Tensor]:
+    """ImageMagick's tap offsets (dx, dy), each (N, width) int64, for angles in degrees (y down)."""
+    width = 2 * math.ceil(radius) + 1
+    theta = angles.to(torch.float64) * (math.pi / 180.0)
+    px, py = width * torch.sin(theta), width * torch.cos(theta)
+    hyp = torch.hypot(px, py)[:, None]
+    i = torch.arange(width, dtype=torch.float64, device=angles.device)[None]
+    dx = torch.ceil(i * py[:, None] / hyp - 0.5)
+    dy = torch.ceil(i * px[:, None] / hyp - 0.5)
+    return dx.long(), dy.long()
+
+
+# float32 FFT error on 0..255 data is ~1e-4 (measured); 1e-3 keeps flat areas (frac 1/514) sure.
+_FFT_MARGIN = 1e-3
+
+
+def _shift_sum(v: Tensor, where: Tensor, w: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+    """Exact float64 ``sum_i w_i v[n, c, clamp(y + dy[n,i]), clamp(x + dx[n,i])]`` at ``where``."""
+    n, c, y, x = where.unbind(1)
+    h, wd = v.shape[-2:]
+    ys = (y[:, None] + dy[n]).clamp(0, h - 1)
+    xs = (x[:, None] + dx[n]).clamp(0, wd - 1)
+    taps = v[n[:, None], c[:, None], ys, xs].to(torch.float64)
+    return (taps * w.to(taps.device)).sum(1)
+
+
+def im_motion_blur(v: Tensor, radius: float, sigma: float, angles: Tensor) -> Tensor:
+    """ImageMagick 6 (Q16) ``MotionBlurImage`` of an 8-bit image, written back as 8 bits.
+
+    ``v`` holds integers on the 0..255 scale (N, C, H, W); ``angles`` (N,) in degrees. Each
+    output pixel is ``s = sum_i w_i v(clamp(p + offset_i))``; Q16's rounding to 1/257 steps and
+    the 8-bit write reduce to ``floor(s + 1/514)``, which matches ``convert -motion-blur``
+    (6.9.11 Q16) pixel for pixel. ``s`` comes from a float32 FFT; the few pixels (about 0.2%)
+    whose floor the FFT's rounding error could flip are recomputed exactly in float64. Returns
+    integers in 0..255 (float32).
+    """
+    dx, dy = motion_offsets(radius, angles)
+    dx, dy = dx.to(v.device), dy.to(v.device)
+    w = motion_weights(radius, sigma)
+    y0, x0 = min(int(dy.min()), 0), min(int(dx.min()), 0)
+    kh, kw = max(int(dy.max()), 0) - y0 + 1, max(int(dx.max()), 0) - x0 + 1
+    kernel = torch.zeros(v.shape[0], kh, kw, dtype=torch.float64, device=v.device)
+    rows = torch.arange(v.shape[0], device=v.device)[:, None].expand_as(dx)
+    kernel.index_put_(
+        (rows, dy - y0, dx - x0), w.to(v.device).expand_as(dx).clone(), accumulate=True
+    )
+    u = fft_correlate(v, kernel, (-y0, -x0), "replicate", dtype=torch.float32).add_(1.0 / 514.0)
+    out = torch.floor(u)
+    u -= out  # the fraction; an error of _FFT_MARGIN could move it across 0 or 1
+    unsure = (u.sub_(0.5).abs_() > 0.5 - _FFT_MARGIN).nonzero()
+    if unsure.numel():
+        exact = torch.floor(_shift_sum(v, unsure, w, dx, dy) + 1.0 / 514.0)
+        out[tuple(unsure.t())] = exact.to(out.dtype)
+    return out  # sums of weights 1 over 0..255 stay in 0..255
