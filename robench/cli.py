@@ -190,6 +190,12 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, suite: str, p
     fam = rec["summary"].get("mean_R", {})
     if fam:
         click.echo("mean R per family (never averaged across): " + ", ".join(f"{k} {v:.3f}" for k, v in fam.items()))
+    checks = rec.get("gradient_masking") or []
+    failed = [c for c in checks if c.get("passed") is False]
+    if checks:
+        click.echo("gradient-masking checks: " + ("all passed" if not failed else "FLAGGED"))
+        for c in failed:
+            click.echo(f"  {c['name']}: {c['detail']}")
     for key, path in report.paths.items():
         click.echo(f"{key:>12}: {path}")
 
