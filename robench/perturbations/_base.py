@@ -75,7 +75,11 @@ class RandomSource:
         return len(self.generators)
 
     def _stack(self, draw: Callable[[torch.Generator], Tensor], dtype: torch.dtype | None) -> Tensor:
-        out = torch.stack([draw(g) for g in self.generators])
+        first = draw(self.generators[0])
+        out = torch.empty((len(self.generators), *first.shape), dtype=first.dtype, device=first.device)
+        out[0] = first
+        for i, g in enumerate(self.generators[1:], start=1):
+            out[i] = draw(g)  # filling one buffer: torch.stack of many large draws is slow
         return out.to(device=self.device, dtype=dtype or out.dtype)
 
     def rand(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
