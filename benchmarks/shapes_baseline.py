@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -23,6 +24,16 @@ from robench.evaluation import evaluate
 from robench.zoo import read_card
 
 PERTURBATIONS = ["brightness", "gaussian_noise", "defocus_blur", "gaussian_blur"]
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -44,7 +55,7 @@ def main() -> None:
     date = time.strftime("%Y-%m-%d")
     lines = [
         f"# shapes baseline ({date})", "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"Machine: {_cpu()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, robench {robench.__version__}.", "",
         f"Training command: `{card.command}` (small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)", "",
         f"- training wall time: {card.wall_time_s:.0f} s", f"- clean test accuracy (2000 images): {card.clean_accuracy:.4f}",

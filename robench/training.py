@@ -196,7 +196,7 @@ def _run_epoch(model: nn.Module, defense: Any, ds: ImageDataset, cfg: TrainConfi
             out.loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(out.loss) * len(y)
+            loss_sum += float(out.loss.detach()) * len(y)
             correct += float((out.logits.argmax(1) == y[: out.logits.shape[0]]).sum()) if out.logits.shape[0] == len(y) else 0.0
             seen += len(y)
             if bar is not None:
