@@ -67,7 +67,9 @@ def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], list[tuple[str
     if what == "datasets":
         from .data import DATASETS
 
-        return ("dataset", "preset", "description"), [(s.name, s.preset, s.description) for s in DATASETS]
+        return ("dataset", "preset", "description (files under --data-root)"), [
+            (s.name, s.preset, s.description + (f"; {s.layout}" if s.layout else "")) for s in DATASETS
+        ]
     if what == "defenses":
         try:
             from .defenses import DEFENSES  # type: ignore[attr-defined]
@@ -106,19 +108,21 @@ def data() -> None:
 @data.command("preview")
 @click.option("--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Folder with the dataset files.")
+@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("-n", "--n-images", type=click.IntRange(1, 400), default=40, show_default=True)
 @click.option("--boxes/--no-boxes", default=False, help="Draw bounding boxes (datasets that have them).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("preview.png"), show_default=True)
 @_user_errors
-def data_preview(dataset: str, data_root: Path | None, split: str, n_images: int, boxes: bool, out: Path) -> None:
+def data_preview(dataset: str, data_root: Path | None, download: bool, split: str, n_images: int, boxes: bool,
+                 out: Path) -> None:
     """Write a PNG grid of sample images with their labels."""
     from ._io import atomic_write_bytes
     from .data import load_dataset
     from .data.preview import preview_figure
     from .report_utils import figure_png
 
-    ds = load_dataset(dataset, split, root=data_root)
+    ds = load_dataset(dataset, split, root=data_root, download=download)
     atomic_write_bytes(out, figure_png(preview_figure(ds, n=n_images, show_boxes=boxes)))
     click.echo(f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, {len(ds)} in the split)")
 
@@ -154,6 +158,7 @@ def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names:
 @click.argument("model")
 @click.option("--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Folder with the dataset files.")
+@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
 @click.option("--suite", default="mtlat24", show_default=True, help="A name from `robench list suites`.")
 @click.option("-p", "--perturbation", "perturbations", multiple=True, help="Only these perturbations (repeatable).")
 @click.option("--n-images", type=click.IntRange(1), default=500, show_default=True, help="Seeded fixed subset of the test set.")
@@ -170,14 +175,15 @@ def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names:
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @_user_errors
-def evaluate_cmd(model: str, dataset: str, data_root: Path | None, suite: str, perturbations: tuple[str, ...],
+def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: bool, suite: str, perturbations: tuple[str, ...],
                  n_images: int, all_images: bool, batch_size: int, device: str, seed: int, out: Path, baseline: str,
                  surrogate: str, resume: bool, arch: str | None, model_id: str | None, trust_pickle: bool,
                  no_plots: bool) -> None:
     """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots."""
     from .evaluation import evaluate
 
-    report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root), suite=suite,
+    report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root),
+                      download=download, suite=suite,
                       perturbations=perturbations, n_images=None if all_images else n_images, batch_size=batch_size,
                       device=device, seed=seed, out=out, resume=resume, baseline=baseline, surrogate=surrogate,
                       model_id=model_id, arch=arch, trust_pickle=trust_pickle, progress=True, plots=not no_plots)
@@ -214,6 +220,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--defense", default="standard", show_default=True, help="A name from `robench list defenses`.")
 @click.option("--dataset", default="shapes", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
 @click.option("--arch", default="small_cnn", show_default=True, help="A name from `robench list models`.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
@@ -225,14 +232,15 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-o", "--option", "opts", multiple=True, help="Defense option key=value (repeatable).")
 @click.option("-a", "--arch-option", "arch_opts", multiple=True, help="Architecture option key=value, e.g. width=16.")
 @_user_errors
-def train_cmd(defense: str, dataset: str, data_root: Path | None, arch: str, epochs: int | None, batch_size: int,
+def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool, arch: str, epochs: int | None, batch_size: int,
               lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
               arch_opts: tuple[str, ...]) -> None:
     """Train a model with a defense; writes a robench checkpoint and its model card."""
     from .trainer import train
 
     akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
-    path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), arch=arch,
+    path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), download=download,
+                 arch=arch,
                  arch_kwargs=akw, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
                  options=_options(opts), device=device, progress=True)
     click.echo(f"wrote {path} and {path.with_suffix('.json')}")

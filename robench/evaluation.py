@@ -71,6 +71,7 @@ def evaluate(
     *,
     dataset: str = "shapes",
     data_root: str | None = None,
+    download: bool = False,
     suite: str = "mtlat24",
     perturbations: tuple[str, ...] | list[str] = (),
     n_images: int | None = 500,
@@ -93,6 +94,7 @@ def evaluate(
         model: an ``nn.Module`` taking [0, 1] images, a checkpoint path or ``zoo:NAME``.
         dataset: registered dataset name.
         data_root: folder of a real dataset.
+        download: fetch a missing real dataset into ``data_root`` (the only network use).
         suite: suite to run (``mtlat24``: 19 corruptions + 5 attacks).
         perturbations: restrict to these names.
         n_images: fixed, seeded subset of the test split (None: all).
@@ -112,7 +114,7 @@ def evaluate(
     Returns:
         A :class:`~robench.report.Report`.
     """
-    cfg = EvalConfig(dataset=dataset, data_root=data_root, suite=suite, perturbations=tuple(perturbations),
+    cfg = EvalConfig(dataset=dataset, data_root=data_root, download=download, suite=suite, perturbations=tuple(perturbations),
                      n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)  # fmt: skip
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

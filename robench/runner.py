@@ -38,6 +38,7 @@ class EvalConfig:
     Args:
         dataset: registered dataset name.
         data_root: folder of a real dataset.
+        download: fetch a missing real dataset (network, only when asked).
         suite: suite whose order and members are evaluated.
         perturbations: restrict to these names (empty: the whole suite).
         n_images: evaluate a fixed, seeded subset of the test split (None: all of it).
@@ -49,6 +50,7 @@ class EvalConfig:
 
     dataset: str = "shapes"
     data_root: str | None = None
+    download: bool = False
     suite: str = "mtlat24"
     perturbations: tuple[str, ...] = ()
     n_images: int | None = None
@@ -161,8 +163,9 @@ def evaluate_record(
 ) -> tuple[dict[str, Any], Path]:
     """Run (or resume) the evaluation; returns the raw record (no baseline yet) and its path."""
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    ds = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
     info = ds.info
+    _check_fit(loaded, info)
     indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
     names = cfg.names()
     model = loaded.model.to(device).eval()
@@ -206,6 +209,21 @@ def _wants_masking(record: dict[str, Any], names: list[str]) -> bool:
     return record.get("gradient_masking") is None and any(
         done.get(n, {}).get("status") == "done" and done[n].get("family") == "white-box" for n in names
     )
+
+
+def _check_fit(loaded: LoadedModel, info: Any) -> None:
+    """A checkpoint that states its input size and classes must match the dataset's."""
+    meta = loaded.meta
+    if meta is None:
+        return
+    if meta.num_classes != info.num_classes:
+        raise ValueError(f"{loaded.source} has {meta.num_classes} classes but dataset {info.name!r} has {info.num_classes}")
+    if meta.input_size != info.image_size:
+        raise ValueError(
+            f"{loaded.source} takes {meta.input_size} px images but dataset {info.name!r} has {info.image_size} px images"
+        )
+    if meta.in_chans != info.channels:
+        raise ValueError(f"{loaded.source} takes {meta.in_chans}-channel images but dataset {info.name!r} has {info.channels}")
 
 
 def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]

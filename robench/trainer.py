@@ -34,6 +34,7 @@ def train(
     *,
     dataset: str = "shapes",
     data_root: str | None = None,
+    download: bool = False,
     arch: str = "small_cnn",
     arch_kwargs: Mapping[str, Any] | None = None,
     epochs: int | None = None,
@@ -56,7 +57,7 @@ def train(
     cfg = TrainConfig(epochs=epochs or default_epochs(dataset), batch_size=batch_size, lr=lr, seed=seed, device=dev)
     cfg.validate()
     d = build_defense(defense, options)
-    train_ds = load_dataset(dataset, "train", root=data_root)
+    train_ds = load_dataset(dataset, "train", root=data_root, download=download)
     test_ds = load_dataset(dataset, "test", root=data_root)
     info = train_ds.info
     akw = dict(arch_kwargs or {})

@@ -219,3 +219,8 @@ def test_result_json_validates_against_the_schema(tmp_path: Path, tiny_trained: 
     bad = dict(record, schema_version=99)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_checkpoint_that_does_not_fit_the_dataset_is_refused(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "--dataset", "shapes-64", "-p", "fog", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "takes 32 px images" in res.output and "64 px" in res.output
