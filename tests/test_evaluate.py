@@ -224,3 +224,17 @@ def test_result_json_validates_against_the_schema(tmp_path: Path, tiny_trained: 
 def test_checkpoint_that_does_not_fit_the_dataset_is_refused(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "--dataset", "shapes-64", "-p", "fog", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "takes 32 px images" in res.output and "64 px" in res.output
+
+
+def test_masking_flags_reach_the_long_csv() -> None:
+    from robench.report.tables import long_table, masking_flags
+
+    rec = json.loads(json.dumps({
+        "model": {"id": "m", "sha256": None}, "dataset": {"name": "shapes", "preset": "cifar", "n_images": 2},
+        "config": {"seed": 0}, "robench_version": "x", "perturbations": {},
+        "clean": {"n": 2, "n_correct": 1, "accuracy": 0.5, "ci95": [0.1, 0.9]},
+        "gradient_masking": [{"name": "large_eps_reaches_zero", "passed": False, "detail": "PGD accuracy 0.6 at eps 0.5"},
+                             {"name": "accuracy_falls_with_eps", "passed": True, "detail": "ok"}],
+    }))  # fmt: skip
+    assert masking_flags(rec) == "large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"
+    assert long_table([rec])["gradient_masking"].tolist() == ["large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"]

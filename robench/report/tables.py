@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import perturbations as P
 
-__all__ = ["TABLE1_COLUMNS", "wide_table", "long_table", "format_r_table", "SHORT_NAMES"]
+__all__ = ["TABLE1_COLUMNS", "wide_table", "long_table", "format_r_table", "masking_flags", "SHORT_NAMES"]
 
 TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
@@ -51,7 +51,7 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for r in records:
         base = {"model": r["model"]["id"], "model_sha256": r["model"].get("sha256"), "dataset": r["dataset"]["name"],
                 "preset": r["dataset"]["preset"], "seed": r["config"]["seed"], "n_images": r["dataset"]["n_images"],
-                "robench_version": r["robench_version"]}  # fmt: skip
+                "robench_version": r["robench_version"], "gradient_masking": masking_flags(r)}  # fmt: skip
         c = r["clean"]
         rows.append(base | {"perturbation": "clean", "kind": "clean", "family": "clean", "severity": 0, "n": c["n"],
                             "n_correct": c["n_correct"], "accuracy": c["accuracy"], "ci_low": c["ci95"][0],
@@ -66,6 +66,12 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                                     "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
                                     "parameter": s.get("parameter", "")})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def masking_flags(record: Mapping[str, Any]) -> str:
+    """``""`` when every gradient-masking check passed (or none ran), else ``name: reason; ...``."""
+    checks = record.get("gradient_masking") or []
+    return "; ".join(f"{c['name']}: {c['detail']}" for c in checks if c.get("passed") is False)
 
 
 def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) -> str:
