@@ -46,6 +46,22 @@ class LoadedModel:
     card: dict[str, Any] | None = field(default=None)
 
 
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program as a module; its train/eval behaviour was fixed when exported."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.program = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        """Record the flag only: exported graphs refuse ``train()``/``eval()``."""
+        self.training = mode
+        return self
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -97,7 +113,7 @@ def load_model(
             program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
             raise CheckpointError(f"{path} is not a readable torch.export program: {str(exc).splitlines()[0][:160]}") from None
-        return LoadedModel(program.module().to(device), model_id, text, digest, "export")
+        return LoadedModel(ExportedModel(program.module()).to(device), model_id, text, digest, "export")
     if _is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location=device)

@@ -238,3 +238,37 @@ def test_masking_flags_reach_the_long_csv() -> None:
     }))  # fmt: skip
     assert masking_flags(rec) == "large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"
     assert long_table([rec])["gradient_masking"].tolist() == ["large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"]
+
+
+def test_export_program_and_trusted_pickle(tmp_path: Path, tiny_trained: torch.nn.Module) -> None:
+    prog = torch.export.export(tiny_trained, (torch.rand(2, 3, 32, 32),),
+                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))  # fmt: skip
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(prog, str(pt2))
+    rep = evaluate(str(pt2), perturbations=["contrast"], n_images=40, out=tmp_path / "a", baseline="none", plots=False)
+    assert rep.record["model"]["kind"] == "export"
+    assert rep.clean_accuracy == pytest.approx(_independent_accuracy(tiny_trained, 40))
+    pickled = tmp_path / "module.pt"
+    torch.save(tiny_trained, pickled)
+    with pytest.raises(ValueError, match="--trust-pickle"):
+        evaluate(str(pickled), perturbations=["contrast"], n_images=40, out=tmp_path / "b", baseline="none")
+    rep2 = evaluate(str(pickled), trust_pickle=True, perturbations=["contrast"], n_images=40, out=tmp_path / "b",
+                    baseline="none", plots=False)
+    assert rep2.record["model"]["kind"] == "pickle" and rep2.clean_accuracy == rep.clean_accuracy
+
+
+class _Evil:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_is_refused_by_evaluate_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(str(marker))}, bad)
+    res = CliRunner().invoke(main, ["evaluate", str(bad), "-p", "fog", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "refusing" in res.output and "Traceback" not in res.output
+    assert not marker.exists()
