@@ -265,7 +265,11 @@ class CorruptionSpec:
                 raise ValueError(f"{self.name} needs boxes of shape ({x.shape[0]}, 4)")
             extra["boxes"] = boxes
         out = self.kernel(x, rng=rng, **params, **extra)
-        return out.clamp(0.0, 1.0).to(dtype=x.dtype)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            out = out.clone()  # never hand back (or clamp in place) the caller's tensor
+        return out.clamp_(0.0, 1.0)  # in place: a fresh tensor, one pass fewer over memory
 
 
 def register_corruption(

@@ -217,9 +217,10 @@ def pixelate(x: Tensor, *, rng: RandomSource, f: float) -> Tensor:
     h, w = x.shape[-2:]
     size = max(1, int(w * f))
     small = pil_box_downscale(_to_uint8(x), size).to(torch.uint8)
-    rows = _pil_upscale_index(size, h).to(x.device)
-    cols = _pil_upscale_index(size, w).to(x.device)
-    out = small.index_select(-2, rows).index_select(-1, cols)
+    rows = _pil_upscale_index(size, h)
+    cols = _pil_upscale_index(size, w)
+    flat = (rows[:, None] * size + cols[None, :]).flatten().to(x.device)  # one gather, not two
+    out = small.flatten(-2).index_select(-1, flat).view(*small.shape[:-2], h, w)
     return out.to(x.dtype).div_(255.0)
 
 
