@@ -55,6 +55,26 @@ def check_preset(preset: str) -> Preset:
     return preset  # type: ignore[return-value]
 
 
+_PARALLEL_NUMEL = 1 << 16
+
+
+def _each(fn: Callable[[int], None], items: range, *, large: bool) -> None:
+    """Run ``fn`` over image indices; large per-image draws go to a small thread pool.
+
+    Each image owns its generator and its output slot, so the result is identical to the
+    sequential loop; torch's RNG kernels release the GIL, which makes the pool pay off.
+    """
+    workers = torch.get_num_threads()
+    if not large or workers < 2 or len(items) < 2:
+        for i in items:
+            fn(i)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fn, items))
+
+
 class RandomSource:
     """One ``torch.Generator`` per image: every draw is stacked over the batch.
 
@@ -78,8 +98,11 @@ class RandomSource:
         first = draw(self.generators[0])
         out = torch.empty((len(self.generators), *first.shape), dtype=first.dtype, device=first.device)
         out[0] = first
-        for i, g in enumerate(self.generators[1:], start=1):
-            out[i] = draw(g)  # filling one buffer: torch.stack of many large draws is slow
+
+        def fill(i: int) -> None:
+            out[i] = draw(self.generators[i])  # one buffer: torch.stack of many large draws is slow
+
+        _each(fill, range(1, len(self.generators)), large=first.numel() >= _PARALLEL_NUMEL)
         return out.to(device=self.device, dtype=dtype or out.dtype)
 
     def rand(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -103,9 +126,12 @@ class RandomSource:
     def poisson(self, rates: Tensor) -> Tensor:
         """Poisson draws with per-image ``rates`` of shape ``(N, ...)`` (on any device)."""
         rates_cpu = rates.detach().to("cpu", torch.float64)
-        out = torch.stack(
-            [torch.poisson(r.to(g.device), generator=g) for r, g in zip(rates_cpu, self.generators)]
-        )
+        out = torch.empty_like(rates_cpu)
+
+        def fill(i: int) -> None:
+            out[i] = torch.poisson(rates_cpu[i], generator=self.generators[i])
+
+        _each(fill, range(len(self.generators)), large=rates_cpu[0].numel() >= _PARALLEL_NUMEL)
         return out.to(device=rates.device, dtype=rates.dtype)
 
     def per_image(self, draw: Callable[[torch.Generator], Tensor]) -> Tensor:
