@@ -63,11 +63,15 @@ def shot_noise(x: Tensor, *, rng: RandomSource, c: float) -> Tensor:
     describe=lambda p: f"amount={p['amount']}",
 )
 def impulse_noise(x: Tensor, *, rng: RandomSource, amount: float) -> Tensor:
-    """Each element flips with probability ``amount``; flipped ones become 0 or 1 with p=0.5."""
-    u = rng.rand(2, *x.shape[1:], dtype=x.dtype)
-    flipped, salt = u[:, 0] < amount, u[:, 1] < 0.5
-    out = torch.where(flipped & salt, torch.ones_like(x), x)
-    return torch.where(flipped & ~salt, torch.zeros_like(x), out)
+    """Each element flips with probability ``amount``; flipped ones become 0 or 1 with p=0.5.
+
+    One uniform draw u per element decides both: u < amount/2 is salt, amount/2 <= u < amount is
+    pepper, the same joint distribution as skimage's two independent Bernoulli draws with half
+    the random numbers.
+    """
+    u = rng.rand(*x.shape[1:])
+    salt, pepper = u < amount / 2, (u >= amount / 2) & (u < amount)
+    return x.masked_fill(salt, 1.0).masked_fill_(pepper, 0.0)
 
 
 @register_corruption(
