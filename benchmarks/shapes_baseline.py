@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,17 +22,10 @@ import robench
 from robench.evaluation import evaluate
 from robench.zoo import read_card
 
+sys.path.insert(0, str(Path(__file__).parent))
+from corruptions import _machine  # noqa: E402  (one description of the machine for every benchmark)
+
 PERTURBATIONS = ["brightness", "gaussian_noise", "defocus_blur", "gaussian_blur"]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -53,9 +45,10 @@ def main() -> None:
                    baseline="none", plots=False)
     eval_s = time.perf_counter() - t0
     date = time.strftime("%Y-%m-%d")
+    machine = _machine()
     lines = [
         f"# shapes baseline ({date})", "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
         f"torch {torch.__version__}, robench {robench.__version__}.", "",
         f"Training command: `{card.command}` (small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)", "",
         f"- training wall time: {card.wall_time_s:.0f} s", f"- clean test accuracy (2000 images): {card.clean_accuracy:.4f}",
