@@ -171,8 +171,9 @@ from robench.evaluation import evaluate
 from robench.models import create_model
 torch.manual_seed(0)
 m = create_model("small_cnn", 10, width=4).eval()
-evaluate(m, model_id="tiny", perturbations=["gaussian_noise", "contrast", "impulse_noise", "pixelate"],
-         n_images=120, out=sys.argv[1], baseline="none", plots=False, batch_size=40)
+evaluate(m, model_id="tiny", perturbations=["gaussian_noise", "contrast", "impulse_noise", "pixelate", "glass_blur",
+                                            "zoom_blur", "motion_blur"],
+         n_images=160, out=sys.argv[1], baseline="none", plots=False, batch_size=40)
 """
 
 
@@ -191,7 +192,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
     subprocess.run([sys.executable, "-c", _SCRIPT, str(straight)], check=True, env=env)
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(killed)], env=env)
-    target = killed / "tiny__shapes__s0__n120.json"
+    target = killed / "tiny__shapes__s0__n160.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         if target.exists() and len(json.loads(target.read_text())["perturbations"]) >= 1:
@@ -200,7 +201,7 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(json.loads(target.read_text())["perturbations"])
-    assert done_before < 4, "the run finished before it could be killed; make it longer"
+    assert done_before < 7, "the run finished before it could be killed; make it longer"
     subprocess.run([sys.executable, "-c", _SCRIPT, str(killed)], check=True, env=env)
     a = json.loads((straight / target.name).read_text())
     b = json.loads(target.read_text())
