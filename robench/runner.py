@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from . import perturbations as P
 from ._seeding import derive_seed
 from .data import ImageDataset, load_dataset
-from .loading import LoadedModel, load_model
+from .loading import LoadedModel
 from .results import accuracy_entry, new_record, read_record, ResultError, write_record
 
 __all__ = ["EvalConfig", "evaluate_record", "select_indices", "resolve_device", "run_stem", "predict"]
@@ -278,7 +278,3 @@ class _progress:
         if self.bar is not None:
             self.bar.close()
 
-
-def names_of(seq: Sequence[str]) -> list[str]:
-    """Validate perturbation names (close-match errors) and keep their order."""
-    return [P.get(n).name for n in seq]
