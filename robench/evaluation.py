@@ -58,11 +58,13 @@ def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig,
         rec = read_record(baseline)
         if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
-        return rec
+        return finalize(rec, None, cfg.names())  # R from its raw counts, whatever state it was left in
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
-    rec, _ = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
+    rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
+    finalize(rec, None, cfg.names())
+    write_record(rec, path)
     return rec
 
 

@@ -273,3 +273,15 @@ def test_malicious_pickle_is_refused_by_evaluate_and_runs_nothing(tmp_path: Path
     res = CliRunner().invoke(main, ["evaluate", str(bad), "-p", "fog", "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "refusing" in res.output and "Traceback" not in res.output
     assert not marker.exists()
+
+
+def test_default_baseline_is_the_zoo_standard_evaluated_on_the_same_images(tmp_path: Path,
+                                                                           tiny_trained: torch.nn.Module) -> None:
+    rep = evaluate(tiny_trained, model_id="tiny", perturbations=["contrast"], n_images=24, out=tmp_path, plots=False)
+    rec = rep.record
+    assert rec["baseline"]["id"] == "shapes-standard"
+    e = rec["perturbations"]["contrast"]
+    assert e["baseline_R"] is not None and e["marker"] in ("+", "-", "") and e["p_value"] is not None
+    base = json.loads((tmp_path / "shapes-standard__shapes__s0__n24.json").read_text())
+    assert base["perturbations"]["contrast"]["R"] == pytest.approx(e["baseline_R"])
+    assert "mce_vs_baseline" in rec["summary"]
