@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import standard  # noqa: F401  (importing registers the defenses)
+from . import adversarial, standard  # noqa: F401  (importing registers the defenses)
 from ._base import DEFENSES, Defense, StepContext, StepOutput, build_defense, eval_mode, register_defense
 
 __all__ = ["DEFENSES", "Defense", "StepContext", "StepOutput", "build_defense", "eval_mode", "register_defense"]
