@@ -223,6 +223,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
 @click.option("--arch", default="small_cnn", show_default=True, help="A name from `robench list models`.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise.")
+@click.option("--train-images", type=click.IntRange(1), default=None, help="Train on the first N images only (quick runs).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.002, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -232,7 +233,8 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("-o", "--option", "opts", multiple=True, help="Defense option key=value (repeatable).")
 @click.option("-a", "--arch-option", "arch_opts", multiple=True, help="Architecture option key=value, e.g. width=16.")
 @_user_errors
-def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool, arch: str, epochs: int | None, batch_size: int,
+def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool, arch: str, epochs: int | None,
+              train_images: int | None, batch_size: int,
               lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
               arch_opts: tuple[str, ...]) -> None:
     """Train a model with a defense; writes a robench checkpoint and its model card."""
@@ -241,7 +243,7 @@ def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool
     akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
     path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), download=download,
                  arch=arch,
-                 arch_kwargs=akw, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
+                 arch_kwargs=akw, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
                  options=_options(opts), device=device, progress=True)
     click.echo(f"wrote {path} and {path.with_suffix('.json')}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,8 +15,8 @@ import torch
 from . import __version__
 from ._seeding import derive_seed
 from .checkpoint import CheckpointMeta, save_checkpoint
-from .data import load_dataset
-from .defenses import build_defense
+from .data import SubsetDataset, load_dataset
+from .defenses import SetupContext, build_defense
 from .models import create_model
 from .runner import resolve_device
 from .training import TrainConfig, evaluate_accuracy, fit
@@ -38,6 +39,7 @@ def train(
     arch: str = "small_cnn",
     arch_kwargs: Mapping[str, Any] | None = None,
     epochs: int | None = None,
+    train_images: int | None = None,
     batch_size: int = 256,
     lr: float = 0.002,
     seed: int = 0,
@@ -58,14 +60,25 @@ def train(
     cfg.validate()
     d = build_defense(defense, options)
     train_ds = load_dataset(dataset, "train", root=data_root, download=download)
+    if train_images is not None and train_images < len(train_ds):
+        train_ds = SubsetDataset(train_ds, train_images)
     test_ds = load_dataset(dataset, "test", root=data_root)
     info = train_ds.info
     akw = dict(arch_kwargs or {})
+    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
+    notes = ""
+    setup = getattr(d, "setup", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init", arch))
-        model = create_model(arch, info.num_classes, in_chans=info.channels, **akw)
-    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
-    fingerprint = {"defense": defense, "defense_config": repr(d), "dataset": dataset, "arch": arch, "arch_kwargs": akw}
+        if setup is None:
+            model = create_model(arch, info.num_classes, in_chans=info.channels, **akw)
+        else:
+            ctx = SetupContext(arch=arch, arch_kwargs=akw, info=info, train_ds=train_ds, test_ds=test_ds, seed=seed,
+                               device=dev, workdir=out_path.with_name(out_path.name + ".setup"), batch_size=batch_size,
+                               lr=lr, progress=progress)  # fmt: skip
+            built = setup(ctx)
+            model, arch, akw, notes = built.model, built.arch, dict(built.arch_kwargs), built.notes
+    fingerprint = {"train_images": len(train_ds), "defense": defense, "defense_config": repr(d), "dataset": dataset, "arch": arch, "arch_kwargs": akw}
     result = fit(model, d, train_ds, cfg, out=out_path, eval_ds=test_ds, resume=resume, progress=progress, fingerprint=fingerprint)
     acc = evaluate_accuracy(model, test_ds, device=dev)
     meta = CheckpointMeta(
@@ -79,8 +92,11 @@ def train(
     cmd = command or "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_card(ZooCard(name=out_path.stem, dataset=dataset, defense=defense, arch=arch, arch_kwargs=akw, command=cmd,
                        seed=seed, epochs=cfg.epochs, wall_time_s=round(result.wall_time_s, 1), clean_accuracy=acc,
-                       sha256=digest, robench_version=__version__), out_path.with_suffix(".json"))  # fmt: skip
+                       sha256=digest, robench_version=__version__, notes=notes), out_path.with_suffix(".json"))  # fmt: skip
     partial = out_path.with_name(out_path.name + ".partial")
     if partial.exists():
         partial.unlink()
+    workdir = out_path.with_name(out_path.name + ".setup")
+    if workdir.is_dir():
+        shutil.rmtree(workdir)
     return out_path

@@ -184,6 +184,9 @@ def _run_epoch(model: nn.Module, defense: Any, ds: ImageDataset, cfg: TrainConfi
     order = torch.randperm(len(ds), generator=make_generator(derive_seed(cfg.seed, "shuffle", epoch)))
     gen = make_generator(derive_seed(cfg.seed, "defense", epoch))
     model.train()
+    hook = getattr(defense, "on_train", None)
+    if hook is not None:
+        hook(model)
     loss_sum = correct = seen = 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "global", epoch))  # dropout and friends
@@ -191,7 +194,8 @@ def _run_epoch(model: nn.Module, defense: Any, ds: ImageDataset, cfg: TrainConfi
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x, y = ds.get_batch(idx)
             x, y = x.to(cfg.device), y.to(cfg.device)
-            out = defense.step(model, x, y, StepContext(epoch, step, gen, ds.info.num_classes))
+            ctx_labels = None if ds.context is None else ds.context[idx].to(cfg.device)
+            out = defense.step(model, x, y, StepContext(epoch, step, gen, ds.info.num_classes, idx, ctx_labels))
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 from . import real, shapes  # noqa: F401  (importing registers the datasets)
-from ._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset
+from ._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset, SubsetDataset
 
 __all__ = [
     "load_dataset", "list_datasets", "DATASETS", "ArrayDataset", "DataError", "DatasetInfo",
-    "DatasetSpec", "ImageDataset",
+    "DatasetSpec", "ImageDataset", "SubsetDataset",
 ]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from .._registry import Registry
 
-__all__ = ["DatasetInfo", "ImageDataset", "ArrayDataset", "DatasetSpec", "DATASETS", "DataError"]
+__all__ = ["DatasetInfo", "ImageDataset", "ArrayDataset", "SubsetDataset", "DatasetSpec", "DATASETS", "DataError"]
 
 
 class DataError(FileNotFoundError):
@@ -111,6 +111,27 @@ class ArrayDataset(ImageDataset):
         """Vectorised batch access (no per-image Python work)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self._to_float(self.images[idx]), self.targets[idx]
+
+
+class SubsetDataset(ImageDataset):
+    """The first ``n`` images of ``base`` (labels, boxes and context labels follow)."""
+
+    def __init__(self, base: ImageDataset, n: int) -> None:
+        if not 1 <= n <= len(base):
+            raise ValueError(f"asked for {n} images of {base.info.name}, which has {len(base)}")
+        self.base = base
+        self.info = base.info
+        self.targets = base.targets[:n]
+        self.boxes = None if base.boxes is None else base.boxes[:n]
+        self.context = None if base.context is None else base.context[:n]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.base[i % len(self)]
+
+    def get_batch(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        return self.base.get_batch(indices)
 
 
 @dataclass(frozen=True)

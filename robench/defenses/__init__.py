@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from . import adversarial, standard  # noqa: F401  (importing registers the defenses)
-from ._base import DEFENSES, Defense, StepContext, StepOutput, build_defense, eval_mode, register_defense
+from ._base import (
+    DEFENSES, Defense, Setup, SetupContext, StepContext, StepOutput, build_defense, eval_mode, register_defense,
+)  # fmt: skip
 
-__all__ = ["DEFENSES", "Defense", "StepContext", "StepOutput", "build_defense", "eval_mode", "register_defense"]
+__all__ = [
+    "DEFENSES", "Defense", "Setup", "SetupContext", "StepContext", "StepOutput", "build_defense", "eval_mode",
+    "register_defense",
+]  # fmt: skip

@@ -11,7 +11,10 @@ from torch import Tensor, nn
 
 from .._registry import Registry
 
-__all__ = ["StepContext", "StepOutput", "Defense", "DEFENSES", "register_defense", "build_defense", "eval_mode"]
+__all__ = [
+    "StepContext", "StepOutput", "SetupContext", "Setup", "Defense", "DEFENSES", "register_defense", "build_defense",
+    "eval_mode",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,55 @@ class StepContext:
     step: int
     generator: torch.Generator
     num_classes: int
+    index: Tensor | None = None
+    context: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    """What a composite defense's ``setup`` may use before training starts.
+
+    Args:
+        arch: the architecture asked for (``--arch``), the base of composite models.
+        arch_kwargs: its options.
+        info: facts of the training data (classes, channels, side).
+        train_ds: training images (with ``context`` labels where the dataset has them).
+        test_ds: test images.
+        seed: the run's seed; any random choice of the setup derives from it.
+        device: ``cpu`` or ``cuda``.
+        workdir: a folder beside the output checkpoint for resumable preliminary work
+            (e.g. MAT's short single-strength runs); reruns find it there.
+        batch_size: the run's batch size.
+        lr: the run's learning rate.
+        progress: whether bars may be shown.
+    """
+
+    arch: str
+    arch_kwargs: Mapping[str, Any]
+    info: Any
+    train_ds: Any
+    test_ds: Any
+    seed: int
+    device: str
+    workdir: Any
+    batch_size: int = 256
+    lr: float = 0.002
+    progress: bool = False
+
+
+@dataclass
+class Setup:
+    """What ``setup`` returns: the model to train and how to rebuild it from a checkpoint.
+
+    ``create_model(arch, num_classes, in_chans=..., **arch_kwargs)`` must rebuild ``model``'s exact
+    structure (so the checkpoint loads with ``weights_only=True``, no code from the file). Parameters
+    with ``requires_grad=False`` are not trained.
+    """
+
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any]
+    notes: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,7 +86,15 @@ class StepOutput:
 
 
 class Defense(Protocol):
-    """Frozen dataclass of hyperparameters with a ``step`` method."""
+    """Frozen dataclass of hyperparameters with a ``step`` method.
+
+    Optional hooks, looked up with ``getattr``:
+
+    - ``setup(ctx: SetupContext) -> Setup``: composite defenses build (and may pre-train, load
+      or freeze) their model here; without it the trainer builds ``create_model(--arch)``.
+    - ``on_train(model)``: called after ``model.train()`` at the start of every epoch (e.g. to keep
+      frozen layers' batch-norm statistics fixed).
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
