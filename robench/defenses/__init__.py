@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import adversarial, standard  # noqa: F401  (importing registers the defenses)
+from . import adversarial, deepcorrect, fusion, mat, perturbed, standard  # noqa: F401  (importing registers the defenses)
 from ._base import (
     DEFENSES, Defense, Setup, SetupContext, StepContext, StepOutput, build_defense, eval_mode, register_defense,
 )  # fmt: skip

@@ -19,7 +19,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where training is: epoch, step, and the generator every random choice must use."""
+    """Where training is: epoch, step, and the generator every random choice must use.
+
+    ``epochs`` is the run's total (for schedules over training); ``seed`` is the run seed, for
+    per-image randomness that must not change from epoch to epoch (derive from it, never reseed it).
+    """
 
     epoch: int
     step: int
@@ -27,6 +31,8 @@ class StepContext:
     num_classes: int
     index: Tensor | None = None
     context: Tensor | None = None
+    epochs: int = 1
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -127,4 +127,4 @@ def create_model(
     return ImageClassifier(backbone, mean, std)
 
 
-from . import architectures  # noqa: E402,F401  (registers the architectures)
+from . import architectures, deepcorrect, fusion, mat, transfer  # noqa: E402,F401  (registers the architectures)

@@ -1,0 +1,185 @@
+"""DeepCorrect models (Borkar & Karam, seed 004): a trained CNN whose most distortion-susceptible
+filters get residual *correction units*.
+
+In each of the first ``k`` conv layers, the outputs of the chosen filters (``filters[i]``, ranked by
+correction priority, Algorithm 1) go through a small residual block before the layer's batch norm
+and ReLU (the paper's footnote 6); the other filters' outputs pass unchanged. The base network keeps
+its structure and parameter names, so a trained base checkpoint loads into it as is.
+
+The unit (paper Fig. 7 and Table 10: four convs, one skip) is, on the ``c`` corrected channels::
+
+    1x1 conv c -> D, BN, ReLU; k x k conv D -> D, BN, ReLU; k x k conv D -> D, BN, ReLU; 1x1 conv D -> c; + input
+
+with ``D = c`` by default (the paper's "critically wide" unit) and ``k = 3`` (AlexNet's first unit
+uses 5 x 5 on 55 px maps; 3 x 3 suits 32 px inputs and is what every other unit of the paper uses).
+The paper names no initialisation; robench zeroes the last 1x1 conv, so a fresh unit is the
+identity and a fresh DeepCorrect model predicts exactly as the network it corrects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import MODELS, register_model
+
+__all__ = [
+    "BaseLayout", "LAYOUTS", "CorrectionUnit", "CorrectedConv2d", "layout_of", "conv_positions",
+    "weight_layers", "correction_units",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BaseLayout:
+    """How a supported base network is laid out: convs in ``features``, then ``tail(backbone, f)``.
+
+    Args:
+        head: attribute name of the final (classifier) layer.
+        tail: maps the output of ``features`` to logits.
+    """
+
+    head: str
+    tail: Callable[[nn.Module, Tensor], Tensor]
+
+
+LAYOUTS: dict[str, BaseLayout] = {
+    "small_cnn": BaseLayout("head", lambda m, f: m.head(m.pool(f).flatten(1))),
+    "vgg11": BaseLayout("head", lambda m, f: m.head(m.pool(f).flatten(1))),
+    "allconv": BaseLayout("classifier", lambda m, f: m.pool(m.classifier(f)).flatten(1)),
+}
+
+
+def layout_of(arch: str) -> BaseLayout:
+    """The layout of a supported base architecture (``ValueError`` in one sentence otherwise)."""
+    if arch not in LAYOUTS:
+        known = ", ".join(sorted(LAYOUTS))
+        raise ValueError(f"DeepCorrect and Finetune-k support the architectures {known}, not {arch!r}")
+    return LAYOUTS[arch]
+
+
+def conv_positions(backbone: nn.Module) -> list[int]:
+    """Positions of the conv layers in ``backbone.features``, input side first."""
+    return [i for i, m in enumerate(backbone.features) if isinstance(m, nn.Conv2d)]
+
+
+def weight_layers(backbone: nn.Module, arch: str) -> list[list[nn.Module]]:
+    """The network's weight layers in order: each conv with the batch norm right after it, then the head."""
+    feats = backbone.features
+    groups: list[list[nn.Module]] = []
+    for p in conv_positions(backbone):
+        nxt = feats[p + 1] if p + 1 < len(feats) else None
+        groups.append([feats[p]] + ([nxt] if isinstance(nxt, nn.modules.batchnorm._BatchNorm) else []))
+    groups.append([getattr(backbone, layout_of(arch).head)])
+    return groups
+
+
+class CorrectionUnit(nn.Module):
+    """A residual correction unit: ``x + body(x)`` on the corrected filters' outputs.
+
+    Args:
+        channels: number of corrected filters (input and output channels).
+        width: correction width D (0: equal to ``channels``, "critically wide").
+        kernel: spatial size of the two middle convs (odd).
+        bn: batch norm after each of the first three convs (the paper's default; no-bn is its ablation).
+    """
+
+    def __init__(self, channels: int, width: int = 0, kernel: int = 3, bn: bool = True) -> None:
+        super().__init__()
+        d = width or channels
+        layers: list[nn.Module] = []
+        for cin, cout, k in ((channels, d, 1), (d, d, kernel), (d, d, kernel)):
+            layers.append(nn.Conv2d(cin, cout, k, 1, k // 2, bias=not bn))
+            layers += [nn.BatchNorm2d(cout)] if bn else []
+            layers.append(nn.ReLU(inplace=True))
+        last = nn.Conv2d(d, channels, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]
+        self.body = nn.Sequential(*layers, last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class CorrectedConv2d(nn.Conv2d):
+    """A conv layer whose filters ``indices`` have their outputs passed through a correction unit.
+
+    It is an ``nn.Conv2d`` (same parameter names), so the base network's weights load unchanged.
+    """
+
+    def __init__(self, conv: nn.Conv2d, indices: Sequence[int], unit: nn.Module) -> None:
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,  # type: ignore[arg-type]
+        )  # fmt: skip
+        self.register_buffer("corrected", torch.tensor(list(indices), dtype=torch.long), persistent=False)
+        self.unit = unit
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        return y.index_copy(1, self.corrected, self.unit(y.index_select(1, self.corrected)))
+
+
+def correction_units(model: nn.Module) -> list[nn.Module]:
+    """The correction units of a DeepCorrect model, input side first."""
+    return [m.unit for m in model.modules() if isinstance(m, CorrectedConv2d)]
+
+
+def _check_filters(filters: Any, k: int, widths: list[int]) -> list[list[int]]:
+    if not isinstance(filters, (list, tuple)) or len(filters) != k:
+        raise ValueError(f"filters must list the corrected filter indices of each of the k={k} layers")
+    out = []
+    for i, (idx, n) in enumerate(zip(filters, widths)):
+        idx = [int(j) for j in idx]
+        if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= n:
+            raise ValueError(f"filters[{i}] must be distinct indices in 0..{n - 1}, got {idx}")
+        out.append(idx)
+    return out
+
+
+@register_model(
+    "deepcorrect",
+    input_size=32,
+    description="a trained CNN with residual correction units on its most distortion-susceptible filters (composite)",
+    source="Borkar & Karam, DeepCorrect (seed 004)",
+)
+def deepcorrect(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    *,
+    base: str = "small_cnn",
+    base_kwargs: Mapping[str, Any] | None = None,
+    k: int = 1,
+    filters: Sequence[Sequence[int]] = ((0,),),
+    unit_width: int = 0,
+    unit_kernel: int = 3,
+    unit_bn: bool = True,
+) -> nn.Module:
+    """Build ``base`` with correction units on ``filters[i]`` of its conv layer ``i`` (``i < k``).
+
+    Args:
+        num_classes: output logits.
+        in_chans: input channels.
+        base: architecture being corrected (``small_cnn``, ``vgg11`` or ``allconv``).
+        base_kwargs: its options.
+        k: number of corrected conv layers, from the input.
+        filters: per corrected layer, the filter indices whose outputs are corrected.
+        unit_width: correction width D (0: as many as the corrected filters).
+        unit_kernel: spatial size of the unit's middle convs.
+        unit_bn: batch norm inside the units.
+    """
+    layout_of(base)
+    backbone = MODELS.get(base).build(num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {}))
+    pos = conv_positions(backbone)
+    if not 1 <= k <= len(pos):
+        raise ValueError(f"k must be in 1..{len(pos)} (the conv layers of {base}), got {k}")
+    if unit_kernel < 1 or unit_kernel % 2 == 0 or unit_width < 0:
+        raise ValueError(f"unit_kernel must be odd and unit_width >= 0, got {unit_kernel} and {unit_width}")
+    chosen = _check_filters(filters, k, [backbone.features[p].out_channels for p in pos[:k]])
+    for p, idx in zip(pos[:k], chosen):
+        unit = CorrectionUnit(len(idx), unit_width, unit_kernel, unit_bn)
+        backbone.features[p] = CorrectedConv2d(backbone.features[p], idx, unit)
+    return backbone

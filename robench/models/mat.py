@@ -1,0 +1,86 @@
+"""Parallel MAT (Song et al., seed 003, eq. 3-4): S sub-networks and a learned voting unit.
+
+Each branch is a full copy of a registered base architecture. The voting unit (the paper's
+"upper-boundary decision unit") is a small network that reads every branch's class probabilities
+and outputs voting coefficients ``a_k(x)`` (softmax, so they sum to 1, as eq. 4 requires). The
+composite outputs ``log(sum_k a_k p_k)``: log-probabilities of the voted prediction, which are
+valid logits (their softmax is the vote), so attacks and the cross-entropy see the ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import MODELS, ImageClassifier, register_model
+
+__all__ = ["ParallelMAT", "branch_view"]
+
+
+class ParallelMAT(nn.Module):
+    """S branches of one base architecture combined by learned, input-dependent voting.
+
+    Args:
+        num_classes: output logits.
+        in_chans: input channels.
+        base: registered architecture of every branch.
+        base_kwargs: its options (e.g. ``{"width": 16}``).
+        branches: the number S of sub-networks (one per adversarial strength).
+        strengths: the FGSM strength each branch is trained at (recorded; ``len == branches``).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, base: str = "small_cnn",
+                 base_kwargs: Mapping[str, Any] | None = None, branches: int = 2,
+                 strengths: Sequence[float] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if base == "mat_parallel":
+            raise ValueError("mat_parallel cannot be the base of its own branches")
+        if int(branches) < 1:
+            raise ValueError(f"mat_parallel needs at least 1 branch, got {branches}")
+        if strengths is not None and len(strengths) != int(branches):
+            raise ValueError(f"mat_parallel got {len(strengths)} strengths for {branches} branches")
+        spec = MODELS.get(base)
+        kw = dict(base_kwargs or {})
+        self.branches = nn.ModuleList(
+            spec.build(num_classes=num_classes, in_chans=in_chans, **kw) for _ in range(int(branches))
+        )
+        self.strengths = [float(s) for s in strengths] if strengths is not None else None
+        # zero init: every a_k starts at 1/S, a plain average of the branches' probabilities
+        self.vote = nn.Linear(int(branches) * num_classes, int(branches))
+        nn.init.zeros_(self.vote.weight)
+        nn.init.zeros_(self.vote.bias)
+
+    def branch_logits(self, x: Tensor) -> list[Tensor]:
+        """Logits of every branch on (normalised) ``x``."""
+        return [b(x) for b in self.branches]
+
+    def vote_weights(self, probs: Sequence[Tensor]) -> Tensor:
+        """Voting coefficients ``a`` (N x S, rows sum to 1) from the branches' probabilities."""
+        return F.softmax(self.vote(torch.cat(list(probs), dim=1)), dim=1)
+
+    def combine(self, logits: Sequence[Tensor]) -> Tensor:
+        """``log(sum_k a_k softmax(z_k))`` for branch logits ``z_k``: the voted log-probabilities."""
+        logp = torch.stack([F.log_softmax(z, dim=1) for z in logits], dim=1)  # N x S x C
+        a = self.vote_weights([lp.exp() for lp in logp.unbind(1)])
+        return torch.logsumexp(logp + torch.log(a.clamp_min(1e-12)).unsqueeze(2), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.combine(self.branch_logits(x))
+
+
+def branch_view(model: ImageClassifier, k: int) -> nn.Module:
+    """Branch ``k`` of a ``mat_parallel`` classifier as a classifier of [0, 1] images (shares weights)."""
+    view = nn.Sequential(model.normalize, model.backbone.branches[k])
+    view.training = model.training  # so that eval_mode(view) restores the composite's mode
+    return view
+
+
+@register_model("mat_parallel", input_size=32, source="Song et al. (seed 003)",
+                description="parallel MAT: S copies of a base architecture + a learned voting unit")  # fmt: skip
+def mat_parallel(num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Parallel-MAT composite (kwargs: base, base_kwargs, branches, strengths)."""
+    return ParallelMAT(num_classes, in_chans, **kwargs)
