@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_torch_save
+from . import distributed
+from ._io import atomic_torch_save, first_line
 from .data import DatasetInfo
 from .data.shapes import cache_dir
 from .loading import LoadedModel, load_model
@@ -49,27 +50,44 @@ def _transfer_key(spec: Any, sur: LoadedModel, dataset: str, seed: int, indices:
     return h.hexdigest()
 
 
+def _cached_advs(path: Any, n: int) -> torch.Tensor | None:
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached["adv"].shape[0] == n:
+            return cached["adv"]  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001  (a torn cache file of any kind is recomputed)
+        log.warning("recomputing unreadable transfer cache %s (%s)", path, first_line(exc, 100))
+    return None
+
+
 def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Callable[[int], None]) -> torch.Tensor:
-    """All adversarials of the run's images, from the cache or crafted now (then cached)."""
+    """Adversarials of this process's images (in the order it meets them), cached for the whole run.
+
+    The cache holds every image of the run. Under torchrun each rank crafts its own batches and,
+    when rank 0 found no cache, rank 0 collects every share and writes it.
+    """
     from .attacks import craft_transfer
 
     path = cache_dir() / "transfer" / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, batches.indices)}.pt"
-    if path.exists():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if cached["adv"].shape[0] == len(batches.indices):
-                tick(len(batches))
-                return cached["adv"]
-        except Exception as exc:  # noqa: BLE001  (a torn cache file of any kind is recomputed)
-            log.warning("recomputing unreadable transfer cache %s (%s)", path, str(exc).splitlines()[0][:100])
-    parts = []
-    surrogate = sur.model.to(batches.device).eval()
-    for idx, x, y, _ in batches:
-        parts.append(craft_transfer(spec, surrogate, x, y, seed=cfg.seed, indices=idx.tolist()).cpu())
-        tick(1)
-    adv = torch.cat(parts)
-    atomic_torch_save({"adv": adv, "indices": torch.from_numpy(batches.indices)}, path)
-    return adv
+    full, pos = _cached_advs(path, len(batches.indices)), batches.positions()
+    if full is not None:
+        local = full[torch.from_numpy(pos)]
+        tick(len(batches))
+    else:
+        parts = []
+        surrogate = sur.model.to(batches.device).eval()
+        for idx, x, y, _ in batches:
+            parts.append(craft_transfer(spec, surrogate, x, y, seed=cfg.seed, indices=idx.tolist()).cpu())
+            tick(1)
+        local = torch.cat(parts) if parts else torch.zeros(0)
+    if distributed.broadcast(full is None):
+        shares = distributed.gather_to_main((pos, local.numpy()))
+        if shares is not None:
+            adv = torch.from_numpy(distributed.assemble(shares, len(batches.indices)))
+            atomic_torch_save({"adv": adv, "indices": torch.from_numpy(batches.indices)}, path)
+    return local
 
 
 def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: DatasetInfo,
@@ -100,7 +118,7 @@ def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: Data
             res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist())
             correct.append(res.correct.cpu().numpy())
             tick(1)
-    sev = accuracy_entry(np.concatenate(correct))
+    sev = accuracy_entry(batches.gather(correct))
     sev.update(severity=1, parameter=spec.parameter_text(info.preset)[0])
     return entry | {"severities": [sev]}
 

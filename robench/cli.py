@@ -25,12 +25,50 @@ def _user_errors(fn: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         from ._registry import UnknownNameError
 
+        previous = _catch_sigterm()
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, UnknownNameError, PermissionError) as exc:
+        except (ValueError, UnknownNameError, OSError) as exc:  # OSError: missing files, full disk, read-only folder
             raise click.ClickException(str(exc)) from None
+        except (KeyboardInterrupt, _Terminated) as exc:
+            what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+            raise click.ClickException(f"{what}; finished work is saved: run the same command again to resume") from None
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
     return run  # type: ignore[return-value]
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that ``finally`` blocks and temp-file cleanup run."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _catch_sigterm() -> Any:
+    """Turn SIGTERM into :class:`_Terminated` for the command's duration; returns the handler to restore."""
+    import os
+    import signal
+
+    if "LOCAL_RANK" in os.environ:  # torchrun manages its workers' signals itself
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding application): keep its handlers
+        return None
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    import math
+
+    if not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,8 +134,10 @@ def list_cmd(what: str, suite: str | None) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     click.echo(fmt.format(*header))
-    for r in rows:
-        click.echo(fmt.format(*r))
+    from .report.tables import safe_text
+
+    for r in rows:  # zoo cards are files from anywhere: their text must not drive the terminal
+        click.echo(fmt.format(*(safe_text(c) for c in r)))
 
 
 @main.group()
@@ -174,24 +214,48 @@ def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names:
 @click.option("--model-id", default=None, help="Name shown in tables (default: the file name).")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--dry-run", is_flag=True, help="Print the forward/backward passes the run will make and an estimated time; evaluate nothing.")
 @_user_errors
 def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: bool, suite: str, perturbations: tuple[str, ...],
                  n_images: int, all_images: bool, batch_size: int, device: str, seed: int, out: Path, baseline: str,
                  surrogate: str, resume: bool, arch: str | None, model_id: str | None, trust_pickle: bool,
-                 no_plots: bool) -> None:
-    """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots."""
+                 no_plots: bool, dry_run: bool) -> None:
+    """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots.
+
+    Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share the
+    images and rank 0 writes the files.
+    """
+    from . import distributed
     from .evaluation import evaluate
 
-    report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root),
-                      download=download, suite=suite,
-                      perturbations=perturbations, n_images=None if all_images else n_images, batch_size=batch_size,
-                      device=device, seed=seed, out=out, resume=resume, baseline=baseline, surrogate=surrogate,
-                      model_id=model_id, arch=arch, trust_pickle=trust_pickle, progress=True, plots=not no_plots)
+    if dry_run:
+        from .dry_run import plan_evaluation
+
+        plan = plan_evaluation(model, dataset=dataset, data_root=None if data_root is None else str(data_root), suite=suite,
+                               perturbations=perturbations, n_images=None if all_images else n_images,
+                               batch_size=batch_size, device=device, seed=seed, out=out, resume=resume,
+                               baseline=baseline, surrogate=surrogate, model_id=model_id, arch=arch,
+                               trust_pickle=trust_pickle)  # fmt: skip
+        if (distributed.env_world() or distributed.World()).is_main:
+            click.echo(str(plan))
+        return
+    try:
+        report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root),
+                          download=download, suite=suite,
+                          perturbations=perturbations, n_images=None if all_images else n_images, batch_size=batch_size,
+                          device=device, seed=seed, out=out, resume=resume, baseline=baseline, surrogate=surrogate,
+                          model_id=model_id, arch=arch, trust_pickle=trust_pickle, progress=True, plots=not no_plots)
+        if not distributed.world().is_main:
+            return
+    finally:
+        distributed.shutdown()
     rec = report.record
-    click.echo(f"\nR = A_perturbed / A_clean  ({rec['model']['id']} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
+    from .report.tables import safe_text
+
+    click.echo(f"\nR = A_perturbed / A_clean  ({safe_text(rec['model']['id'])} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
                f" clean accuracy {report.clean_accuracy:.4f})")
     base = rec.get("baseline")
-    click.echo(f"markers: +/- vs {base['id']} (rounded to 2 decimals)" if base else "markers: none (no baseline)")
+    click.echo(f"markers: +/- vs {safe_text(base['id'])} (rounded to 2 decimals)" if base else "markers: none (no baseline)")
     click.echo(str(report))
     fam = rec["summary"].get("mean_R", {})
     if fam:
@@ -201,7 +265,7 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: boo
     if checks:
         click.echo("gradient-masking checks: " + ("all passed" if not failed else "FLAGGED"))
         for c in failed:
-            click.echo(f"  {c['name']}: {c['detail']}")
+            click.echo(f"  {safe_text(c['name'])}: {safe_text(c['detail'])}")
     for key, path in report.paths.items():
         click.echo(f"{key:>12}: {path}")
 
@@ -225,7 +289,7 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise.")
 @click.option("--train-images", type=click.IntRange(1), default=None, help="Train on the first N images only (quick runs).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.002, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.002, show_default=True, callback=_finite)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint path (a .json card goes beside it).")
@@ -238,14 +302,65 @@ def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool
               lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
               arch_opts: tuple[str, ...]) -> None:
     """Train a model with a defense; writes a robench checkpoint and its model card."""
+    from . import distributed
     from .trainer import train
 
     akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
-    path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), download=download,
-                 arch=arch,
-                 arch_kwargs=akw, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
-                 options=_options(opts), device=device, progress=True)
-    click.echo(f"wrote {path} and {path.with_suffix('.json')}")
+    _check_arch_options(arch, akw)
+    from ._io import writable_dir
+
+    writable_dir(out.parent if out is not None else Path("checkpoints"))  # fail now, not after hours of training
+    try:
+        path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), download=download,
+                     arch=arch,
+                     arch_kwargs=akw, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
+                     options=_options(opts), device=device, progress=True)
+        main_rank = distributed.world().is_main
+    finally:
+        distributed.shutdown()
+    if main_rank:
+        click.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+def _check_arch_options(arch: str, akw: dict[str, object]) -> None:
+    """Build ``arch`` with ``-a`` options on the meta device (no memory, no time): bad options fail here."""
+    if not akw:
+        return
+    import torch
+
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(arch, 10, **akw)
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # an unknown --arch is a KeyError: passes
+        from ._io import first_line
+
+        raise ValueError(f"--arch {arch} does not accept the options {akw}: {first_line(exc, 160)}") from None
+    if any(t.numel() == 0 for t in [*model.parameters(), *model.buffers()]):
+        raise ValueError(f"--arch {arch} with options {akw} has layers of size 0")
+
+
+@main.command("leaderboard")
+@click.argument("result_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboard/site"), show_default=True,
+              help="Site folder (index.html, models/, plots/, CSVs).")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
+@click.option("--examples/--no-examples", default=True, show_default=True, help="Write example images and the gallery.")
+@click.option("--attack-examples/--no-attack-examples", default=True, show_default=True,
+              help="Craft adversarial examples for checkpoints found with the hash their result states.")
+@_user_errors
+def leaderboard_cmd(result_dirs: tuple[Path, ...], out: Path, plots: bool, examples: bool, attack_examples: bool) -> None:
+    """Build the static HTML leaderboard from result JSON files (default folder: leaderboard/)."""
+    from .report.leaderboard import build_leaderboard
+
+    lb = build_leaderboard(result_dirs or (Path("leaderboard"),), out, plots=plots, examples=examples,
+                           attack_examples=attack_examples)
+    for problem in lb.problems:
+        click.echo(f"skipped {problem}", err=True)
+    click.echo(f"wrote {lb.index} ({len(lb.records)} results, {len(lb.problems)} files skipped)")
+    for key in ("wide_csv", "long_csv"):
+        click.echo(f"{key:>12}: {lb.files[key]}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,12 +8,19 @@ from typing import Any
 
 from torch import nn
 
-from ._io import atomic_write_bytes, atomic_write_text, sha256_bytes_of_state
+from . import __version__, distributed
+from ._io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    file_lock,
+    sha256_bytes_of_state,
+    writable_dir,
+)
 from .loading import LoadedModel, load_model
 from .report import Report, long_table
 from .report_utils import figure_png
 from .results import ResultError, finalize, read_record, write_record
-from .runner import EvalConfig, evaluate_record
+from .runner import EvalConfig, evaluate_record, resolve_device
 
 __all__ = ["evaluate"]
 
@@ -58,14 +65,61 @@ def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig,
         rec = read_record(baseline)
         if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
+        if rec["robench_version"] != __version__:
+            raise ResultError(f"baseline {baseline} was computed by robench {rec['robench_version']}, not {__version__}; "
+                              "evaluate the baseline again (or pass --baseline none)")  # fmt: skip
+        if rec.get("clean") is None:
+            raise ResultError(f"baseline {baseline} is an unfinished run (no clean accuracy yet)")
         return finalize(rec, None, cfg.names())  # R from its raw counts, whatever state it was left in
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
-    rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
-    finalize(rec, None, cfg.names())
-    write_record(rec, path)
+    with run_lock(out, base.model_id, enabled=distributed.world().is_main):
+        rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
+        finalize(rec, None, cfg.names())
+        if distributed.world().is_main:
+            write_record(rec, path)
     return rec
+
+
+def _check_baseline_ref(baseline: str | None) -> None:
+    """A baseline that cannot exist fails before the evaluation, not after it."""
+    if baseline in (None, "none", "auto"):
+        return
+    if baseline.startswith("zoo:"):
+        from .zoo import resolve_zoo
+
+        resolve_zoo(baseline, verify=False)
+    elif baseline.endswith(".json"):
+        read_record(baseline)
+    elif not Path(baseline).is_file():
+        raise FileNotFoundError(f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a result .json or none)")
+    else:
+        load_model(baseline)  # an unreadable or unsafe checkpoint is refused before any work
+
+
+def run_lock(out: Path, model_id: str, *, enabled: bool = True) -> Any:
+    """The lock one model's run in ``out`` holds: two processes never write the same record at once.
+
+    A second ``evaluate`` of the same model into the same folder waits, then resumes from what the
+    first one wrote; runs of different models proceed in parallel.
+    """
+    import contextlib
+
+    from .runner import run_stem
+
+    if not enabled:
+        return contextlib.nullcontext()
+    stem = run_stem(model_id, EvalConfig(), 0).rsplit("__", 3)[0]
+    return file_lock(out / f".{stem}.lock", what=f"model {model_id!r} in {out}")
+
+
+def _same_images(record: dict[str, Any], base: dict[str, Any]) -> None:
+    """Markers compare image by image: the baseline must have seen exactly the same images."""
+    mine, theirs = record["dataset"], base["dataset"]
+    if (mine["n_images"], mine.get("indices")) != (theirs["n_images"], theirs.get("indices")):
+        raise ResultError(f"baseline {base['model']['id']!r} was evaluated on other images ({theirs['n_images']} vs "
+                          f"{mine['n_images']}, or another subset); markers need the same images")  # fmt: skip
 
 
 def evaluate(
@@ -114,7 +168,8 @@ def evaluate(
         plots: write the PNG plots.
 
     Returns:
-        A :class:`~robench.report.Report`.
+        A :class:`~robench.report.Report` (under torchrun, only rank 0's lists the written files:
+        the other ranks compute their share and write nothing).
     """
     cfg = EvalConfig(dataset=dataset, data_root=data_root, download=download, suite=suite, perturbations=tuple(perturbations),
                      n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)  # fmt: skip
@@ -125,14 +180,27 @@ def evaluate(
 
     DATASETS.get(dataset)  # cheap checks first: a typo fails before any loading
     cfg.names()
+    _check_baseline_ref(baseline)
+    world = distributed.setup(resolve_device(device))
+    if world.is_main:
+        writable_dir(out)  # a read-only or impossible --out fails now, not after the first perturbation
     loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
-    record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=_attack_runner())
-    base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
-    record["baseline"] = None if base is None else {"id": base["model"]["id"], "sha256": base["model"]["sha256"],
-                                                     "source": base["model"]["source"]}  # fmt: skip
-    finalize(record, base, cfg.names())
-    write_record(record, path)
-    return Report(record, _write_outputs(record, path, plots=plots))
+    with run_lock(out, loaded.model_id, enabled=world.is_main):  # held until every file is written
+        record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=_attack_runner())
+        base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
+        if base is not None:
+            _same_images(record, base)
+        record["baseline"] = None if base is None else {"id": base["model"]["id"], "sha256": base["model"]["sha256"],
+                                                         "source": base["model"]["source"]}  # fmt: skip
+        # R, markers and summary over everything the file holds, not only this call's perturbations
+        finalize(record, base, list(dict.fromkeys([*cfg.names(), *record["perturbations"]])))
+        if not world.is_main:
+            distributed.barrier()  # returns once rank 0 has written everything
+            return Report(record, {})
+        write_record(record, path)
+        paths = _write_outputs(record, path, plots=plots)
+        distributed.barrier()
+        return Report(record, paths)
 
 
 def _write_outputs(record: dict[str, Any], path: Path, *, plots: bool) -> dict[str, Path]:

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from . import perturbations as P
+from ._io import first_line
 from ._seeding import derive_seed
 from .data import ImageDataset, load_dataset
 from .loading import LoadedModel
-from .results import accuracy_entry, new_record, read_record, ResultError, write_record
+from . import __version__
+from .results import ResultError, accuracy_entry, entry_complete, new_record, read_record, write_record
 
 __all__ = ["EvalConfig", "evaluate_record", "select_indices", "resolve_device", "run_stem", "predict"]
 
@@ -106,33 +109,69 @@ def predict(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
         except RuntimeError as exc:
             raise ValueError(
                 f"the model failed on a batch of shape {tuple(x.shape)} (wrong input size or channels?): "
-                f"{str(exc).splitlines()[0][:200]}"
+                f"{first_line(exc, 200)}"
             ) from None
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    return check_logits(logits, x.shape[0], num_classes).argmax(1)
+
+
+def check_logits(logits: Any, n: int, num_classes: int) -> Tensor:
+    """``logits`` if it is a finite N x num_classes tensor; a one-sentence ValueError otherwise."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"the model must return N x classes logits, got {shape}")
     if logits.shape[1] != num_classes:
         raise ValueError(f"the model outputs {logits.shape[1]} classes but the dataset has {num_classes}")
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError("the model produced NaN or Inf logits")
-    return logits.argmax(1)
+    if not logits.is_floating_point() or not bool(torch.isfinite(logits.detach()).all()):
+        raise ValueError(f"the model produced NaN, Inf or non-float logits (dtype {logits.dtype})")
+    return logits
+
+
+class _CheckedModel(nn.Module):
+    """The evaluated model with every output checked, attacks' forward passes included.
+
+    A model whose logits turn NaN only on perturbed images would otherwise be scored by
+    ``argmax`` of NaNs (class 0): a silent, wrong count.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.model, self.num_classes = model, num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return check_logits(self.model(x), x.shape[0], self.num_classes)
 
 
 class _Batches:
-    """Batches of the evaluated images on the device, with their dataset indices."""
+    """This process's batches of the evaluated images on the device, with their dataset indices.
 
-    def __init__(self, ds: ImageDataset, indices: np.ndarray, batch_size: int, device: str) -> None:
+    Batch ``b`` always holds images ``b * batch_size ...`` of the run; under torchrun, rank ``r``
+    of ``size`` makes batches ``r, r + size, ...`` (``indices`` stays the whole run's).
+    """
+
+    def __init__(self, ds: ImageDataset, indices: np.ndarray, batch_size: int, device: str, rank: int = 0,
+                 size: int = 1) -> None:  # fmt: skip
         self.ds, self.indices, self.bs, self.device = ds, indices, batch_size, device
+        self.ids = range(rank, (len(indices) + batch_size - 1) // batch_size, size)
 
     def __len__(self) -> int:
-        return (len(self.indices) + self.bs - 1) // self.bs
+        return len(self.ids)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        for start in range(0, len(self.indices), self.bs):
-            idx = self.indices[start : start + self.bs]
+        for b in self.ids:
+            idx = self.indices[b * self.bs : (b + 1) * self.bs]
             x, y = self.ds.get_batch(torch.from_numpy(idx))
             boxes = None if self.ds.boxes is None else self.ds.boxes[torch.from_numpy(idx)].to(self.device)
             yield idx, x.to(self.device), y.to(self.device), boxes
+
+    def positions(self) -> np.ndarray:
+        """Positions in the run of this process's images, in the order it meets them."""
+        n = len(self.indices)
+        return np.concatenate([np.arange(b * self.bs, min((b + 1) * self.bs, n)) for b in self.ids] or [np.zeros(0, int)])
+
+    def gather(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The whole run's per-image results in run order, from this process's per-batch ``parts``."""
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        return distributed.gather_rows(self.positions(), rows, len(self.indices))
 
 
 def _corruption_entry(spec: Any, model: nn.Module, batches: _Batches, cfg: EvalConfig, preset: str,
@@ -146,7 +185,7 @@ def _corruption_entry(spec: Any, model: nn.Module, batches: _Batches, cfg: EvalC
             xc = spec(x, s, seed=cfg.seed, indices=idx.tolist(), preset=preset, boxes=boxes)
             correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
             tick(1)
-        entry = accuracy_entry(np.concatenate(correct))
+        entry = accuracy_entry(batches.gather(correct))
         entry.update(severity=s, parameter=spec.parameter_text(preset)[s - 1])
         sevs.append(entry)
     return {"kind": "corruption", "family": spec.family, "severities": sevs}
@@ -168,19 +207,23 @@ def evaluate_record(
     _check_fit(loaded, info)
     indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
     names = cfg.names()
-    model = loaded.model.to(device).eval()
-    batches = _Batches(ds, indices, cfg.batch_size, device)
+    model = _CheckedModel(loaded.model.to(device), info.num_classes).eval()
+    world = distributed.world()
+    batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
     run_key = {"model_sha256": loaded.sha256, "dataset": cfg.dataset, "n_images": int(len(indices)),
                "seed": cfg.seed, "preset": info.preset}  # fmt: skip
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
-    record = _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device)
-    pending = [n for n in names if record["perturbations"].get(n, {}).get("status") != "done"]
+    record = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
+        _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device) if world.is_main else None
+    )
+    save = write_record if world.is_main else (lambda rec, p: p)
+    pending = [n for n in names if not entry_complete(record["perturbations"].get(n), len(indices), P.get(n).severities)]
     total = len(batches) * (int(record["clean"] is None) + sum(len(P.get(n).severities) for n in pending))
-    with _progress(total, progress) as tick:
+    with _progress(total, progress and world.is_main) as tick:
         if record["clean"] is None:
             correct = [(predict(model, x, info.num_classes) == y).cpu().numpy() for _, x, y, _ in _ticking(batches, tick)]
-            record["clean"] = accuracy_entry(np.concatenate(correct))
-            write_record(record, path)
+            record["clean"] = accuracy_entry(batches.gather(correct))
+            save(record, path)
         for name in pending:
             spec = P.get(name)
             t0 = _now()
@@ -194,12 +237,13 @@ def evaluate_record(
             entry["seconds"] = round(_now() - t0, 3)
             record["perturbations"][name] = entry
             record["config"]["perturbations"] = sorted(set(record["config"].get("perturbations", [])) | {name})
-            write_record(record, path)
+            save(record, path)
         if attack_runner is not None and _wants_masking(record, names):
             from .attack_eval import masking_entry
 
-            record["gradient_masking"] = masking_entry(model, batches, cfg)
-            write_record(record, path)
+            # on the run's first batch, which rank 0 holds; the others wait for its result
+            record["gradient_masking"] = distributed.broadcast(masking_entry(model, batches, cfg) if world.is_main else None)
+            save(record, path)
     return record, path
 
 
@@ -238,12 +282,14 @@ def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: Lo
         try:
             old = read_record(path)
         except ResultError as exc:
-            log.warning("%s; starting this run again", exc)
+            log.warning("%s; starting this run again (the damaged file is kept as %s)", exc, _set_aside(path).name)
         else:
-            if old["run_key"] == run_key:
+            if old["run_key"] == run_key and old["robench_version"] == __version__:
                 log.info("resuming %s (%d perturbations done)", path, len(old["perturbations"]))
                 return old
-            log.warning("%s was computed with other settings or another checkpoint; starting again", path)
+            why = "another robench version" if old["run_key"] == run_key else "other settings or another checkpoint"
+            log.warning("%s was computed with %s; starting again (the old file is kept as %s)", path, why,
+                        _set_aside(path).name)  # fmt: skip
     model_info = {"id": loaded.model_id, "source": loaded.source, "sha256": loaded.sha256, "kind": loaded.kind,
                   "meta": None if loaded.meta is None else loaded.meta.to_dict(), "card": loaded.card}  # fmt: skip
     dataset_info = {"name": cfg.dataset, "split": "test", "size": len(ds), "n_images": int(len(indices)),
@@ -252,6 +298,15 @@ def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: Lo
                     "indices": None if len(indices) == len(ds) else indices.tolist()}  # fmt: skip
     config = asdict(cfg) | {"perturbations": [], "device": device}
     return new_record(run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a record that will not be resumed to ``<name>.<time>.old``: never overwrite finished work."""
+    import time
+
+    aside = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.old")
+    path.replace(aside)
+    return aside
 
 
 def _now() -> float:

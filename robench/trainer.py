@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from ._seeding import derive_seed
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import SubsetDataset, load_dataset
@@ -52,10 +52,14 @@ def train(
 ) -> Path:
     """Train a model with a defense and write a robench checkpoint plus a model card (``.json``).
 
+    Under torchrun every process calls this; they train one model with DDP (``batch_size`` is the
+    global batch) and rank 0 writes the checkpoint and the card.
+
     Returns:
         The checkpoint path.
     """
     dev = resolve_device(device)
+    world = distributed.setup(dev)
     cfg = TrainConfig(epochs=epochs or default_epochs(dataset), batch_size=batch_size, lr=lr, seed=seed, device=dev)
     cfg.validate()
     d = build_defense(defense, options)
@@ -75,11 +79,14 @@ def train(
         else:
             ctx = SetupContext(arch=arch, arch_kwargs=akw, info=info, train_ds=train_ds, test_ds=test_ds, seed=seed,
                                device=dev, workdir=out_path.with_name(out_path.name + ".setup"), batch_size=batch_size,
-                               lr=lr, progress=progress)  # fmt: skip
-            built = setup(ctx)
+                               lr=lr, progress=progress and world.is_main)  # fmt: skip
+            built = _setup_rank_by_rank(setup, ctx)
             model, arch, akw, notes = built.model, built.arch, dict(built.arch_kwargs), built.notes
     fingerprint = {"train_images": len(train_ds), "defense": defense, "defense_config": repr(d), "dataset": dataset, "arch": arch, "arch_kwargs": akw}
     result = fit(model, d, train_ds, cfg, out=out_path, eval_ds=test_ds, resume=resume, progress=progress, fingerprint=fingerprint)
+    if not world.is_main:
+        distributed.barrier()  # rank 0 writes the checkpoint and its card
+        return out_path
     acc = evaluate_accuracy(model, test_ds, device=dev)
     meta = CheckpointMeta(
         arch=arch, arch_kwargs=akw, num_classes=info.num_classes, in_chans=info.channels, input_size=info.image_size,
@@ -99,4 +106,22 @@ def train(
     workdir = out_path.with_name(out_path.name + ".setup")
     if workdir.is_dir():
         shutil.rmtree(workdir)
+    distributed.barrier()  # the checkpoint exists on return, on every rank
     return out_path
+
+
+def _setup_rank_by_rank(setup: Any, ctx: SetupContext) -> Any:
+    """A defense's setup, rank 0 first (its resumable work lands in the workdir), then the others.
+
+    Each runs as a lone process (a setup's own training is not shared); DDP then starts every rank
+    from rank 0's weights.
+    """
+    w, built = distributed.world(), None
+    if w.is_main:
+        with distributed.local():
+            built = setup(ctx)
+    distributed.barrier()
+    if not w.is_main:
+        with distributed.local():
+            built = setup(ctx)
+    return built

@@ -4,6 +4,23 @@ Each epoch starts from seeds derived from (seed, epoch): the shuffle, the defens
 and the global RNG that dropout draws from (fenced, restored afterwards). A run killed at any
 point and restarted from its last epoch checkpoint therefore ends with the same weights as an
 uninterrupted run (on the same device and threads).
+
+Under torchrun (see :mod:`robench.distributed`; gloo on the CPU, nccl on CUDA) the ranks train one
+model data-parallel, as DistributedDataParallel does: rank 0's weights at the start, the mean of
+the ranks' gradients after every backward (:class:`~robench.distributed.GradientAverager`, which
+also works for defenses that call sub-modules directly). ``batch_size`` stays the global batch:
+every rank takes an equal, contiguous slice of each batch of the epoch's permutation, so the images
+of a step, the steps per epoch and the LR schedule are those of a one-process run. Each rank's
+defense generator and global RNG derive from (seed, epoch, rank, world size). Rank 0 alone writes
+``<out>.partial`` and reads it on resume, then broadcasts it.
+
+What equals what: a W-process run is reproducible (same W: the same weights, bit for bit, also
+after a kill and resume). It equals the one-process run up to float summation order when the
+defense draws no randomness per batch and the model has no batch-coupled layer in training mode:
+the averaged gradient of W equal slices is the gradient of the mean loss over the whole batch.
+BatchNorm breaks that (each rank normalises its own slice, as under DDP; SyncBatchNorm is GPU-only;
+the running statistics are rank 0's), and so do dropout masks and defense draws (they come from
+per-rank generators).
 """
 
 from __future__ import annotations
@@ -18,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_torch_save
+from . import distributed
+from ._io import atomic_torch_save, first_line
 from ._seeding import derive_seed, make_generator
 from .data import ImageDataset
 from .defenses import StepContext
@@ -123,26 +141,32 @@ def fit(
         A :class:`TrainResult` (the model holds the final weights).
     """
     cfg.validate()
+    world = distributed.world()
     device = cfg.device
     model.to(device)
     n = len(train_ds)
+    _check_shares(cfg.batch_size, n, world.size)
     steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch: constant batch statistics
     opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     run_id = {"config": asdict(cfg), **dict(fingerprint or {})}
     result = TrainResult(0)
     start_epoch = _maybe_resume(out, run_id, model, opt, sched, result) if resume else 0
     t0 = time.perf_counter() - result.wall_time_s
-    bar = _bar(progress, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    bar = _bar(progress and world.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    sync = distributed.GradientAverager(model) if world.active else None
     for epoch in range(start_epoch, cfg.epochs):
-        stats = _run_epoch(model, defense, train_ds, cfg, opt, sched, epoch, steps_per_epoch, bar)
-        if eval_ds is not None:
+        stats = _run_epoch(model, sync, defense, train_ds, cfg, opt, sched, epoch, steps_per_epoch, bar)
+        if eval_ds is not None and world.is_main:
             stats["test_acc"] = evaluate_accuracy(model, eval_ds, device=device)
+        stats = distributed.broadcast(stats)
         result.history.append(stats)
         result.epochs_done = epoch + 1
         result.wall_time_s = time.perf_counter() - t0
-        atomic_torch_save({"run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                           "sched": sched.state_dict(), "history": result.history, "wall_time_s": result.wall_time_s},
-                          _state_path(out))  # fmt: skip
+        if world.is_main:
+            atomic_torch_save({"run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                               "sched": sched.state_dict(), "history": result.history,
+                               "wall_time_s": result.wall_time_s}, _state_path(out))  # fmt: skip
+        distributed.barrier()
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, stats)
     if bar is not None:
         bar.close()
@@ -157,17 +181,31 @@ def _bar(progress: bool, total: int, initial: int):  # type: ignore[no-untyped-d
     return tqdm(total=total, initial=initial, unit="step", desc="train", dynamic_ncols=True)
 
 
-def _maybe_resume(out: Path, run_id: Mapping[str, Any], model: nn.Module, opt: Any, sched: Any, result: TrainResult) -> int:
+def _check_shares(batch_size: int, n: int, ranks: int) -> None:
+    if batch_size % ranks:
+        raise ValueError(f"--batch-size {batch_size} must be a multiple of the {ranks} processes (one equal share each)")
+    if n < ranks:
+        raise ValueError(f"{n} training images cannot be shared by {ranks} processes")
+
+
+def _read_state(out: Path, run_id: Mapping[str, Any]) -> dict[str, Any] | None:
     path = _state_path(out)
     if not path.exists():
-        return 0
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (a torn file of any kind means: start again)
-        log.warning("ignoring unreadable %s (%s); starting from scratch", path, str(exc).splitlines()[0][:100])
-        return 0
+        log.warning("ignoring unreadable %s (%s); starting from scratch", path, first_line(exc, 100))
+        return None
     if state.get("run_id") != run_id:
         log.warning("%s belongs to another run (different settings); starting from scratch", path)
+        return None
+    return state  # type: ignore[no-any-return]
+
+
+def _maybe_resume(out: Path, run_id: Mapping[str, Any], model: nn.Module, opt: Any, sched: Any, result: TrainResult) -> int:
+    state = distributed.broadcast(_read_state(out, run_id) if distributed.world().is_main else None)
+    if state is None:
         return 0
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
@@ -179,25 +217,37 @@ def _maybe_resume(out: Path, run_id: Mapping[str, Any], model: nn.Module, opt: A
     return result.epochs_done
 
 
-def _run_epoch(model: nn.Module, defense: Any, ds: ImageDataset, cfg: TrainConfig, opt: Any, sched: Any,
-               epoch: int, steps: int, bar: Any) -> dict[str, float]:  # fmt: skip
+def _rank_seed(seed: int, what: str, epoch: int) -> int:
+    """Per-epoch seed of ``what``; under torchrun each rank draws its own."""
+    w = distributed.world()
+    return derive_seed(seed, what, epoch) if not w.active else derive_seed(seed, what, epoch, "rank", w.rank, w.size)
+
+
+def _run_epoch(model: nn.Module, sync: distributed.GradientAverager | None, defense: Any, ds: ImageDataset,
+               cfg: TrainConfig, opt: Any, sched: Any, epoch: int, steps: int, bar: Any) -> dict[str, float]:  # fmt: skip
+    """One epoch; under torchrun ``sync`` keeps the ranks' models equal."""
+    w = distributed.world()
     order = torch.randperm(len(ds), generator=make_generator(derive_seed(cfg.seed, "shuffle", epoch)))
-    gen = make_generator(derive_seed(cfg.seed, "defense", epoch))
+    gen = make_generator(_rank_seed(cfg.seed, "defense", epoch))
     model.train()
     hook = getattr(defense, "on_train", None)
     if hook is not None:
         hook(model)
     loss_sum = correct = seen = 0.0
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "global", epoch))  # dropout and friends
+        torch.manual_seed(_rank_seed(cfg.seed, "global", epoch))  # dropout and friends
         for step in range(steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].tensor_split(w.size)[w.rank]
             x, y = ds.get_batch(idx)
             x, y = x.to(cfg.device), y.to(cfg.device)
             ctx_labels = None if ds.context is None else ds.context[idx].to(cfg.device)
-            out = defense.step(model, x, y, StepContext(epoch, step, gen, ds.info.num_classes, idx, ctx_labels))
+            if sync is not None:
+                sync.sync_buffers()
+            out = defense.step(model, x, y, StepContext(epoch, step, gen, ds.info.num_classes, idx, ctx_labels, cfg.epochs, cfg.seed))
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
+            if sync is not None:
+                sync.average_gradients()
             opt.step()
             sched.step()
             loss_sum += float(out.loss.detach()) * len(y)
@@ -206,4 +256,5 @@ def _run_epoch(model: nn.Module, defense: Any, ds: ImageDataset, cfg: TrainConfi
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen])
     return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen}

@@ -58,10 +58,10 @@ def tiny_trained() -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("small_cnn", 10, width=8)
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        opt = torch.optim.Adam(model.parameters(), lr=0.005)
         g = torch.Generator().manual_seed(0)
         model.train()
-        for _ in range(60):
+        for _ in range(250):  # ~5 s; reaches about 50 % on held-out images (60 steps stayed at chance)
             idx = torch.randint(0, 1500, (64,), generator=g)
             x, y = ds.get_batch(idx)
             loss = torch.nn.functional.cross_entropy(model(x), y)
