@@ -11,7 +11,12 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["severity_curves", "r_bars"]
 
+# Names in plots come from result files (untrusted text): draw them literally, never as $math$ (a
+# crafted name would make matplotlib's math parser fail the whole figure).
+_LITERAL_TEXT = matplotlib.rc_context({"text.parse_math": False})
 
+
+@_LITERAL_TEXT
 def severity_curves(long: pd.DataFrame, *, model: str | None = None) -> Figure:
     """Accuracy vs severity, one panel per corruption, clean accuracy as a dashed line."""
     df = long if model is None else long[long["model"] == model]
@@ -43,6 +48,7 @@ def severity_curves(long: pd.DataFrame, *, model: str | None = None) -> Figure:
     return fig
 
 
+@_LITERAL_TEXT
 def r_bars(record_rows: pd.DataFrame, *, title: str = "") -> Figure:
     """Bar chart of R per perturbation (columns: perturbation, group, R, baseline_R, clean)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(record_rows) + 2), 3.6))

@@ -9,7 +9,17 @@ import pandas as pd
 
 from .. import perturbations as P
 
-__all__ = ["TABLE1_COLUMNS", "wide_table", "long_table", "format_r_table", "masking_flags", "SHORT_NAMES"]
+__all__ = [
+    "SHORT_NAMES",
+    "TABLE1_COLUMNS",
+    "format_r_table",
+    "long_table",
+    "masking_flags",
+    "safe_text",
+    "settings_notes",
+    "settings_of",
+    "wide_table",
+]  # fmt: skip
 
 TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
@@ -19,6 +29,44 @@ SHORT_NAMES = {
     "jpeg_compression": "JPEG", "occlusion": "Occl", "color_distortion": "Color", "translation": "Trans",
     "rotation": "Rot", "pgd": "PGD", "pgd_ll": "PGDll", "cw_l2": "CW", "mi_fgsm_0.04": "MI.04", "mi_fgsm_0.08": "MI.08",
 }  # fmt: skip
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_text(value: Any) -> Any:
+    """Untrusted text made inert for CSV files and terminals; other values pass unchanged.
+
+    Control characters (terminal escape sequences, bidi overrides) become ``\\xNN``/``\\uNNNN``
+    and a cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) gets a
+    leading ``'``. HTML escaping is the site templates' job (they autoescape).
+    """
+    if not isinstance(value, str):
+        return value
+    import unicodedata
+
+    text = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+SETTINGS = ("dataset", "n_images", "seed", "suite", "robench_version", "schema_version")
+
+
+def settings_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What must be equal for two records' numbers to share a table."""
+    return {"dataset": record["dataset"]["name"], "n_images": record["dataset"]["n_images"],
+            "seed": record["config"]["seed"], "suite": record["config"].get("suite"),
+            "robench_version": record.get("robench_version"), "schema_version": record.get("schema_version")}  # fmt: skip
+
+
+def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per record, how its settings differ from the table's (the most common ones); ``""`` when equal."""
+    if len(records) < 2:
+        return [""] * len(records)
+    keys = [tuple(settings_of(r).items()) for r in records]
+    common = dict(max(keys, key=keys.count))  # ties: the first record's settings
+    return ["; ".join(f"{k} {safe_text(str(v))} (table: {safe_text(str(common[k]))})" for k, v in key if common[k] != v)
+            for key in keys]  # fmt: skip
 
 
 def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -32,17 +80,25 @@ def wide_table(records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] |
     """One row per model: model, Clean, then R per perturbation with its marker (e.g. ``0.83+``).
 
     Missing or skipped perturbations are empty cells; numbers are rounded to 2 decimals as in the paper.
+    Records computed with other settings than most of the table's (images, seed, suite, robench or
+    schema version) are never mixed in silently: a ``settings`` column then says how each differs.
     """
     cols = list(columns) if columns is not None else list(TABLE1_COLUMNS)
     rows = []
     for r in records:
-        row: dict[str, Any] = {"model": r["model"]["id"], "Clean": f"{r['clean']['accuracy']:.2f}{r['clean'].get('marker', '')}"}
+        clean = safe_text(f"{r['clean']['accuracy']:.2f}{r['clean'].get('marker') or ''}")
+        row: dict[str, Any] = {"model": safe_text(r["model"]["id"]), "Clean": clean}
         for c in cols:
             e = r["perturbations"].get(c)
             ok = e is not None and e.get("status") == "done" and e.get("R") is not None
-            row[c] = f"{e['R']:.2f}{e.get('marker') or ''}" if ok else ""  # type: ignore[index]
+            row[c] = safe_text(f"{e['R']:.2f}{e.get('marker') or ''}") if ok else ""  # type: ignore[index]
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "Clean", *cols])
+    notes = settings_notes(records)
+    extra = ["settings"] if any(notes) else []
+    df = pd.DataFrame(rows, columns=["model", "Clean", *cols])
+    if extra:
+        df["settings"] = notes
+    return df
 
 
 def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -52,19 +108,23 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         base = {"model": r["model"]["id"], "model_sha256": r["model"].get("sha256"), "dataset": r["dataset"]["name"],
                 "preset": r["dataset"]["preset"], "seed": r["config"]["seed"], "n_images": r["dataset"]["n_images"],
                 "robench_version": r["robench_version"], "gradient_masking": masking_flags(r)}  # fmt: skip
+        base = {k: safe_text(v) for k, v in base.items()}
         c = r["clean"]
         rows.append(base | {"perturbation": "clean", "kind": "clean", "family": "clean", "severity": 0, "n": c["n"],
                             "n_correct": c["n_correct"], "accuracy": c["accuracy"], "ci_low": c["ci95"][0],
                             "ci_high": c["ci95"][1], "R": 1.0, "parameter": ""})  # fmt: skip
-        for name, e in r["perturbations"].items():
-            if e.get("status") != "done":
+        extra = sorted(n for n in r["perturbations"] if n not in TABLE1_COLUMNS)
+        for name in [*TABLE1_COLUMNS, *extra]:  # a fixed order, not the one a resumed run computed them in
+            e = r["perturbations"].get(name)
+            if e is None or e.get("status") != "done":
                 continue
             for s in e["severities"]:
-                rows.append(base | {"perturbation": name, "kind": e["kind"], "family": e["family"], "severity": s["severity"],
+                rows.append(base | {"perturbation": safe_text(name), "kind": e["kind"], "family": safe_text(e["family"]),
+                                    "severity": s["severity"],
                                     "n": s["n"], "n_correct": s["n_correct"], "accuracy": s["accuracy"],
                                     "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
                                     "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
-                                    "parameter": s.get("parameter", "")})  # fmt: skip
+                                    "parameter": safe_text(s.get("parameter", ""))})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -78,6 +138,8 @@ def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) ->
     """The R table in the paper's layout (models as rows), split into blocks that fit ``width``."""
     cols = [c for c in _columns(records) if any(c in r["perturbations"] for r in records)]
     df = wide_table(records, columns=cols)
+    notes = settings_notes(records)
+    df["model"] = [f"{m} *" if note else m for m, note in zip(df["model"], notes)]
     name_w = max(8, *(len(str(m)) for m in df["model"]))
     blocks, cur, used = [], [], name_w + 8
     for c in cols:
@@ -89,8 +151,9 @@ def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) ->
     blocks.append(cur)
     lines = []
     for b in blocks:
-        lines.append(f"{'model':<{name_w}}  {'Clean':>6}" + "".join(f"{SHORT_NAMES.get(c, c[:6]):>7}" for c in b))
+        lines.append(f"{'model':<{name_w}}  {'Clean':>6}" + "".join(f"{SHORT_NAMES.get(c, safe_text(c)[:6]):>7}" for c in b))
         for _, row in df.iterrows():
             lines.append(f"{row['model']:<{name_w}}  {row['Clean']:>6}" + "".join(f"{row[c] or 'n/a':>7}" for c in b))
         lines.append("")
+    lines += [f"* {m[:-2]}: other settings than the table's: {note}" for m, note in zip(df["model"], notes) if note]
     return "\n".join(lines).rstrip()

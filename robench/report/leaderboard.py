@@ -1,0 +1,337 @@
+"""``robench leaderboard``: result JSON files -> a static site, CSVs and plots that open from disk.
+
+Every result file is validated (schema, version, internal consistency) before it is used; a bad
+file is reported by name and skipped, and the rest of the site still builds. Everything a result
+file says is untrusted text: the templates autoescape it and no file name is taken from it
+unsanitised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._io import atomic_write_bytes, atomic_write_text, sha256_file
+from ..report_utils import figure_png
+from ..results import ResultError, correct_bits, finalize, read_record
+from . import _site
+from .tables import long_table, wide_table
+
+__all__ = [
+    "LoadProblem", "Leaderboard", "find_result_files", "validate_record", "load_results", "build_leaderboard",
+    "leaderboard_tables", "read_wide_csv", "read_long_csv", "DEFAULT_RESULTS", "DEFAULT_SITE",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESULTS = Path("leaderboard")
+DEFAULT_SITE = Path("leaderboard/site")
+MANIFEST = "MANIFEST.txt"  # the files a build wrote; the next build deletes those it no longer writes
+FAMILY_COLUMNS = {"corruption": "mean_R_corruption", "white-box": "mean_R_white-box", "transfer": "mean_R_transfer"}
+_WIDE_EXTRA = ["dataset", "seed", "n_images", *FAMILY_COLUMNS.values(), "gradient_masking"]
+_LONG_TEXT = ["model", "model_sha256", "dataset", "preset", "robench_version", "gradient_masking", "perturbation",
+              "kind", "family", "parameter"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoadProblem:
+    """A result file that was skipped, and why (one sentence, without the path)."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Leaderboard:
+    """What :func:`build_leaderboard` wrote.
+
+    Args:
+        out: the site folder.
+        index: its ``index.html``.
+        records: the result records shown, in table order.
+        sources: the file each record came from.
+        problems: the files that were skipped.
+        files: every other file written, by role (``wide_csv``, ``heatmap_png``, ...).
+    """
+
+    out: Path
+    index: Path
+    records: list[dict[str, Any]]
+    sources: list[Path]
+    problems: list[LoadProblem]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def find_result_files(paths: Iterable[str | os.PathLike[str]], *, exclude: Path | None = None) -> list[Path]:
+    """Every ``*.json`` under the given folders (recursively) plus the given files, sorted.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    found: list[Path] = []
+    skip = None if exclude is None else exclude.resolve()
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += [f for f in sorted(p.rglob("*.json")) if skip is None or skip not in f.resolve().parents]
+        else:
+            raise FileNotFoundError(f"result folder or file not found: {p}")
+    return list(dict.fromkeys(found))
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(resources.files("robench").joinpath("schemas/result.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _where(error: Any) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "the top level"
+
+
+def validate_record(record: Mapping[str, Any], name: str = "result") -> None:
+    """Check a parsed result against the JSON schema and its own counts.
+
+    Raises:
+        ResultError: one sentence naming the first problem found.
+    """
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(record))
+    if error is not None:
+        msg = error.message if len(error.message) < 160 else error.message[:157] + "..."
+        raise ResultError(f"{name} does not match the result schema at {_where(error)}: {msg}")
+    _check_counts(record["clean"], f"{name}: clean")
+    for pname, entry in record["perturbations"].items():
+        if entry["status"] != "done":
+            continue
+        if not entry.get("severities"):
+            raise ResultError(f"{name}: perturbation {pname!r} is marked done but has no severities")
+        for s in entry["severities"]:
+            _check_counts(s, f"{name}: {pname!r} severity {s.get('severity', '?')}")
+
+
+def _check_counts(entry: Mapping[str, Any], where: str) -> None:
+    """Counts, accuracy and per-image bits must tell the same story (hand-edited numbers do not)."""
+    n, k = int(entry["n"]), int(entry["n_correct"])
+    try:
+        bits = correct_bits(entry)
+    except ValueError as exc:
+        raise ResultError(f"{where} has unreadable per-image correctness ({exc})") from None
+    if int(bits.sum()) != k or k > n or abs(float(entry["accuracy"]) - k / n) > 1e-9:
+        raise ResultError(f"{where}: accuracy {entry['accuracy']}, {k} of {n} correct and the per-image bits disagree")
+
+
+def _identity(rec: Mapping[str, Any]) -> str:
+    return json.dumps([rec["run_key"], rec["model"]["id"]], sort_keys=True)
+
+
+def load_results(files: Sequence[Path]) -> tuple[list[tuple[Path, dict[str, Any]]], list[LoadProblem]]:
+    """Read, validate and de-duplicate result files; the bad ones become :class:`LoadProblem`.
+
+    Two files of the same run (same run key and model name) keep the one with more finished
+    perturbations (then the newer); the other is reported as a duplicate.
+    """
+    good: dict[str, tuple[Path, dict[str, Any]]] = {}
+    problems: list[LoadProblem] = []
+    for path in files:
+        try:
+            rec = read_record(path)
+            validate_record(rec, str(path))
+        except (ResultError, FileNotFoundError) as exc:
+            msg = str(exc)
+            problems.append(LoadProblem(path, msg[len(str(path)):].lstrip(" :") if msg.startswith(str(path)) else msg))
+            log.warning("skipping %s", problems[-1])
+            continue
+        _complete(rec)
+        key = _identity(rec)
+        if key in good:
+            old_path, old = good[key]
+            keep, drop = ((path, rec), old_path) if _rank(rec) > _rank(old) else ((old_path, old), path)
+            good[key] = keep
+            problems.append(LoadProblem(drop, f"duplicates {keep[0]} (same run); kept the more complete one"))
+        else:
+            good[key] = (path, rec)
+    return list(good.values()), problems
+
+
+def _rank(rec: Mapping[str, Any]) -> tuple[int, str]:
+    done = sum(1 for e in rec["perturbations"].values() if e["status"] == "done")
+    return done, str(rec.get("updated", ""))
+
+
+def _complete(rec: dict[str, Any]) -> None:
+    """An interrupted run has counts but no R yet: derive R from the counts (no baseline markers)."""
+    done = [e for e in rec["perturbations"].values() if e["status"] == "done"]
+    if any("R" not in e or "accuracy" not in e for e in done) or "mean_R" not in rec["summary"]:
+        finalize(rec, None, list(rec["perturbations"]))
+        rec["_notes"] = ["this run did not finish: R was derived from its counts, without baseline markers"]
+
+
+def _order(items: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
+    """Table order: dataset, then clean accuracy (best first), then name."""
+    return sorted(items, key=lambda it: (it[1]["dataset"]["name"], -it[1]["clean"]["accuracy"], it[1]["model"]["id"]))
+
+
+def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The wide table (seed 000 Table 1: model, Clean, 24 R columns, then run facts) and the long table."""
+    from .tables import masking_flags, safe_text
+
+    wide = wide_table(records)
+    wide["dataset"] = [safe_text(r["dataset"]["name"]) for r in records]
+    wide["seed"] = [int(r["config"]["seed"]) for r in records]
+    wide["n_images"] = [int(r["dataset"]["n_images"]) for r in records]
+    for group, col in FAMILY_COLUMNS.items():
+        wide[col] = [r["summary"].get("mean_R", {}).get(group, np.nan) for r in records]
+    wide["gradient_masking"] = [safe_text(masking_flags(r)) for r in records]
+    long = long_table(records)
+    if len(long):
+        long[[c for c in _LONG_TEXT if c in long]] = long[[c for c in _LONG_TEXT if c in long]].fillna("").astype(str)
+    return wide.astype({c: float for c in FAMILY_COLUMNS.values()}), long
+
+
+def read_wide_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read the wide CSV back with the types it was written with (R cells stay text like ``0.83+``)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for c in ("seed", "n_images"):
+        df[c] = df[c].astype(int)
+    for c in FAMILY_COLUMNS.values():
+        df[c] = pd.to_numeric(df[c].replace("", np.nan))
+    return df
+
+
+def read_long_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read the long CSV back: text columns as text (empty stays ``""``), numbers as numbers."""
+    df = pd.read_csv(path, dtype={c: str for c in _LONG_TEXT}, keep_default_na=False, na_values={"R": [""], "accuracy": [""]})
+    return df
+
+
+def build_leaderboard(
+    result_paths: Sequence[str | os.PathLike[str]] = (DEFAULT_RESULTS,),
+    out: str | os.PathLike[str] = DEFAULT_SITE,
+    *,
+    plots: bool = True,
+    examples: bool = True,
+    attack_examples: bool = True,
+) -> Leaderboard:
+    """Build the static leaderboard site from result files.
+
+    Args:
+        result_paths: folders searched recursively for ``*.json`` results, or result files.
+        out: the site folder (index.html, models/, plots/, CSVs); never read as input.
+        plots: write the PNG plots (heatmap, severity curves, clean vs mean R, per-model plots).
+        examples: write example images (the evaluated images under each corruption, and the gallery).
+        attack_examples: also craft adversarial examples, for results whose robench checkpoint is
+            found with the hash the result states (zoo entries, or files at the recorded path).
+
+    Returns:
+        A :class:`Leaderboard` listing what was written and which files were skipped.
+
+    Raises:
+        FileNotFoundError: a result path that does not exist.
+        ValueError: no ``*.json`` file at all under the given paths.
+    """
+    out = Path(out)
+    files = find_result_files(result_paths, exclude=out)
+    if not files:
+        raise ValueError(f"no result files (*.json) under {', '.join(str(p) for p in result_paths)}")
+    items, problems = load_results(files)
+    items = _order(items)
+    records = [rec for _, rec in items]
+    pages = _site.page_names(records)
+    files_written = _write_tables(records, out)
+    if plots:
+        files_written |= _write_site_plots(records, pages, out)
+    shots: dict[str, dict[str, Any]] = {}
+    images: set[Path] = set()
+    if examples:
+        from .leaderboard_examples import ExampleWriter
+
+        writer = ExampleWriter(out, attacks=attack_examples)
+        shots = {page: writer.tiles(rec, page) for rec, page in zip(records, pages)}
+        files_written |= writer.gallery(records)
+        images = writer.written
+    env = _site.environment()
+    for (path, rec), page in zip(items, pages):
+        html = _site.render_model(env, rec, page=page, source=path, source_sha256=sha256_file(path), records=records,
+                                  pages=pages, plots=files_written, examples=shots.get(page))  # fmt: skip
+        files_written[f"{page}:html"] = atomic_write_text(out / "models" / f"{page}.html", html)
+    gallery = _site.render_gallery(env, records, plots=files_written)
+    files_written["gallery_html"] = atomic_write_text(out / "gallery.html", gallery)
+    files_written["css"] = atomic_write_text(out / "style.css", _site.render_css(env))
+    index = atomic_write_text(out / "index.html", _site.render_index(env, records, pages=pages, problems=problems,
+                                                                    plots=files_written, out=out))  # fmt: skip
+    _prune(out, {index, *files_written.values(), *images})
+    return Leaderboard(out, index, records, [p for p, _ in items], problems, files_written)
+
+
+def _prune(out: Path, written: set[Path]) -> None:
+    """Delete what the previous build wrote and this one did not (its manifest says what); nothing else."""
+    manifest = out / MANIFEST
+    now = sorted(Path(os.path.relpath(p, out)).as_posix() for p in written)
+    if manifest.is_file():
+        root = out.resolve()
+        for rel in set(manifest.read_text(encoding="utf-8").split()) - set(now):
+            old = (out / rel).resolve()
+            if root in old.parents and old.is_file() and old.suffix in {".html", ".png", ".csv", ".css"}:
+                old.unlink()
+    atomic_write_text(manifest, "\n".join(now) + "\n")
+
+
+def _write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
+    wide, long = leaderboard_tables(records)
+    return {"wide_csv": atomic_write_text(out / "results.csv", wide.to_csv(index=False)),
+            "long_csv": atomic_write_text(out / "results-long.csv", long.to_csv(index=False))}  # fmt: skip
+
+
+def _write_site_plots(records: Sequence[dict[str, Any]], pages: Sequence[str], out: Path) -> dict[str, Path]:
+    from . import Report
+    from .leaderboard_plots import clean_vs_mean_r, r_heatmap
+    from .plots import severity_curves
+
+    labels = _site.labels(records)
+    long = pd.concat([long_table([r]).assign(model=lab) for r, lab in zip(records, labels)], ignore_index=True) \
+        if records else pd.DataFrame()  # fmt: skip
+    written: dict[str, Path] = {}
+    if records:
+        plots = out / "plots"
+        written["heatmap_png"] = atomic_write_bytes(plots / "heatmap.png", figure_png(r_heatmap(records, labels)))
+        written["clean_vs_r_png"] = atomic_write_bytes(plots / "clean_vs_R.png", figure_png(clean_vs_mean_r(records, labels)))
+    if len(long) and (long["kind"] == "corruption").any():
+        written["severity_png"] = atomic_write_bytes(out / "plots" / "severity.png", figure_png(severity_curves(long)))
+    for rec, page in zip(records, pages):
+        rep = Report(rec)
+        own = _with_baseline_curves(rec, records)
+        if (own["kind"] == "corruption").any():
+            png = figure_png(severity_curves(own))
+            written[f"{page}:severity"] = atomic_write_bytes(out / "models" / f"{page}-severity.png", png)
+        if len(rep.r_frame()):
+            written[f"{page}:R"] = atomic_write_bytes(out / "models" / f"{page}-R.png", figure_png(rep.plot("R")))
+    return written
+
+
+def _with_baseline_curves(rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The model's long table, plus its baseline's curves when that result is on the board too."""
+    own = long_table([rec])
+    base = _site.find_baseline(rec, records)
+    if base is None:
+        return own
+    other = long_table([base])
+    other["model"] = "baseline: " + other["model"].astype(str)
+    return pd.concat([own, other], ignore_index=True)

@@ -1,0 +1,248 @@
+"""Example images for the leaderboard: the evaluated images under each perturbation, as PNG files.
+
+Corrupted images depend only on the dataset, the image and the seed, so they are written once and
+shared by every model evaluated on them; whether a model got each one right comes from the
+per-image correctness its result file records. Adversarial images depend on the model: they are
+crafted only for robench checkpoints found with exactly the hash the result states, loaded with
+``weights_only=True`` (a result file is untrusted and must not make the builder run code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .. import perturbations as P
+from .._io import atomic_write_bytes, first_line, sha256_file
+from ..checkpoint import CheckpointError
+from ..results import correct_bits
+from .tables import SHORT_NAMES, TABLE1_COLUMNS
+
+__all__ = ["ExampleWriter", "image_png", "safe_slug"]
+
+log = logging.getLogger(__name__)
+_LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
+
+
+def safe_slug(text: str, *, limit: int = 40) -> str:
+    """A file-name-safe slug of untrusted text plus a short hash (distinct texts, distinct slugs)."""
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "x"
+    return f"{base}-{hashlib.blake2b(text.encode('utf-8'), digest_size=4).hexdigest()}"
+
+
+def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
+    """PNG bytes of one C x H x W image in [0, 1], enlarged (nearest) to at least ``min_side`` px."""
+    arr = (x.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
+    factor = max(1, -(-min_side // max(img.size)))
+    if factor > 1:
+        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mark(bits: Any, pos: int) -> bool | None:
+    return None if bits is None or pos >= len(bits) else bool(bits[pos])
+
+
+class ExampleWriter:
+    """Writes example images under ``out/examples`` and describes them for the templates.
+
+    Args:
+        out: the site folder.
+        attacks: craft adversarial examples where the checkpoint can be found and verified.
+        n_images: evaluated images shown per model (the first ones of the run's subset).
+
+    Attributes:
+        written: every image file written so far.
+    """
+
+    def __init__(self, out: Path, *, attacks: bool = True, n_images: int = 2) -> None:
+        self.out, self.attacks, self.n_images = Path(out), attacks, n_images
+        self._data: dict[str, Any] = {}
+        self._models: dict[tuple[str, str | None, str], nn.Module | str] = {}
+        self.written: set[Path] = set()
+
+    def _verified(self, ref: str, sha256: str | None, kind: str) -> nn.Module | str:
+        """:func:`_load_verified`, once per surrogate checkpoint (every model's transfer attacks share it)."""
+        key = (ref, sha256, kind)
+        if key not in self._models:
+            self._models[key] = _load_verified(ref, sha256, kind)
+        return self._models[key]
+
+    def _dataset(self, name: str) -> Any:
+        if name not in self._data:
+            from ..data import load_dataset
+
+            try:
+                self._data[name] = load_dataset(name, "test")
+            except _LOAD_ERRORS as exc:
+                self._data[name] = f"dataset {name!r} is not available here ({first_line(exc, 120)})"
+        return self._data[name]
+
+    def _write(self, rel: str, x: Tensor) -> str:
+        path = self.out / rel
+        if path not in self.written:
+            atomic_write_bytes(path, image_png(x))
+            self.written.add(path)
+        return rel
+
+    def samples(self, rec: Mapping[str, Any]) -> tuple[list[int], list[int], Tensor, Tensor, Tensor | None] | str:
+        """Positions in the run, dataset indices, images, labels and boxes; or why there are none."""
+        ds = self._dataset(rec["dataset"]["name"])
+        if isinstance(ds, str):
+            return ds
+        info = rec["dataset"]
+        if len(ds) != info["size"] or ds.info.image_size != info["image_size"]:
+            return f"the local copy of {info['name']!r} differs from the evaluated one (size or resolution)"
+        positions = list(range(min(self.n_images, int(info["n_images"]))))
+        indices = [int(info["indices"][p]) if info.get("indices") else p for p in positions]
+        if any(i >= len(ds) for i in indices):
+            return "the recorded image indices are outside the dataset"
+        idx = torch.tensor(indices)
+        x, y = ds.get_batch(idx)
+        boxes = None if ds.boxes is None else ds.boxes[idx]
+        return positions, indices, x, y, boxes
+
+    def tiles(self, rec: Mapping[str, Any], page: str) -> dict[str, Any]:
+        """The example block of one model page: images, one tile per perturbation, notes."""
+        got = self.samples(rec)
+        if isinstance(got, str):
+            return {"images": [], "tiles": [], "notes": [got]}
+        positions, indices, x, y, boxes = got
+        ds = self._dataset(rec["dataset"]["name"])
+        classes = getattr(ds.info, "classes", None) or ()
+        images = [{"index": i, "label": classes[int(c)] if int(c) < len(classes) else str(int(c))} for i, c in zip(indices, y)]
+        seed, preset = int(rec["config"]["seed"]), rec["dataset"]["preset"]
+        folder = f"examples/{safe_slug(rec['dataset']['name'])}-s{seed}"
+        clean_bits = correct_bits(rec["clean"])
+        tiles = [{"name": "clean", "short": "Clean", "caption": "no perturbation", "cells": [
+            {"src": self._write(f"{folder}/clean-{i}.png", x[k]), "correct": _mark(clean_bits, p), "trail": ""}
+            for k, (p, i) in enumerate(zip(positions, indices))]}]  # fmt: skip
+        notes: list[str] = []
+        attack_model: Any = None
+        for name in _names(rec):
+            entry = rec["perturbations"][name]
+            if entry["status"] != "done":
+                continue
+            spec = P.PERTURBATIONS.get(name) if name in P.PERTURBATIONS else None
+            if spec is None:
+                tiles.append(_tile(name, entry, positions, [None] * len(positions), "not a registered perturbation"))
+            elif spec.kind == "corruption":
+                tiles.append(self._corruption_tile(spec, entry, folder, positions, indices, x, boxes, seed, preset))
+            else:
+                if attack_model is None:
+                    attack_model = self._model(rec) if self.attacks else "adversarial examples were not requested"
+                tiles.append(self._attack_tile(spec, entry, rec, page, attack_model, positions, indices, x, y, seed))
+        if isinstance(attack_model, str):
+            notes.append(f"Adversarial images are not shown: {attack_model}.")
+        return {"images": images, "tiles": tiles, "notes": notes}
+
+    def _corruption_tile(self, spec: Any, entry: Mapping[str, Any], folder: str, positions: list[int], indices: list[int],
+                         x: Tensor, boxes: Tensor | None, seed: int, preset: str) -> dict[str, Any]:  # fmt: skip
+        sevs = {int(s.get("severity", j + 1)): s for j, s in enumerate(entry["severities"])}
+        s = 3 if 3 in sevs else sorted(sevs)[len(sevs) // 2]
+        if spec.needs_boxes and boxes is None:
+            return _tile(spec.name, entry, positions, [None] * len(positions), "needs bounding boxes", severity=s)
+        xc = spec(x, s, seed=seed, indices=indices, preset=preset, boxes=boxes)
+        srcs = [self._write(f"{folder}/{spec.name}-s{s}-{i}.png", xc[k]) for k, i in enumerate(indices)]
+        return _tile(spec.name, entry, positions, srcs, "", severity=s)
+
+    def _attack_tile(self, spec: Any, entry: Mapping[str, Any], rec: Mapping[str, Any], page: str, model: Any,
+                     positions: list[int], indices: list[int], x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:  # fmt: skip
+        if isinstance(model, str):
+            return _tile(spec.name, entry, positions, [None] * len(positions), "needs the checkpoint")
+        from ..attacks import run_attack
+
+        surrogate = None
+        if spec.mode == "transfer":
+            sur = entry.get("surrogate") or {}
+            surrogate = self._verified(str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint")
+            if isinstance(surrogate, str):
+                return _tile(spec.name, entry, positions, [None] * len(positions), f"surrogate: {surrogate}")
+        res = run_attack(spec.name, model, x, y, seed=seed, indices=indices, surrogate=surrogate)
+        srcs = [self._write(f"examples/{page}/{spec.name}-{i}.png", res.adv[k]) for k, i in enumerate(indices)]
+        return _tile(spec.name, entry, positions, srcs, "")
+
+    def _model(self, rec: Mapping[str, Any]) -> nn.Module | str:
+        m = rec["model"]
+        return _load_verified(str(m["source"]), m.get("sha256"), m["kind"])  # not kept: one page uses it
+
+    def gallery(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+        """One PNG per dataset: every corruption the results used, at every severity, on the evaluated images."""
+        from ..gallery import gallery_figure
+        from ..report_utils import figure_png
+
+        written: dict[str, Path] = {}
+        for rec in records:
+            name = rec["dataset"]["name"]
+            if f"gallery:{name}" in written:
+                continue
+            names = [n for n in _names(rec) if n in P.PERTURBATIONS and P.get(n).kind == "corruption"]
+            got = self.samples(rec)
+            if not names or isinstance(got, str):
+                continue
+            _, _, x, _, boxes = got
+            fig = gallery_figure(x, names=names, preset=rec["dataset"]["preset"], seed=int(rec["config"]["seed"]), boxes=boxes,
+                                 title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}")  # fmt: skip
+            path = self.out / "plots" / f"gallery-{safe_slug(name)}.png"
+            written[f"gallery:{name}"] = atomic_write_bytes(path, figure_png(fig, dpi=90))
+        return written
+
+
+def _names(rec: Mapping[str, Any]) -> list[str]:
+    names = [n for n in TABLE1_COLUMNS if n in rec["perturbations"]]
+    return names + [n for n in rec["perturbations"] if n not in names]
+
+
+def _tile(name: str, entry: Mapping[str, Any], positions: list[int], srcs: list[str | None], note: str, *,
+          severity: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One perturbation's tile: images, whether the model got each right, and every severity's verdict."""
+    sevs = entry["severities"]
+    chosen = next((s for s in sevs if s.get("severity") == severity), sevs[0]) if severity else sevs[0]
+    bits = [correct_bits(s) for s in sevs]
+    cells = []
+    for p, src in zip(positions, srcs):
+        trail = "".join("\u2713" if _mark(b, p) else "\u2717" for b in bits) if len(bits) > 1 else ""
+        cells.append({"src": src, "correct": _mark(correct_bits(chosen), p), "trail": trail})
+    caption = f"severity {severity}: {chosen.get('parameter', '')}" if severity else str(chosen.get("parameter", ""))
+    return {"name": name, "short": SHORT_NAMES.get(name, name), "caption": caption, "cells": cells, "note": note}
+
+
+def _load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module | str:
+    """A robench checkpoint with exactly the stated hash, or the reason it cannot be used."""
+    if kind != "robench-checkpoint":
+        return f"the model is a {kind} file, not a robench checkpoint"
+    if not sha256:
+        return "the result states no checkpoint hash"
+    try:
+        if ref.startswith("zoo:"):
+            from ..loading import load_model
+
+            loaded = load_model(ref)
+            model, digest = loaded.model, loaded.sha256
+        else:
+            from ..checkpoint import load_checkpoint
+
+            path = Path(ref)
+            if not path.is_file():
+                return f"checkpoint {ref} not found"
+            digest = sha256_file(path)
+            if digest != sha256:
+                return f"checkpoint {ref} has another hash than the result states"
+            model = load_checkpoint(path)[0]
+    except (CheckpointError, *_LOAD_ERRORS) as exc:
+        return f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})"
+    if digest != sha256:
+        return f"checkpoint {ref} has another hash than the result states"
+    return model.eval()
