@@ -6,6 +6,9 @@ reads it without running any code. It is written atomically; its SHA-256 is its 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import pickle
 import zipfile
@@ -18,13 +21,22 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._io import atomic_torch_save, sha256_file
+from ._io import atomic_torch_save, first_line, sha256_file
 from .models import ImageClassifier, create_model
 
-__all__ = ["CheckpointError", "CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointMeta",
+    "content_digest",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "read_checkpoint_bytes",
+    "save_checkpoint",
+]  # fmt: skip
 
 FORMAT = "robench-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a content digest (torch does not check its zip CRCs, so bit rot loaded silently)
 
 
 class CheckpointError(ValueError):
@@ -103,9 +115,23 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     if len(mean) != len(meta.mean) or any(abs(a - b) > 1e-6 for a, b in zip(mean, meta.mean)):
         raise CheckpointError("meta.mean does not match the model's normalisation")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta.to_dict(), "state_dict": state}
+    meta_d = meta.to_dict()
+    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_d, "state_dict": state,
+           "content_sha256": content_digest(meta_d, state)}  # fmt: skip
     atomic_torch_save(obj, path)
     return sha256_file(path)
+
+
+def content_digest(meta: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata (canonical JSON) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=repr).encode())
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {name!r} is not a tensor")
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -113,10 +139,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    if not _looks_like_torch_file(p):
+    return read_checkpoint_bytes(p.read_bytes(), str(p))
+
+
+def read_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
+    """:func:`read_checkpoint` on bytes already read (hash and load the very same bytes)."""
+    p = name
+    if not (data[:2] == b"PK" or data[:1] == b"\x80"):  # a torch.save zip archive or a legacy pickle
         raise CheckpointError(f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text or "Unsupported operand" in text:
@@ -124,19 +156,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
                 "refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file)"
             ) from None
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {text.splitlines()[0][:160]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {str(exc).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as exc:  # torch raises all of these on torn files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a dict of weights (got {type(obj).__name__})")
     return obj
-
-
-def _looks_like_torch_file(p: Path) -> bool:
-    """A torch.save zip archive (PK) or a legacy pickle (protocol opcode 0x80)."""
-    with open(p, "rb") as f:
-        head = f.read(2)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def load_checkpoint(
@@ -147,17 +174,52 @@ def load_checkpoint(
     Returns:
         ``(model, meta)``.
     """
-    obj = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), str(path), map_location=map_location)
+
+
+def model_from_checkpoint(
+    obj: Mapping[str, Any], path: str, *, map_location: str | torch.device = "cpu"
+) -> tuple[ImageClassifier, CheckpointMeta]:
+    """Verify a loaded robench checkpoint dict and rebuild its model (see :func:`load_checkpoint`).
+
+    The metadata is untrusted: the architecture is first built on the meta device (no memory) and
+    its tensor shapes compared with the file's, so a forged ``arch_kwargs`` cannot allocate
+    gigabytes; a format-2 file must match its content digest (bit rot, tampering).
+    """
     if obj.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a robench checkpoint (a raw state_dict? give its architecture with --arch)"
         )
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer robench (format {obj.get('format_version')}); upgrade robench")
-    meta = CheckpointMeta.from_dict(obj.get("meta", {}))
-    model = create_model(meta.arch, meta.num_classes, in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **dict(meta.arch_kwargs))
+    version = obj.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer robench (format {version!r}); upgrade robench")
+    raw_meta, state = obj.get("meta", {}), obj.get("state_dict")
+    if not isinstance(raw_meta, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path} lacks its metadata or weights")
     try:
-        model.load_state_dict(obj["state_dict"])
+        intact = version < 2 or obj.get("content_sha256") == content_digest(raw_meta, state)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. sparse or quantized tensors where weights belong
+        raise CheckpointError(f"{path} holds weights of an unexpected kind ({str(exc)[:120]})") from None
+    if not intact:
+        raise CheckpointError(f"{path} is corrupted or was modified: its content does not match the digest it was saved with")
+    meta = CheckpointMeta.from_dict(raw_meta)
+    kwargs = dict(in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **dict(meta.arch_kwargs))
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(meta.arch, meta.num_classes, **kwargs)
+    except KeyError as exc:  # an unknown architecture: the registry's message names close matches
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: cannot build architecture {meta.arch!r} with {dict(meta.arch_kwargs)}: "
+                              f"{(str(exc).splitlines() or [''])[0][:160]}") from None  # fmt: skip
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()), key=str)[:2]
+        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r} (first differences: {diff})")
+    model = create_model(meta.arch, meta.num_classes, **kwargs)
+    try:
+        model.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r}: {str(exc).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r}: {first_line(exc, 160)}") from None
     return model.to(map_location).eval(), meta

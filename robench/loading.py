@@ -7,7 +7,13 @@ state_dicts (with ``arch=``), ``zoo:NAME``, and, only with ``trust_pickle=True``
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import io
+import json
 import os
+import pickle
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import sha256_file
-from .checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_checkpoint
+from ._io import first_line
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    model_from_checkpoint,
+    read_checkpoint_bytes,
+)
 from .models import create_model
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "check_graph", "check_torchscript_code", "load_model"]
 
 
 @dataclass
@@ -62,13 +73,150 @@ class ExportedModel(nn.Module):
         return self
 
 
-def _is_torchscript(path: Path) -> bool:
+def _is_torchscript(data: bytes) -> bool:
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError):
         return False
     return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+# Operators that reach outside the process (files), and the operator namespaces a classifier may use.
+# TorchScript and torch.export files are programs: robench reads them before running anything and
+# refuses one that calls anything else (``--trust-pickle`` overrides, for files you trust).
+_DENIED_OPS = frozenset({"from_file", "save", "load", "read_file", "write_file", "_load_for_lite_interpreter"})
+_ALLOWED_NS = frozenset({
+    "aten", "prim", "prims", "quantized", "_quantized", "quantization", "torchvision", "mkldnn",
+    "mkldnn_prepacked", "onednn", "sparse", "rngprims", "xnnpack", "_nnapi", "higher_order",
+})  # fmt: skip
+
+
+def _dotted(node: ast.AST) -> list[str]:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return parts[::-1]
+
+
+def check_torchscript_code(data: bytes, name: str) -> None:
+    """Refuse a TorchScript archive whose code touches files or unknown operator libraries.
+
+    Loading TorchScript runs its ``__setstate__`` methods and scoring runs ``forward``; both are
+    code from the file. Its serialized source (``code/**.py``, Python syntax) is parsed first.
+
+    Raises:
+        CheckpointError: a denied operator or namespace, or code that cannot be read.
+    """
+    hint = "refusing it (pass --trust-pickle only if you trust the file)"
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        sources = [n for n in z.namelist() if "/code/" in n and n.endswith(".py")]
+        for member in sources:
+            try:
+                tree = ast.parse(z.read(member).decode("utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                raise CheckpointError(f"{name}: TorchScript code {member} cannot be checked; {hint}") from None
+            for node in ast.walk(tree):
+                chain = _dotted(node) if isinstance(node, (ast.Attribute, ast.Name)) else []
+                bad = [c for c in chain if c in _DENIED_OPS]
+                for i, part in enumerate(chain[:-1]):
+                    if part in ("ops", "classes") and chain[i + 1] not in _ALLOWED_NS:
+                        bad.append(f"{part}.{chain[i + 1]}")
+                if bad:
+                    raise CheckpointError(f"{name}: its TorchScript code calls {'.'.join(chain)} (file access or an "
+                                          f"unknown operator library); {hint}")  # fmt: skip
+
+
+def check_graph(module: nn.Module, name: str) -> None:
+    """Refuse an exported program whose graph calls anything but allowed operators.
+
+    ``torch.export`` programs name their calls as dotted paths resolved by attribute lookup on
+    ``torch``, so a forged file can point a node at any Python function (``os.system`` through
+    ``torch.serialization.os``); only operator overloads, higher-order operators and the
+    ``operator``/``math`` builtins are accepted here.
+    """
+    import math
+    import operator
+
+    for sub in module.modules():
+        graph = getattr(sub, "graph", None)
+        for node in getattr(graph, "nodes", ()):
+            if node.op in ("placeholder", "output", "get_attr", "call_module"):  # a called module is walked itself
+                continue
+            target = node.target
+            ok = False
+            if node.op == "call_function":
+                if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+                    ns, op = target.namespace, target.__name__.split(".")[0]
+                    ok = ns in _ALLOWED_NS and op not in _DENIED_OPS
+                elif isinstance(target, torch._ops.HigherOrderOperator):
+                    ok = True
+                else:
+                    ok = getattr(target, "__module__", None) in ("_operator", "operator", "math") and (
+                        getattr(operator, getattr(target, "__name__", ""), None) is target
+                        or getattr(math, getattr(target, "__name__", ""), None) is target
+                    )
+            if not ok:
+                raise CheckpointError(f"{name}: its graph calls {target!r} ({node.op}), which is not an allowed operator; "
+                                      "refusing it (pass --trust-pickle only if you trust the file)")  # fmt: skip
+
+
+class _NoCodeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def _inert_pickle_loads(data: bytes, *args: Any, **kwargs: Any) -> Any:
+    return _NoCodeUnpickler(io.BytesIO(data)).load()
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise pickle.UnpicklingError("refusing a TorchScript object inside a torch.export file")
+
+
+def _load_export(data: bytes, name: str, device: str | torch.device) -> nn.Module:
+    """``torch.export.load`` with every unpickling path it has forced to run no code, then the graph checked."""
+    from unittest import mock
+
+    real_load = torch.load
+
+    def weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return real_load(f, *args, **kwargs)
+
+    with _EXPORT_GUARD, mock.patch.object(torch, "load", weights_only_load), \
+            mock.patch.object(pickle, "loads", _inert_pickle_loads), \
+            mock.patch.object(torch._C, "_pickle_load_obj", _refuse):  # fmt: skip
+        try:
+            program = torch.export.load(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"{name} is not a readable (or a safe) torch.export program: {first}") from None
+    check_graph(program.graph_module, name)  # the file's graph; .module() only adds torch's own guard code
+    return ExportedModel(program.module()).to(device)
+
+
+_EXPORT_GUARD = threading.Lock()  # the patches above are process-wide: one export load at a time
+
+
+def _card_beside(path: Path, digest: str) -> dict[str, Any] | None:
+    """The model card next to a checkpoint (``x.json`` for ``x.pt``), after checking the hash it states."""
+    card_path = path.with_suffix(".json")
+    if card_path == path or not card_path.is_file():
+        return None
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a card (or not readable): it states no hash
+    if not isinstance(card, dict) or not isinstance(card.get("sha256"), str) or "arch" not in card:
+        return None
+    if card["sha256"] != digest:
+        raise CheckpointError(f"{path} does not match its model card {card_path.name} (sha256 {digest[:12]}... != "
+                              f"{card['sha256'][:12]}...); refusing a tampered or corrupted checkpoint")  # fmt: skip
+    return card
 
 
 def load_model(
@@ -82,12 +230,16 @@ def load_model(
 ) -> LoadedModel:
     """Load a model for evaluation.
 
+    The file is read once: its SHA-256 and the model come from the same bytes. A model card
+    beside it (or the zoo's) that states a SHA-256 must match it.
+
     Args:
         source: a file path or ``zoo:NAME`` / ``zoo:DATASET/NAME``.
         arch: architecture of a raw state_dict (``robench list models``).
         num_classes: class count for a raw state_dict.
         arch_kwargs: architecture options for a raw state_dict.
-        trust_pickle: allow a fully pickled ``nn.Module`` (runs code from the file!).
+        trust_pickle: allow a fully pickled ``nn.Module`` and unchecked TorchScript/export code
+            (runs code from the file!).
         device: where to put the model.
 
     Returns:
@@ -99,49 +251,65 @@ def load_model(
 
         from .zoo import resolve_zoo
 
-        path, card = resolve_zoo(text)
-        model, meta = load_checkpoint(path, map_location=device)
-        return LoadedModel(model, text.removeprefix("zoo:").replace("/", "-"), text, sha256_file(path),
-                           "robench-checkpoint", meta, None if card is None else asdict(card))  # fmt: skip
+        path, zcard = resolve_zoo(text, verify=False)
+        data = _read(path)
+        digest = hashlib.sha256(data).hexdigest()
+        if zcard is not None and zcard.sha256 != digest:
+            raise CheckpointError(f"{path} does not match its model card (sha256 {digest[:12]}... != "
+                                  f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file")  # fmt: skip
+        model, meta = model_from_checkpoint(read_checkpoint_bytes(data, str(path)), str(path), map_location=device)
+        return LoadedModel(model, text.removeprefix("zoo:").replace("/", "-"), text, digest,
+                           "robench-checkpoint", meta, None if zcard is None else asdict(zcard))  # fmt: skip
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    digest = sha256_file(path)
+    data = _read(path)
+    digest = hashlib.sha256(data).hexdigest()
+    card = _card_beside(path, digest)
     model_id = path.stem
     if path.suffix == ".pt2":
+        module = (ExportedModel(torch.export.load(io.BytesIO(data)).module()).to(device) if trust_pickle
+                  else _load_export(data, text, device))  # fmt: skip
+        return LoadedModel(module, model_id, text, digest, "export", card=card)
+    if _is_torchscript(data):
+        if not trust_pickle:
+            check_torchscript_code(data, text)
         try:
-            program = torch.export.load(str(path))
-        except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
-            raise CheckpointError(f"{path} is not a readable torch.export program: {str(exc).splitlines()[0][:160]}") from None
-        return LoadedModel(ExportedModel(program.module()).to(device), model_id, text, digest, "export")
-    if _is_torchscript(path):
-        try:
-            module = torch.jit.load(str(path), map_location=device)
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a readable TorchScript archive: {str(exc).splitlines()[0][:160]}") from None
-        return LoadedModel(module.eval(), model_id, text, digest, "torchscript")
-    return _load_torch_file(path, digest, arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs,
-                            trust_pickle=trust_pickle, device=device)  # fmt: skip
+            raise CheckpointError(f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}") from None
+        return LoadedModel(module.eval(), model_id, text, digest, "torchscript", card=card)
+    loaded = _load_torch_file(path, data, digest, arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs,
+                              trust_pickle=trust_pickle, device=device)  # fmt: skip
+    loaded.card = card
+    return loaded
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a model file") from None
 
 
 def _load_torch_file(
-    path: Path, digest: str, *, arch: str | None, num_classes: int | None, arch_kwargs: dict[str, Any] | None,
-    trust_pickle: bool, device: str | torch.device,
+    path: Path, data: bytes, digest: str, *, arch: str | None, num_classes: int | None,
+    arch_kwargs: dict[str, Any] | None, trust_pickle: bool, device: str | torch.device,
 ) -> LoadedModel:  # fmt: skip
     try:
-        obj = read_checkpoint(path)
+        obj = read_checkpoint_bytes(data, str(path))
     except CheckpointError:
         if not trust_pickle:
             raise
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for this file
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # the user vouched for this file
         if not isinstance(obj, nn.Module):
             raise CheckpointError(f"{path} unpickled to a {type(obj).__name__}, not an nn.Module") from None
         return LoadedModel(obj.to(device).eval(), path.stem, str(path), digest, "pickle")
     if obj.get("format") == "robench-checkpoint":
-        model, meta = load_checkpoint(path, map_location=device)
+        model, meta = model_from_checkpoint(obj, str(path), map_location=device)
         return LoadedModel(model, path.stem, str(path), digest, "robench-checkpoint", meta)
     state = obj.get("state_dict", obj)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is neither a robench checkpoint nor a state_dict of tensors")
     if arch is None:
         raise CheckpointError(f"{path} is a raw state_dict; say which architecture it is with --arch (see `robench list models`)")
@@ -151,7 +319,7 @@ def _load_torch_file(
     try:
         target.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit --arch {arch}: {str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"{path}: weights do not fit --arch {arch}: {first_line(exc, 200)}") from None
     return LoadedModel(model.to(device).eval(), path.stem, str(path), digest, "state_dict")
 
 

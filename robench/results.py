@@ -7,6 +7,7 @@ whenever a field changes meaning.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -26,7 +27,7 @@ from .scores import (
 
 __all__ = [
     "SCHEMA", "SCHEMA_VERSION", "ResultError", "new_record", "accuracy_entry", "read_record", "write_record",
-    "finalize", "environment", "correct_bits",
+    "finalize", "environment", "correct_bits", "check_record", "check_accuracy_entry", "entry_complete",
 ]  # fmt: skip
 
 SCHEMA = "robench-result"
@@ -46,10 +47,12 @@ def environment(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
         "torch": torch.__version__, "numpy": np.__version__, "device": device,
     }  # fmt: skip
+    from importlib.metadata import PackageNotFoundError, version
+
     for mod in ("torchvision", "foolbox"):
         try:
-            env[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover
+            env[mod] = version(mod)  # from the metadata: importing torchvision costs seconds (it loads torch._dynamo)
+        except PackageNotFoundError:  # pragma: no cover
             env[mod] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
@@ -113,7 +116,107 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("run_key", "model", "dataset", "config", "perturbations"):
         if not isinstance(data.get(key), dict):
             raise ResultError(f"{p} lacks its {key!r} section")
+    check_record(data, str(p))
     return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _need(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise ResultError(f"{where}: {what}")
+
+
+def check_accuracy_entry(entry: Any, where: str, n: int | None = None) -> None:
+    """Counts, accuracy, interval and per-image bits of an :func:`accuracy_entry` agree (else ResultError)."""
+    _need(isinstance(entry, dict), where, "is not an accuracy entry")
+    k, m = entry.get("n_correct"), entry.get("n")
+    _need(_is_int(m) and m >= 1 and _is_int(k) and 0 <= k <= m, where, f"has impossible counts ({k!r} of {m!r})")
+    _need(n is None or m == n, where, f"counts {m} images but the run has {n}")
+    _need(_is_num(entry.get("accuracy")) and abs(entry["accuracy"] - k / m) < 1e-9, where,
+          f"accuracy {entry.get('accuracy')!r} is not {k}/{m}")  # fmt: skip
+    ci = entry.get("ci95")
+    _need(isinstance(ci, list) and len(ci) == 2 and all(_is_num(v) for v in ci), where, "has a malformed ci95")
+    _need(isinstance(entry.get("correct"), str), where, "lacks its per-image correctness")
+    try:
+        bits = unpack_bits(entry["correct"], m)
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise ResultError(f"{where}: unreadable per-image correctness ({exc})") from None
+    _need(int(bits.sum()) == k, where, f"per-image correctness ({int(bits.sum())} correct) disagrees with n_correct {k}")
+    for key in ("severity",):
+        _need(key not in entry or _is_int(entry[key]), where, f"{key} must be an integer")
+    for key in ("parameter", "marker"):
+        _need(entry.get(key) is None or isinstance(entry[key], str), where, f"{key} must be text")
+    for key in ("baseline_accuracy", "p_value"):
+        _need(entry.get(key) is None or _is_num(entry[key]), where, f"{key} must be a number")
+
+
+def entry_complete(entry: Any, n: int, severities: Sequence[int] | None = None) -> bool:
+    """Whether a perturbation entry is finished and whole (a resumed run recomputes it otherwise)."""
+    if not isinstance(entry, dict) or entry.get("status") != "done":
+        return False
+    sevs = entry.get("severities")
+    if not isinstance(sevs, list) or not sevs:
+        return False
+    if severities is not None and [s.get("severity") if isinstance(s, dict) else None for s in sevs] != list(severities):
+        return False
+    try:
+        for i, s in enumerate(sevs):
+            check_accuracy_entry(s, f"severity {i + 1}", n)
+    except ResultError:
+        return False
+    return True
+
+
+def check_record(data: Mapping[str, Any], where: str = "result") -> None:
+    """Structural and arithmetic checks of a record: everything tables and ``finalize`` rely on.
+
+    A file that passes can be read by every robench consumer without a KeyError or a TypeError;
+    one that fails raises :class:`ResultError` naming the first problem.
+    """
+    _need(isinstance(data.get("robench_version"), str), where, "lacks its robench_version")
+    model, ds, cfg = data["model"], data["dataset"], data["config"]
+    _need(isinstance(model.get("id"), str) and model["id"] != "", where, "model.id must be non-empty text")
+    for key in ("source", "sha256", "kind"):
+        _need(model.get(key) is None or isinstance(model[key], str), where, f"model.{key} must be text")
+    n = ds.get("n_images")
+    _need(_is_int(n) and n >= 1, where, "dataset.n_images must be a positive integer")
+    for key in ("name", "preset"):
+        _need(isinstance(ds.get(key), str), where, f"dataset.{key} must be text")
+    idx = ds.get("indices")
+    _need(idx is None or (isinstance(idx, list) and len(idx) == n and all(_is_int(i) and i >= 0 for i in idx)),
+          where, "dataset.indices must be null or one non-negative integer per image")  # fmt: skip
+    _need(_is_int(cfg.get("seed")), where, "config.seed must be an integer")
+    _need(cfg.get("suite") is None or isinstance(cfg["suite"], str), where, "config.suite must be text")
+    if data.get("clean") is not None:
+        check_accuracy_entry(data["clean"], f"{where}: clean", n)
+    for name, e in data["perturbations"].items():
+        at = f"{where}: perturbation {name!r}"
+        _need(isinstance(e, dict), at, "is not an object")
+        _need(e.get("kind") in ("corruption", "attack") and isinstance(e.get("family"), str), at, "lacks kind/family")
+        _need(e.get("status") in ("done", "skipped"), at, f"has unknown status {e.get('status')!r}")
+        for key in ("R", "baseline_R", "accuracy", "p_value", "seconds"):
+            _need(e.get(key) is None or _is_num(e[key]), at, f"{key} must be a number")
+        _need(e.get("marker") is None or isinstance(e["marker"], str), at, "marker must be text")
+        if e["status"] == "done":
+            sevs = e.get("severities")
+            _need(isinstance(sevs, list) and len(sevs) > 0, at, "is marked done but has no severities")
+            for i, s in enumerate(sevs):
+                check_accuracy_entry(s, f"{at} severity {i + 1}", n)
+                _need(_is_int(s.get("severity")), at, f"severity {i + 1} lacks its severity level")
+    masking = data.get("gradient_masking")
+    _need(masking is None or (isinstance(masking, list) and all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("detail"), str)
+        and (c.get("passed") is None or isinstance(c["passed"], bool)) for c in masking)),
+        where, "gradient_masking must be a list of {name, passed, detail}")  # fmt: skip
+    for key in ("summary", "baseline"):
+        _need(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object")
 
 
 def _pert_correct(entry: Mapping[str, Any]) -> np.ndarray:
@@ -157,7 +260,8 @@ def finalize(record: dict[str, Any], baseline: Mapping[str, Any] | None, order: 
         _compare(entry, base_perts.get(name) if base_perts.get(name, {}).get("status") == "done" else None)
         if entry["R"] is not None:
             families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(entry["R"])
-    summary: dict[str, Any] = {"mean_R": {k: float(np.mean(v)) for k, v in families.items()}}
+    # fsum is exactly rounded: the mean does not depend on the order the perturbations were run in
+    summary: dict[str, Any] = {"mean_R": {k: math.fsum(v) / len(v) for k, v in families.items()}}
     summary.update(_mce_summary(record, baseline))
     record["summary"] = summary
     return record

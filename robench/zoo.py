@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .checkpoint import CheckpointError
 __all__ = ["ZooCard", "zoo_root", "resolve_zoo", "list_zoo", "read_card", "write_card", "DEFAULT_ZOO_DATASET"]
 
 DEFAULT_ZOO_DATASET = "shapes"
+_ZOO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def _split(name: str) -> tuple[str, str]:
     ref = name.removeprefix("zoo:")
     dataset, _, entry = ref.rpartition("/")
     dataset = dataset or DEFAULT_ZOO_DATASET
-    if not entry or any(part in ("", ".", "..") for part in (dataset, entry)) or "\\" in ref or ref.startswith("/"):
+    if not all(_ZOO_PART.fullmatch(part) for part in (dataset, entry)):  # one plain name each: no /, .., \\
         raise ValueError(f"invalid zoo reference {name!r}; use zoo:NAME or zoo:DATASET/NAME")
     return dataset, entry
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import signal
@@ -242,7 +244,9 @@ def test_masking_flags_reach_the_long_csv() -> None:
 
 
 def test_export_program_and_trusted_pickle(tmp_path: Path, tiny_trained: torch.nn.Module) -> None:
-    prog = torch.export.export(tiny_trained, (torch.rand(2, 3, 32, 32),),
+    # torch.export leaves tracing state on the module it traces (torch 2.14): export a copy, so the
+    # shared fixture stays picklable and deep-copyable for the tests after this one
+    prog = torch.export.export(copy.deepcopy(tiny_trained), (torch.rand(2, 3, 32, 32),),
                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))  # fmt: skip
     pt2 = tmp_path / "m.pt2"
     torch.export.save(prog, str(pt2))

@@ -147,11 +147,15 @@ def check_batch(x: Tensor) -> None:
         raise ValueError(f"expected a batch of shape N x C x H x W, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor with values in [0, 1], got {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError("expected a tensor holding data (cpu or cuda), got one on the meta device")
     if x.shape[0] == 0:
         return
     if x.shape[1] not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    lo_t, hi_t = torch.aminmax(x)  # one pass; NaN propagates into both and fails the test below
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"expected images of at least 1 x 1 pixels, got shape {tuple(x.shape)}")
+    lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both and fails the test below
     lo, hi = float(lo_t), float(hi_t)
     if not (0.0 <= lo and hi <= 1.0):
         if not bool(torch.isfinite(x).all()):
@@ -271,7 +275,10 @@ class CorruptionSpec:
             (N, C, H, W) -> (N, C, H, W)
         """
         check_batch(x)
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"{self.name} expects square images, got {x.shape[-2]} x {x.shape[-1]}")
         params = self.params(severity, preset)
+        x = x.detach()  # corruptions are data, not a differentiable layer (and never touch the caller's graph)
         if x.shape[0] == 0:
             return x.clone()
         rng = make_random_source(
