@@ -1,0 +1,183 @@
+"""Each attack's time against its compute floor, and against Foolbox / torchattacks called directly.
+
+The floor of an attack is the passes its algorithm must make (``AttackSpec.cost``: PGD = 10
+forward + backward passes to the input + a clean and a final forward pass; C&W = 40 + 2; MI-FGSM =
+10 + 1 on the surrogate + 2 on the model) times the cost of one pass of the same model on the same
+batch, measured in the same run right before the attack. robench runs the attack as
+``robench evaluate`` does (``run_attack``: Foolbox underneath, parameters frozen, seeded). The
+direct calls use the same parameters and the same frozen model: Foolbox's ``attack(fmodel, x,
+criterion, epsilons=eps)`` (its extra criterion pass included) and torchattacks' ``atk(x, y)``; both
+are followed by one forward pass that judges the adversarials, as robench does (torchattacks' C&W
+stops early when its loss stops falling; robench's does not).
+
+    python benchmarks/attacks.py [--quick] [--images 128] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Target, eval_batch, fmt_s, machine, median, timed, versions  # noqa: E402
+
+ATTACKS = ("pgd", "pgd_ll", "cw_l2", "mi_fgsm_0.04", "mi_fgsm_0.08")
+TARGET = 1.15
+
+
+def _models(device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from robench.loading import load_model
+
+    model = load_model("zoo:standard", device=device).model.eval()
+    sur = load_model("zoo:shapes/vgg_surrogate", device=device).model.eval()
+    for m in (model, sur):
+        for p in m.parameters():
+            p.requires_grad_(False)  # as robench runs attacks; the direct calls get the same model
+    return model, sur
+
+
+def _pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
+    from robench.dry_run import time_forward, time_gradient
+
+    return {"forward": time_forward(model, x, repeats=repeats), "gradient": time_gradient(model, x, y, repeats=repeats)}
+
+
+def _floor(spec: Any, m: dict[str, float], s: dict[str, float]) -> float:
+    c = spec.cost()
+    return (c.gradient_passes * m["gradient"] + c.forward_passes * m["forward"]
+            + c.surrogate_gradient_passes * s["gradient"] + c.surrogate_forward_passes * s["forward"])  # fmt: skip
+
+
+def _robench(spec: Any, model: Any, sur: Any, x: Any, y: Any, idx: list[int]) -> Callable[[], Any]:
+    from robench.attacks import run_attack
+
+    surrogate = sur if spec.mode == "transfer" else None
+    return lambda: run_attack(spec, model, x, y, seed=0, indices=idx, surrogate=surrogate)
+
+
+def _foolbox(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[], Any]:
+    import foolbox as fb
+
+    eps, steps = spec.budget(x.shape[-1]), spec.steps
+    if spec.algorithm == "cw_l2":
+        atk: Any = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=1, steps=steps, stepsize=0.05, confidence=50,
+                                                    initial_const=10.0, abort_early=False)  # fmt: skip
+    elif spec.algorithm == "mi_fgsm":
+        atk = fb.attacks.LinfMomentumIterativeFastGradientMethod(momentum=1.0, abs_stepsize=eps / steps, steps=steps,
+                                                                 random_start=False)  # fmt: skip
+    else:
+        atk = fb.attacks.LinfPGD(abs_stepsize=spec.step_size(eps, steps), steps=steps,
+                                 random_start=spec.algorithm == "pgd")  # fmt: skip
+    crafter = fb.PyTorchModel(sur if spec.mode == "transfer" else model, bounds=(0, 1))
+
+    def run() -> Any:
+        crit: Any = fb.criteria.Misclassification(y)
+        if spec.algorithm == "pgd_ll":
+            with torch.no_grad():
+                crit = fb.criteria.TargetedMisclassification(model(x).argmin(1))
+        _, adv, _ = atk(crafter, x, crit, epsilons=eps)
+        with torch.no_grad():
+            return model(adv).argmax(1) == y
+
+    return run
+
+
+def _torchattacks(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[], Any] | None:
+    try:
+        import torchattacks as ta
+    except ImportError:
+        return None
+    eps, steps = spec.budget(x.shape[-1]), spec.steps
+    if spec.algorithm == "cw_l2":
+        atk: Any = ta.CW(model, c=10.0, kappa=50.0, steps=steps, lr=0.05)
+    elif spec.algorithm == "mi_fgsm":
+        atk = ta.MIFGSM(sur, eps=eps, alpha=eps / steps, steps=steps, decay=1.0)
+    else:
+        atk = ta.PGD(model, eps=eps, alpha=spec.step_size(eps, steps), steps=steps, random_start=spec.algorithm == "pgd")
+        if spec.algorithm == "pgd_ll":
+            atk.set_mode_targeted_least_likely()
+
+    def run() -> Any:
+        adv = atk(x, y)
+        with torch.no_grad():
+            return model(adv).argmax(1) == y
+
+    return run
+
+
+def measure(n_images: int, device: str, repeats: int) -> dict[str, Any]:
+    """Every attack: passes, floor, robench, Foolbox and torchattacks times (medians, seconds)."""
+    from robench import perturbations as P
+
+    model, sur = _models(device)
+    x, y, idx = eval_batch(n_images, device)
+    rows = []
+    for name in ATTACKS:
+        spec = P.get(name)
+        m, s = _pass_costs(model, x, y, repeats + 2), _pass_costs(sur, x, y, repeats + 2)
+        row: dict[str, Any] = {"attack": name, "cost": vars(spec.cost()), "pass_model": m, "pass_surrogate": s,
+                               "floor_s": _floor(spec, m, s)}  # fmt: skip
+        for lib, make in (("robench", _robench(spec, model, sur, x, y, idx)), ("foolbox", _foolbox(spec, model, sur, x, y)),
+                          ("torchattacks", _torchattacks(spec, model, sur, x, y))):  # fmt: skip
+            row[f"{lib}_s"] = None if make is None else median(timed(make, device=device, repeats=repeats))
+        rows.append(row)
+        print(f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  robench {fmt_s(row['robench_s']):>8s} "
+              f"({row['robench_s'] / row['floor_s']:.2f}x)  foolbox {fmt_s(row['foolbox_s']):>8s}", flush=True)
+    return {"images": n_images, "device": device, "repeats": repeats, "rows": rows}
+
+
+def targets(data: dict[str, Any]) -> list[Target]:
+    """robench's time within 1.15x of the floor, per attack (with the measured overhead as the why)."""
+    out = []
+    for r in data["rows"]:
+        steps = max(1, r["cost"]["gradient_passes"] + r["cost"]["surrogate_gradient_passes"])
+        extra = (r["robench_s"] - r["floor_s"]) / steps
+        fb = r["foolbox_s"] / r["floor_s"]
+        why = (f"{extra * 1e3:.1f} ms per gradient step go outside the model passes (Foolbox/eagerpy bookkeeping: "
+               f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor.")  # fmt: skip
+        out.append(Target(f"{r['attack']} time / compute floor", r["robench_s"] / r["floor_s"], TARGET, "x", why))
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The attack table."""
+    lines = [f"Batch of {data['images']} shapes test images on {data['device']}, zoo:standard (small_cnn width 32); "
+             f"transfer attacks crafted on zoo:shapes/vgg_surrogate. Median of {data['repeats']} runs after a warm-up.", "",
+             "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | robench / floor | "
+             "Foolbox direct | torchattacks direct |", "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in data["rows"]:
+        c, m = r["cost"], r["pass_model"] if r["cost"]["gradient_passes"] else r["pass_surrogate"]
+        passes = f"{c['gradient_passes']} / {c['forward_passes']}" + (
+            f" ({c['surrogate_gradient_passes']} / {c['surrogate_forward_passes']})" if c["surrogate_gradient_passes"] else "")
+        ta = "not installed" if r["torchattacks_s"] is None else f"{fmt_s(r['torchattacks_s'])} ({r['torchattacks_s'] / r['floor_s']:.2f}x)"
+        lines.append(f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | {fmt_s(r['floor_s'])} | "
+                     f"{fmt_s(r['robench_s'])} | {r['robench_s'] / r['floor_s']:.2f}x | "
+                     f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run(quick: bool, device: str = "cpu", images: int | None = None) -> dict[str, Any]:
+    """The suite's entry point."""
+    return measure(images or (32 if quick else 128), device, 1 if quick else 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--images", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    data = run(args.quick, args.device, args.images)
+    print(markdown(data))
+    print("\n".join(t.line() for t in targets(data)))
+    print(json.dumps({"machine": machine(), "versions": versions()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
