@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,9 @@ import torch.nn.functional as F
 
 from robench import perturbations
 from robench.perturbations.reference import REFERENCE_NAMES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, versions  # noqa: E402  (one description of the machine for every benchmark)
 
 HERE = Path(__file__).resolve().parent
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -141,40 +143,6 @@ def measure(name: str, side: int, device: str, *, runs: int, quick: bool, with_r
     return row
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "scipy", "scikit-image", "opencv-python", "pillow",
-                "imagecorruptions", "robench"):  # fmt: skip
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def _loads(values: Sequence[float] | None) -> str:
     return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
 
@@ -190,9 +158,9 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
         "",
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores "
         f"(torch threads: {meta['machine']['torch_threads']}), load average (1/5/15 min) at "
-        f"start {_loads(meta['machine']['load_average_at_start'])}, at end "
+        f"start {_loads(meta['machine']['load_average'])}, at end "
         f"{_loads(meta['machine'].get('load_average_at_end'))}"
-        + (f"; GPU: {meta['machine']['gpu']}" if "gpu" in meta["machine"] else ""),
+        + (f"; GPU: {meta['machine']['gpu']}" if meta["machine"].get("gpu") else ""),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- Command: `{meta['command']}`",
         (
@@ -302,8 +270,8 @@ def _meta(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any
         "command": " ".join(
             ["python", "benchmarks/corruptions.py", *(sys.argv[1:] if argv is None else argv)]
         ),
-        "machine": _machine(),
-        "versions": _versions(),
+        "machine": machine(),
+        "versions": versions(),
         "runs": 1 if args.quick else args.runs,
         "quick": args.quick,
         "torch_images_per_severity": {s: max(1, TORCH_BATCH[s] // div) for s in args.sizes},

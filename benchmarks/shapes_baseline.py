@@ -23,7 +23,7 @@ from robench.evaluation import evaluate
 from robench.zoo import read_card
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corruptions import _machine  # noqa: E402  (one description of the machine for every benchmark)
+from _common import machine as _machine  # noqa: E402  (one description of the machine for every benchmark)
 
 PERTURBATIONS = ["brightness", "gaussian_noise", "defocus_blur", "gaussian_blur"]
 
