@@ -249,7 +249,7 @@ def load_model(
     if text.startswith("zoo:"):
         from dataclasses import asdict
 
-        from .zoo import resolve_zoo
+        from .zoo import resolve_zoo, zoo_model_id
 
         path, zcard = resolve_zoo(text, verify=False)
         data = _read(path)
@@ -258,7 +258,7 @@ def load_model(
             raise CheckpointError(f"{path} does not match its model card (sha256 {digest[:12]}... != "
                                   f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file")  # fmt: skip
         model, meta = model_from_checkpoint(read_checkpoint_bytes(data, str(path)), str(path), map_location=device)
-        return LoadedModel(model, text.removeprefix("zoo:").replace("/", "-"), text, digest,
+        return LoadedModel(model, zoo_model_id(text), text, digest,
                            "robench-checkpoint", meta, None if zcard is None else asdict(zcard))  # fmt: skip
     path = Path(text)
     if not path.is_file():

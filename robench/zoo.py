@@ -16,7 +16,7 @@ from typing import Any
 from ._io import atomic_write_text, sha256_file
 from .checkpoint import CheckpointError
 
-__all__ = ["ZooCard", "zoo_root", "resolve_zoo", "list_zoo", "read_card", "write_card", "DEFAULT_ZOO_DATASET"]
+__all__ = ["ZooCard", "zoo_root", "resolve_zoo", "list_zoo", "read_card", "write_card", "zoo_model_id", "DEFAULT_ZOO_DATASET"]
 
 DEFAULT_ZOO_DATASET = "shapes"
 _ZOO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -60,6 +60,17 @@ def zoo_root() -> Path:
     """``$ROBENCH_ZOO`` or the repository's ``model_zoo/`` folder."""
     env = os.environ.get("ROBENCH_ZOO")
     return Path(env) if env else Path(__file__).resolve().parents[1] / "model_zoo"
+
+
+def zoo_model_id(name: str) -> str:
+    """The model id of a zoo reference, the same for every spelling of it.
+
+    ``zoo:standard`` and ``zoo:shapes/standard`` are one checkpoint, so one id (``standard``) and
+    one run file: a zoo entry scored directly and as another model's baseline share their record.
+    Entries of other datasets keep the dataset in the id (``cifar10-standard``).
+    """
+    dataset, entry = _split(name)
+    return entry if dataset == DEFAULT_ZOO_DATASET else f"{dataset}-{entry}"
 
 
 def _split(name: str) -> tuple[str, str]:

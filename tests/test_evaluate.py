@@ -283,9 +283,9 @@ def test_default_baseline_is_the_zoo_standard_evaluated_on_the_same_images(tmp_p
                                                                            tiny_trained: torch.nn.Module) -> None:
     rep = evaluate(tiny_trained, model_id="tiny", perturbations=["contrast"], n_images=24, out=tmp_path, plots=False)
     rec = rep.record
-    assert rec["baseline"]["id"] == "shapes-standard"
+    assert rec["baseline"]["id"] == "standard"  # the id `robench evaluate zoo:standard` gives: one shared run file
     e = rec["perturbations"]["contrast"]
     assert e["baseline_R"] is not None and e["marker"] in ("+", "-", "") and e["p_value"] is not None
-    base = json.loads((tmp_path / "shapes-standard__shapes__s0__n24.json").read_text())
+    base = json.loads((tmp_path / "standard__shapes__s0__n24.json").read_text())
     assert base["perturbations"]["contrast"]["R"] == pytest.approx(e["baseline_R"])
     assert "mce_vs_baseline" in rec["summary"]
