@@ -137,16 +137,18 @@ _HELD_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0.2) -> Iterator[Path]:
+def file_lock(path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0.2, wait: bool = True) -> Iterator[Path]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
 
     Another process asking for the same lock waits (saying so once in the log) until this one
-    leaves the block or dies: the kernel drops the lock of a killed process, so a ``kill -9``
-    never leaves a stale lock. Re-entrant within a process. The lock file is never deleted
-    (deleting it would let two processes lock two different files).
+    leaves the block or dies, or with ``wait=False`` gets a ``BlockingIOError`` at once: the
+    kernel drops the lock of a killed process, so a ``kill -9`` never leaves a stale lock.
+    Re-entrant within a process. The lock file is never deleted (deleting it would let two
+    processes lock two different files).
 
     Raises:
         OutputError: the lock file cannot be created (read-only folder, full disk...).
+        BlockingIOError: ``wait=False`` and another process holds the lock.
     """
     path = Path(path)
     key = os.path.abspath(path)
@@ -167,7 +169,7 @@ def file_lock(path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0
     except OSError as exc:
         raise OutputError(path, exc, "create the lock file") from None
     try:
-        _acquire(fd, path, what, poll_s)
+        _acquire(fd, path, what, poll_s, wait)
         with _HELD_GUARD:
             _HELD[key] = [fd, 1]
         try:
@@ -180,7 +182,8 @@ def file_lock(path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0
         os.close(fd)
 
 
-def _acquire(fd: int, path: Path, what: str, poll_s: float) -> None:
+def _acquire(fd: int, path: Path, what: str, poll_s: float, wait: bool = True) -> None:
+    busy = f"another robench process is already working on {what or path}"
     try:
         import fcntl
     except ImportError:  # pragma: no cover  (Windows)
@@ -191,6 +194,8 @@ def _acquire(fd: int, path: Path, what: str, poll_s: float) -> None:
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
                 return
             except OSError:
+                if not wait:
+                    raise BlockingIOError(busy) from None
                 time.sleep(poll_s)
     told = False
     while True:
@@ -198,6 +203,8 @@ def _acquire(fd: int, path: Path, what: str, poll_s: float) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
+            if not wait:
+                raise BlockingIOError(busy) from None
             if not told:
                 log.warning("another robench process is working on %s; waiting for it to finish", what or path)
                 told = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from . import __version__, distributed
+from ._io import file_lock
 from ._seeding import derive_seed
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import SubsetDataset, load_dataset
@@ -60,6 +62,22 @@ def train(
     """
     dev = resolve_device(device)
     world = distributed.setup(dev)
+    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
+    # one writer per checkpoint: a second `robench train --out` of the same file stops at once
+    # (rank 0 holds it under torchrun; the other ranks follow rank 0)
+    lock = file_lock(out_path.with_name(f".{out_path.name}.lock"), what=f"training into {out_path}", wait=False) \
+        if world.is_main else contextlib.nullcontext()  # fmt: skip
+    with lock:
+        return _train(defense, dataset=dataset, data_root=data_root, download=download, arch=arch,
+                      arch_kwargs=arch_kwargs, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr,
+                      seed=seed, out_path=out_path, resume=resume, options=options, dev=dev, world=world,
+                      progress=progress, command=command)  # fmt: skip
+
+
+def _train(defense: str, *, dataset: str, data_root: str | None, download: bool, arch: str,
+           arch_kwargs: Mapping[str, Any] | None, epochs: int | None, train_images: int | None, batch_size: int,
+           lr: float, seed: int, out_path: Path, resume: bool, options: Mapping[str, str] | None, dev: str,
+           world: distributed.World, progress: bool, command: str | None) -> Path:  # fmt: skip
     cfg = TrainConfig(epochs=epochs or default_epochs(dataset), batch_size=batch_size, lr=lr, seed=seed, device=dev)
     cfg.validate()
     d = build_defense(defense, options)
@@ -69,7 +87,6 @@ def train(
     test_ds = load_dataset(dataset, "test", root=data_root)
     info = train_ds.info
     akw = dict(arch_kwargs or {})
-    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
     notes = ""
     setup = getattr(d, "setup", None)
     with torch.random.fork_rng(devices=[]):

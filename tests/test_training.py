@@ -89,3 +89,24 @@ def test_kill_9_during_training_then_rerun_gives_the_uninterrupted_weights(tmp_p
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     card = json.loads(killed.with_suffix(".json").read_text())
     assert card["epochs"] == 4
+
+
+def test_a_second_training_into_the_same_checkpoint_stops_at_once(tmp_path: Path) -> None:
+    out = tmp_path / "busy.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "robench", "train", "--epochs", "20", *TINY, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        partial = out.with_name(out.name + ".partial")
+        deadline = time.monotonic() + 300
+        while _partial_epoch(partial) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the first training ended before the second started: make it longer"
+        started = time.monotonic()
+        res = CliRunner().invoke(main, ["train", "--epochs", "20", *TINY, "--out", str(out)])
+        assert res.exit_code != 0 and "already working on training into" in res.output
+        assert "Traceback" not in res.output and time.monotonic() - started < 60  # refused, not queued
+        assert proc.poll() is None  # the first one goes on
+    finally:
+        proc.kill()
+        proc.wait()
