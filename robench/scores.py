@@ -91,8 +91,11 @@ def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    term = total = 1  # C(n, 0); exact integers: 2.0**n overflows a float past n = 1023
+    for i in range(1, k + 1):
+        term = term * (n - i + 1) // i
+        total += term
+    return min(1.0, (2 * total) / (1 << n))  # int / int is correctly rounded, never overflows
 
 
 def pack_bits(correct: Sequence[bool] | np.ndarray) -> str:
