@@ -12,8 +12,7 @@ few images; the estimate multiplies. Overheads (Foolbox's bookkeeping, data, fil
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import perturbations as P
+from .attacks import _attack_mode  # eval mode + frozen weights, as the attacks run the model
 from .data import load_dataset
 from .loading import LoadedModel
 from .results import ResultError, read_record
@@ -105,21 +105,6 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{int(s // 60)} min {s % 60:.0f} s" if s < 5400 else f"{s / 3600:.1f} h"
 
 
-@contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was = model.training
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-        model.train(was)
-
-
 def _sync(x: Tensor) -> None:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -139,7 +124,7 @@ def _median_time(fn: Callable[[], Any], x: Tensor, repeats: int) -> float:
 
 def time_forward(model: nn.Module, x: Tensor, *, repeats: int = 3) -> float:
     """Median seconds of one forward pass (no gradient, eval mode) of the batch ``x``."""
-    with _frozen(model), torch.no_grad():
+    with _attack_mode(model), torch.no_grad():
         return _median_time(lambda: model(x), x, repeats)
 
 
@@ -150,7 +135,7 @@ def time_gradient(model: nn.Module, x: Tensor, y: Tensor, *, repeats: int = 3) -
         xr = x.detach().clone().requires_grad_(True)
         return torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)[0]
 
-    with _frozen(model):
+    with _attack_mode(model):
         return _median_time(once, x, repeats)
 
 
