@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import robench.trainer as trainer_mod
 import robench.training as training_mod
 from robench.data import SubsetDataset, load_dataset
 from robench.data._base import ArrayDataset, DatasetInfo
@@ -153,17 +152,9 @@ def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train("standard", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=out)
 
 
-def test_round_trip_keeps_the_init_object_network(init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_round_trip_keeps_the_init_object_network(init_ckpt: Path, tmp_path: Path, capture_saved) -> None:  # type: ignore[no-untyped-def]
     x = load_dataset("shapes", "test").get_batch(torch.arange(8))[0]
-    got: dict[str, Tensor] = {}
-    original = trainer_mod.save_checkpoint
-
-    def spy(model: nn.Module, path: object, meta: object) -> str:
-        with torch.no_grad():
-            got["out"] = model.eval()(x)
-        return original(model, path, meta)
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", spy)
+    got = capture_saved(x)
     path = train("fusion", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=tmp_path / "f.pt",
                  options={"init": str(init_ckpt), "pre_epochs": "1", "context_width": "4", "alpha": "1"})  # fmt: skip
     loaded = load_model(path)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import robench.trainer as trainer_mod
 from robench import perturbations
 from robench._seeding import derive_seed
 from robench.data import SubsetDataset, load_dataset
@@ -197,22 +196,9 @@ def test_transfer_replaces_the_output_layer(init_ckpt: Path, tmp_path: Path, fre
     rebuilt.load_state_dict(new)  # structure rebuilds from the metadata alone
 
 
-def _capture_saved(monkeypatch: pytest.MonkeyPatch, x: Tensor) -> dict[str, Tensor]:
-    got: dict[str, Tensor] = {}
-    original = trainer_mod.save_checkpoint
-
-    def spy(model: nn.Module, path: object, meta: object) -> str:
-        with torch.no_grad():
-            got["out"] = model.eval()(x)
-        return original(model, path, meta)
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", spy)
-    return got
-
-
-def test_transfer_round_trip(init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transfer_round_trip(init_ckpt: Path, tmp_path: Path, capture_saved) -> None:  # type: ignore[no-untyped-def]
     x = load_dataset("shapes", "test").get_batch(torch.arange(8))[0]
-    got = _capture_saved(monkeypatch, x)
+    got = capture_saved(x)
     path = train("transfer", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=tmp_path / "t.pt",
                  options={"init": str(init_ckpt), "perturbation": "stuck_pixels", "severity": "2"})  # fmt: skip
     loaded = load_model(path)
