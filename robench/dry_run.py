@@ -267,18 +267,13 @@ def plan(loaded: LoadedModel, cfg: EvalConfig, *, out: Path, resume: bool = True
 
 def _baseline(baseline: str | None, loaded: LoadedModel, dataset: str) -> LoadedModel | None:
     """The baseline model ``evaluate`` would score (as its ``baseline`` argument resolves)."""
+    from .evaluation import _is_result_file, resolve_baseline
     from .loading import load_model
-    from .zoo import resolve_zoo
 
-    if baseline in (None, "none") or (not baseline.startswith("zoo:") and baseline.endswith(".json")):
+    ref = resolve_baseline(baseline, dataset)
+    if ref is None or _is_result_file(ref):
         return None
-    if baseline == "auto":
-        baseline = f"zoo:{dataset}/standard"
-        try:
-            resolve_zoo(baseline)
-        except (FileNotFoundError, ValueError):
-            return None
-    base = load_model(baseline)
+    base = load_model(ref)
     return None if base.sha256 == loaded.sha256 else base
 
 

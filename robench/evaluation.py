@@ -48,20 +48,34 @@ def _attack_runner() -> Any:
     return attack_entry
 
 
-def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool) -> dict[str, Any] | None:
-    """The baseline's finished record for the same images, evaluating it first when needed."""
+def resolve_baseline(baseline: str | None, dataset: str) -> str | None:
+    """What ``--baseline`` names: ``None`` for none (or ``auto`` without a zoo ``standard`` for the
+    dataset), else a model reference or a result ``.json``; ``auto`` becomes ``zoo:DATASET/standard``."""
     if baseline in (None, "none"):
         return None
-    if baseline == "auto":
-        from .zoo import resolve_zoo
+    if baseline != "auto":
+        return baseline
+    from .zoo import resolve_zoo
 
-        baseline = f"zoo:{cfg.dataset}/standard"
-        try:
-            resolve_zoo(baseline)
-        except (FileNotFoundError, ValueError):
-            log.info("no zoo baseline for %s; markers are left empty", cfg.dataset)
-            return None
-    if not baseline.startswith("zoo:") and baseline.endswith(".json"):
+    ref = f"zoo:{dataset}/standard"
+    try:
+        resolve_zoo(ref)
+    except (FileNotFoundError, ValueError):
+        log.info("no zoo baseline for %s; markers are left empty", dataset)
+        return None
+    return ref
+
+
+def _is_result_file(baseline: str) -> bool:
+    return not baseline.startswith("zoo:") and baseline.endswith(".json")
+
+
+def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool) -> dict[str, Any] | None:
+    """The baseline's finished record for the same images, evaluating it first when needed."""
+    baseline = resolve_baseline(baseline, cfg.dataset)
+    if baseline is None:
+        return None
+    if _is_result_file(baseline):
         rec = read_record(baseline)
         if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
