@@ -159,8 +159,7 @@ def read_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as exc:  # torch raises all of these on torn files
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first}") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a dict of weights (got {type(obj).__name__})")
     return obj
@@ -211,7 +210,7 @@ def model_from_checkpoint(
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{path}: cannot build architecture {meta.arch!r} with {dict(meta.arch_kwargs)}: "
-                              f"{(str(exc).splitlines() or [''])[0][:160]}") from None  # fmt: skip
+                              f"{first_line(exc)}") from None  # fmt: skip
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
     if want != have:

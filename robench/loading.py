@@ -193,8 +193,7 @@ def _load_export(data: bytes, name: str, device: str | torch.device) -> nn.Modul
         try:
             program = torch.export.load(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
-            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-            raise CheckpointError(f"{name} is not a readable (or a safe) torch.export program: {first}") from None
+            raise CheckpointError(f"{name} is not a readable (or a safe) torch.export program: {first_line(exc)}") from None
     check_graph(program.graph_module, name)  # the file's graph; .module() only adds torch's own guard code
     return ExportedModel(program.module()).to(device)
 
