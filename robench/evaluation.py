@@ -104,7 +104,7 @@ def _check_baseline_ref(baseline: str | None) -> None:
         from .zoo import resolve_zoo
 
         resolve_zoo(baseline, verify=False)
-    elif baseline.endswith(".json"):
+    elif _is_result_file(baseline):
         read_record(baseline)
     elif not Path(baseline).is_file():
         raise FileNotFoundError(f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a result .json or none)")

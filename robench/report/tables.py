@@ -94,9 +94,8 @@ def wide_table(records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] |
             row[c] = safe_text(f"{e['R']:.2f}{e.get('marker') or ''}") if ok else ""  # type: ignore[index]
         rows.append(row)
     notes = settings_notes(records)
-    extra = ["settings"] if any(notes) else []
     df = pd.DataFrame(rows, columns=["model", "Clean", *cols])
-    if extra:
+    if any(notes):
         df["settings"] = notes
     return df
 
