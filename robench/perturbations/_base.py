@@ -55,24 +55,30 @@ def check_preset(preset: str) -> Preset:
     return preset  # type: ignore[return-value]
 
 
-_PARALLEL_NUMEL = 1 << 16
+_PARALLEL_NUMEL = 1 << 15
 
 
 def _each(fn: Callable[[int], None], items: range, *, large: bool) -> None:
-    """Run ``fn`` over image indices; large per-image draws go to a small thread pool.
+    """Run ``fn`` over image indices; large per-image work goes to a small thread pool.
 
     Each image owns its generator and its output slot, so the result is identical to the
-    sequential loop; torch's RNG kernels release the GIL, which makes the pool pay off.
+    sequential loop; torch's RNG kernels and numpy's arithmetic release the GIL, which makes
+    the pool pay off. Every worker takes one strided share of the images (one task per worker:
+    a task per image costs more in hand-offs than a 224 px draw takes).
     """
-    workers = torch.get_num_threads()
-    if not large or workers < 2 or len(items) < 2:
+    workers = min(torch.get_num_threads(), len(items))
+    if not large or workers < 2:
         for i in items:
             fn(i)
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    def run(share: range) -> None:
+        for i in share:
+            fn(i)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(fn, items))
+        list(pool.map(run, [items[k::workers] for k in range(workers)]))
 
 
 class RandomSource:
@@ -94,6 +100,10 @@ class RandomSource:
     def __len__(self) -> int:
         return len(self.generators)
 
+    def slice(self, start: int, stop: int) -> RandomSource:
+        """The source of images ``start:stop`` (the same generators, not copies)."""
+        return RandomSource(self.generators[start:stop], self.device)
+
     def _stack(self, draw: Callable[[torch.Generator], Tensor], dtype: torch.dtype | None) -> Tensor:
         first = draw(self.generators[0])
         out = torch.empty((len(self.generators), *first.shape), dtype=first.dtype, device=first.device)
@@ -105,13 +115,32 @@ class RandomSource:
         _each(fill, range(1, len(self.generators)), large=first.numel() >= _PARALLEL_NUMEL)
         return out.to(device=self.device, dtype=dtype or out.dtype)
 
+    def _fill(
+        self, shape: tuple[int, ...], draw: Callable[[Tensor, torch.Generator], object]
+    ) -> Tensor:
+        """``(N, *shape)``, default dtype, on the generators' device; image i drawn in place."""
+        g0 = self.generators[0]
+        out = torch.empty((len(self.generators), *shape), device=g0.device)
+        self.map(lambda i, g: draw(out[i], g), large=out[0].numel() >= _PARALLEL_NUMEL)
+        return out
+
+    def map(self, fn: Callable[[int, torch.Generator], object], *, large: bool = True) -> None:
+        """Call ``fn(i, generator_i)`` for every image ``i`` (in a thread pool when ``large``).
+
+        Lets a kernel draw and finish one image while it is still in cache; ``fn`` must only
+        write image ``i``'s own output.
+        """
+        _each(lambda i: fn(i, self.generators[i]), range(len(self.generators)), large=large)
+
     def rand(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
-        """U[0, 1) of shape ``(N, *shape)``."""
-        return self._stack(lambda g: torch.rand(shape, generator=g, device=g.device), dtype)
+        """U[0, 1) of shape ``(N, *shape)`` (the values of ``torch.rand`` per image)."""
+        out = self._fill(shape, lambda o, g: o.uniform_(generator=g))
+        return out.to(device=self.device, dtype=dtype or out.dtype)
 
     def randn(self, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
-        """N(0, 1) of shape ``(N, *shape)``."""
-        return self._stack(lambda g: torch.randn(shape, generator=g, device=g.device), dtype)
+        """N(0, 1) of shape ``(N, *shape)`` (the values of ``torch.randn`` per image)."""
+        out = self._fill(shape, lambda o, g: o.normal_(generator=g))
+        return out.to(device=self.device, dtype=dtype or out.dtype)
 
     def uniform(self, low: float, high: float, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
         """U[low, high) of shape ``(N, *shape)``."""
@@ -216,6 +245,11 @@ class CorruptionSpec:
         describe: kwargs -> the human-readable parameter shown per severity.
         stochastic: whether the kernel draws random numbers.
         needs_boxes: whether the kernel needs per-image bounding boxes (``boxes=``).
+        cpu_chunk: on CPU, give the kernel at most this many elements (whole images, at least
+            one) per call. For kernels whose temporaries outgrow the cache: a few images at a
+            time they stay in it, and below glibc's 32 MB mmap threshold (above it every
+            temporary is fresh memory that page-faults). Images are independent, so the
+            output is the same.
     """
 
     name: str
@@ -227,6 +261,7 @@ class CorruptionSpec:
     describe: Callable[[Mapping[str, Any]], str] = field(default=lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
     stochastic: bool = True
     needs_boxes: bool = False
+    cpu_chunk: int | None = None
     kind: str = "corruption"
 
     @property
@@ -297,12 +332,22 @@ class CorruptionSpec:
             if boxes is None or tuple(boxes.shape) != (x.shape[0], 4):
                 raise ValueError(f"{self.name} needs boxes of shape ({x.shape[0]}, 4)")
             extra["boxes"] = boxes
-        out = self.kernel(x, rng=rng, **params, **extra)
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
-        elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            out = out.clone()  # never hand back (or clamp in place) the caller's tensor
-        return out.clamp_(0.0, 1.0)  # in place: a fresh tensor, one pass fewer over memory
+        step = x.shape[0]
+        if self.cpu_chunk and x.device.type == "cpu":
+            step = max(1, self.cpu_chunk // x[0].numel())
+        if step >= x.shape[0]:
+            out = self.kernel(x, rng=rng, **params, **extra)
+            if out.dtype != x.dtype:
+                out = out.to(x.dtype)
+            elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+                out = out.clone()  # never hand back (or clamp in place) the caller's tensor
+            return out.clamp_(0.0, 1.0)  # in place: a fresh tensor, one pass fewer over memory
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for i in range(0, x.shape[0], step):
+            part = {k: v[i : i + step] for k, v in extra.items()}
+            done = self.kernel(x[i : i + step], rng=rng.slice(i, i + step), **params, **part)
+            torch.clamp(done.to(x.dtype), 0.0, 1.0, out=out[i : i + step])
+        return out
 
 
 def register_corruption(
@@ -315,6 +360,7 @@ def register_corruption(
     describe: Callable[[Mapping[str, Any]], str] | None = None,
     stochastic: bool = True,
     needs_boxes: bool = False,
+    cpu_chunk: int | None = None,
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator registering a kernel as a corruption; returns the kernel unchanged.
 
@@ -328,7 +374,8 @@ def register_corruption(
         kwargs: dict[str, Any] = {} if describe is None else {"describe": describe}
         spec = CorruptionSpec(
             name=name, kernel=kernel, table=full, family=family, description=description,
-            source=source, stochastic=stochastic, needs_boxes=needs_boxes, **kwargs,
+            source=source, stochastic=stochastic, needs_boxes=needs_boxes, cpu_chunk=cpu_chunk,
+            **kwargs,
         )  # fmt: skip
         PERTURBATIONS.add(name, spec)
         return kernel
