@@ -252,6 +252,7 @@ def _zoom_text(p: Any) -> str:
     source=_SRC,
     describe=_zoom_text,
     stochastic=False,
+    cpu_chunk=1 << 19,  # 257 -> 62 ms for 32 images of 224 px (the float64 copies stay in cache)
 )
 def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Tensor:
     """``(x + sum_z clipped_zoom(x, z)) / (len(factors) + 1)``.
@@ -259,10 +260,11 @@ def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Te
     z = 1 is in every list, so x counts twice, as in the original; the zooms are summed in
     float32 like the original (float64 for float64 input).
     """
-    v = x.to(_work_dtype(x))
+    work = _work_dtype(x)
+    v, v64 = x.to(work), x.to(torch.float64)  # the zooms interpolate in float64
     out = torch.zeros_like(v)
     for z in factors:
-        out += clipped_zoom(v, z)
+        out += clipped_zoom(v64, z, dtype=work)
     return out.add_(v).div_(len(factors) + 1)
 
 
@@ -281,6 +283,7 @@ def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Te
     source=_SRC,
     describe=lambda p: f"sigma={p['sigma']}",
     stochastic=False,
+    cpu_chunk=1 << 20,
 )
 def gaussian_blur(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
     """``skimage.filters.gaussian(x, sigma)`` per channel: radius int(4 sigma + 0.5), 'nearest'."""
