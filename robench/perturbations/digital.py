@@ -223,7 +223,8 @@ def pixelate(x: Tensor, *, rng: RandomSource, f: float) -> Tensor:
     small = pil_box_downscale(_uint8_values(x), size).to(x.dtype).div_(255.0)
     rows = _pil_upscale_index(size, h)
     cols = _pil_upscale_index(size, w)
-    if _is_nearest_exact(rows, size) and _is_nearest_exact(cols, size):
+    on_cpu = x.device.type == "cpu"  # where the index check below runs: other devices gather
+    if on_cpu and _is_nearest_exact(rows, size) and _is_nearest_exact(cols, size):
         return F.interpolate(small, size=(h, w), mode="nearest-exact")  # 3x faster than a gather
     flat = (rows[:, None] * size + cols[None, :]).flatten().to(x.device)  # one gather, not two
     return small.flatten(-2).index_select(-1, flat).view(*small.shape[:-2], h, w)
