@@ -27,6 +27,7 @@ __all__ = [
     "separable_filter",
     "to_uint8_floor",
     "uint8_levels",
+    "zoom_matrix",
 ]
 
 Border = Literal["replicate", "reflect", "symmetric", "constant", "circular"]
@@ -304,30 +305,56 @@ def _zoom_geometry(n: int, factor: float) -> tuple[int, int, int, int]:
     return (n - ch) // 2, ch, out, (out - n) // 2
 
 
-def clipped_zoom(x: Tensor, factor: float, dtype: torch.dtype | None = None) -> Tensor:
+def zoom_matrix(n: int, factor: float) -> Tensor:
+    """(n, n) float64 matrix A: ``A @ v`` is :func:`clipped_zoom` of ``v`` along one axis.
+
+    Each row holds the two bilinear weights at the coordinate ``o * (ch - 1) / (out - 1)`` of
+    the crop (see :func:`clipped_zoom`).
+    """
+    top, ch, out, trim = _zoom_geometry(n, factor)
+    o = torch.arange(trim, trim + n, dtype=torch.float64)
+    coord = o * ((ch - 1) / (out - 1)) if out > 1 else torch.zeros_like(o)
+    lo = coord.floor().clamp(0, ch - 1)
+    frac = coord - lo
+    rows = torch.arange(n)
+    a = torch.zeros(n, n, dtype=torch.float64)
+    a.index_put_((rows, top + lo.long()), 1.0 - frac, accumulate=True)
+    a.index_put_((rows, top + (lo.long() + 1).clamp(max=ch - 1)), frac, accumulate=True)
+    return a
+
+
+_ZOOM_BY_MATRIX = 64  # up to this side two dense matrix products beat interpolation
+
+
+def clipped_zoom(x: Tensor, factor: float) -> Tensor:
     """ImageNet-C's ``clipped_zoom`` of every channel (centred crop, bilinear zoom, centred trim).
 
     Crop ``ch = ceil(n / factor)`` at ``(n - ch) // 2``, zoom to ``round(ch * factor)`` with scipy
-    ``zoom(order=1)``'s corner-aligned coordinates ``o * (ch - 1) / (out - 1)`` (torch's
-    ``align_corners=True``), and keep ``n`` values from ``(out - n) // 2``. Interpolated in
-    float64 (torch computes the coordinates in the input's precision; in float32 they are off
-    by up to 1.6e-5 at 224 px), within 1e-15 of scipy, and returned as a new tensor in
-    ``dtype`` (default ``x``'s). Pass float64 ``x`` to zoom one image several times without
-    converting it each time.
+    ``zoom(order=1)``'s corner-aligned coordinates ``o * (ch - 1) / (out - 1)``, and keep ``n``
+    values from ``(out - n) // 2``. Returns a new tensor in ``x``'s dtype, within float rounding
+    of scipy (1e-15 for float64 input).
+
+    Small images are two products with the :func:`zoom_matrix` of each axis (weights computed in
+    float64). Larger ones go through torch's bilinear ``align_corners=True`` interpolation in
+    float64: torch computes the coordinates in the input's precision, which in float32 is off by
+    up to 1.6e-5 at 224 px.
     """
-    dtype = dtype or x.dtype
     h, w = x.shape[-2:]
+    if max(h, w) <= _ZOOM_BY_MATRIX:
+        aw = zoom_matrix(w, factor).to(device=x.device, dtype=x.dtype)
+        ah = aw if h == w else zoom_matrix(h, factor).to(aw)
+        return ah @ (x @ aw.T)
     top, ch, out_h, trim_h = _zoom_geometry(h, factor)
     left, cw, out_w, trim_w = _zoom_geometry(w, factor)
     if (ch, cw, out_h, out_w) == (h, w, h, w):  # factor 1: the identity
-        return x.to(dtype, copy=True)
+        return x.clone()
     crop = x[..., top : top + ch, left : left + cw].to(torch.float64)
     zoomed = F.interpolate(
         crop if crop.dim() == 4 else crop.reshape(-1, 1, ch, cw),
         size=(out_h, out_w), mode="bilinear", align_corners=True,
     )  # fmt: skip
     zoomed = zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w]
-    return zoomed.to(dtype).reshape(x.shape)
+    return zoomed.to(x.dtype).reshape(x.shape)
 
 
 def motion_weights(radius: float, sigma: float) -> Tensor:

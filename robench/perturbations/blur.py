@@ -260,11 +260,10 @@ def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Te
     z = 1 is in every list, so x counts twice, as in the original; the zooms are summed in
     float32 like the original (float64 for float64 input).
     """
-    work = _work_dtype(x)
-    v, v64 = x.to(work), x.to(torch.float64)  # the zooms interpolate in float64
+    v = x.to(_work_dtype(x))
     out = torch.zeros_like(v)
     for z in factors:
-        out += clipped_zoom(v64, z, dtype=work)
+        out += clipped_zoom(v, z)
     return out.add_(v).div_(len(factors) + 1)
 
 
