@@ -22,22 +22,25 @@ Finish = Callable[[Tensor, Tensor, torch.Generator], object]
 
 
 def _fused(x: Tensor, rng: RandomSource, finish: Finish) -> Tensor | None:
-    """Draw and finish each image in place (CPU float32): ``finish(out_i, x_i, generator_i)``.
+    """Draw and finish each large image in place (CPU float32): ``finish(out_i, x_i, gen_i)``.
 
     The draw and the arithmetic touch one image while it is in cache, in the generators'
     thread pool, instead of passing over the whole batch once per operation. The arithmetic is
     numpy's: single-threaded and GIL-free, where a torch op on a whole image would start an
     OpenMP team per worker whose spin-waiting threads take the cores the other worker needs.
     The values are bit-identical to the batched formulas. Returns None where it does not apply
-    (other devices or dtypes); the kernel then uses those formulas.
+    (other devices or dtypes, or images too small for the pool); the kernel then uses those
+    formulas.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dtype != torch.get_default_dtype():
+        return None
+    if x[0].numel() < _PARALLEL_NUMEL:  # small images: whole-batch ops beat per-image calls
         return None
     if any(g.device.type != "cpu" for g in rng.generators):
         return None
     x = x.contiguous()
     out = torch.empty_like(x)
-    rng.map(lambda i, g: finish(out[i], x[i], g), large=x[0].numel() >= _PARALLEL_NUMEL)
+    rng.map(lambda i, g: finish(out[i], x[i], g), large=True)
     return out
 
 

@@ -83,6 +83,7 @@ def test_fused_noise_is_skipped_where_it_does_not_apply() -> None:
     assert noise._fused(x.double(), RandomSource(_gens(2)), lambda *a: None) is None
     assert noise._fused(x.half(), RandomSource(_gens(2)), lambda *a: None) is None
     assert noise._fused(x, RandomSource(_gens(2)), lambda *a: None) is not None
+    assert noise._fused(_photos(2, 32), RandomSource(_gens(2)), lambda *a: None) is None
 
 
 def test_random_source_draws_equal_torch_draws_per_image() -> None:
