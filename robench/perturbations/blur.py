@@ -185,6 +185,7 @@ def _skimage_gaussian(x: Tensor, sigma: float) -> Tensor:
     describe=lambda p: (
         f"sigma={p['sigma']}, max shift {p['max_delta']} px, {p['iterations']} pass(es)"
     ),
+    cpu_chunk=1 << 21,  # no page faults: 132 -> 118 ms per 32 images at 224 px
 )
 def glass_blur(
     x: Tensor, *, rng: RandomSource, sigma: float, max_delta: int, iterations: int
@@ -221,6 +222,7 @@ def glass_blur(
     describe=lambda p: (
         f"radius={p['radius']}, sigma={p['sigma']} ({2 * int(np.ceil(p['radius'])) + 1} taps)"
     ),
+    cpu_chunk=1 << 21,  # no page faults: 58 -> 49 ms per 32 images at 224 px
 )
 def motion_blur(x: Tensor, *, rng: RandomSource, radius: float, sigma: float) -> Tensor:
     """Wand ``motion_blur(radius, sigma, angle ~ U(-45, 45))`` on the 8-bit image, per image.
@@ -252,7 +254,7 @@ def _zoom_text(p: Any) -> str:
     source=_SRC,
     describe=_zoom_text,
     stochastic=False,
-    cpu_chunk=1 << 19,  # 257 -> 62 ms for 32 images of 224 px (the float64 copies stay in cache)
+    cpu_chunk=1 << 19,  # no page faults: 229 -> 79 ms per 32 images at 224 px
 )
 def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Tensor:
     """``(x + sum_z clipped_zoom(x, z)) / (len(factors) + 1)``.
@@ -282,7 +284,7 @@ def zoom_blur(x: Tensor, *, rng: RandomSource, factors: tuple[float, ...]) -> Te
     source=_SRC,
     describe=lambda p: f"sigma={p['sigma']}",
     stochastic=False,
-    cpu_chunk=1 << 20,
+    cpu_chunk=1 << 21,  # no page faults (940 per 32 images at 224 px unchunked)
 )
 def gaussian_blur(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
     """``skimage.filters.gaussian(x, sigma)`` per channel: radius int(4 sigma + 0.5), 'nearest'."""

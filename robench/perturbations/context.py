@@ -70,6 +70,7 @@ def box_blur_matrices(start: Tensor, stop: Tensor, size: int, kernel: Tensor) ->
     describe=lambda p: f"sigma {p['sigma']:g} px at 224 px (x S/224), inside the box",
     stochastic=False,
     needs_boxes=True,
+    cpu_chunk=1 << 20,  # no page faults: 69 -> 58 ms per 32 images at 224 px
 )
 def foreground_blur(x: Tensor, *, rng: RandomSource, sigma: float, boxes: Tensor) -> Tensor:
     """Blur the pixels of each image's box (x0, y0, x1, y1) with a Gaussian of ``sigma * S / 224``.

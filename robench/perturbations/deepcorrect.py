@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ._base import RandomSource, register_corruption
 from ._ops import gaussian_blur
+from .noise import additive_gaussian
 
 __all__ = ["awgn", "blur", "KERNEL_TRUNCATE"]
 
@@ -40,7 +41,7 @@ _BLUR_IMAGENET = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 )
 def awgn(x: Tensor, *, rng: RandomSource, sigma255: float) -> Tensor:
     """``x + N(0, (sigma255 / 255)^2)`` independently per element, then clipped to [0, 1]."""
-    return x + (sigma255 / 255.0) * rng.randn(*x.shape[1:], dtype=x.dtype)
+    return additive_gaussian(x, rng, sigma255 / 255.0)
 
 
 @register_corruption(

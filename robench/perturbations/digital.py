@@ -61,6 +61,7 @@ def _hsv_value_and_weight(rgb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     source=_SRC,
     describe=lambda p: f"V + {p['delta']}",
     stochastic=False,
+    cpu_chunk=1 << 19,  # no page faults: 40 -> 14 ms per 32 images at 224 px
 )
 def brightness(x: Tensor, *, rng: RandomSource, delta: float) -> Tensor:
     """HSV ``V = clip(V + delta, 0, 1)``, as skimage's rgb2hsv / hsv2rgb round trip computes it.
@@ -89,6 +90,7 @@ def brightness(x: Tensor, *, rng: RandomSource, delta: float) -> Tensor:
     source=_SRC,
     describe=lambda p: f"factor {p['c']}",
     stochastic=False,
+    cpu_chunk=1 << 19,  # no page faults: 15 -> 4 ms per 32 images at 224 px
 )
 def contrast(x: Tensor, *, rng: RandomSource, c: float) -> Tensor:
     """``(x - mu) * c + mu`` with ``mu`` the per-image, per-channel mean over H and W.
@@ -115,6 +117,7 @@ def _ab(*pairs: tuple[float, float]) -> list[dict[str, float]]:
     source=_SRC + ", extra (validation) corruption",
     describe=lambda p: f"S * {p['a']} + {p['b']}",
     stochastic=False,
+    cpu_chunk=1 << 19,  # no page faults: 35 -> 12 ms per 32 images at 224 px
 )
 def saturate(x: Tensor, *, rng: RandomSource, a: float, b: float) -> Tensor:
     """HSV ``S = clip(S * a + b, 0, 1)``, as skimage's rgb2hsv / hsv2rgb round trip computes it.
@@ -262,6 +265,7 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     source=_SRC,
     describe=lambda p: f"quality {p['quality']}",
     stochastic=False,
+    cpu_chunk=1 << 21,  # no page faults: 30 -> 26 ms per 32 images at 224 px
 )
 def jpeg_compression(x: Tensor, *, rng: RandomSource, quality: int) -> Tensor:
     """PIL JPEG save at ``quality`` (PIL defaults: 4:2:0, no optimisation) and decode.

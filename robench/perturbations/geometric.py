@@ -100,6 +100,7 @@ def _shift_integer(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
     description="image moved by a fixed distance in a random direction, uncovered area set to 0",
     source=_SRC,
     describe=lambda p: f"shift {p['shift']:g} px at 224 px (x S/224)",
+    cpu_chunk=1 << 20,  # no page faults: 15 -> 12 ms per 32 images at 224 px
 )
 def translation(x: Tensor, *, rng: RandomSource, shift: float) -> Tensor:
     """Translate each image by ``shift * S / 224`` pixels along a uniformly random angle.
@@ -134,6 +135,7 @@ def rotation_theta(degrees: Tensor) -> Tensor:
     description="rotation about the centre by a fixed angle with a random sign, outside set to 0",
     source=_SRC,
     describe=lambda p: f"rotate +/-{p['degrees']:g} degrees",
+    cpu_chunk=1 << 20,  # no page faults: 30 -> 24 ms per 32 images at 224 px
 )
 def rotation(x: Tensor, *, rng: RandomSource, degrees: float) -> Tensor:
     """Rotate each image about its centre by ``+degrees`` or ``-degrees`` (fair coin per image).

@@ -58,6 +58,14 @@ def _fused(x: Tensor, rng: RandomSource, finish: Finish) -> Tensor | None:
 )
 def gaussian_noise(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
     """x + N(0, sigma^2) per element."""
+    return additive_gaussian(x, rng, sigma)
+
+
+def additive_gaussian(x: Tensor, rng: RandomSource, sigma: float) -> Tensor:
+    """``x + sigma * N(0, 1)`` per element, one ``torch.randn`` draw per image (the noise kernels').
+
+    Fused per image on the CPU (:func:`_fused`), the batched formula elsewhere; same values.
+    """
 
     def finish(o: Tensor, xi: Tensor, g: torch.Generator) -> None:
         a = o.normal_(generator=g).numpy()

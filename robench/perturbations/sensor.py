@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ._base import RandomSource, register_corruption
 from ._ops import gaussian_blur
+from .noise import additive_gaussian
 
 __all__ = ["dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_var", "gaussian_blur_sigma"]
 
@@ -122,7 +123,7 @@ def gaussian_noise_var(x: Tensor, *, rng: RandomSource, variance: float) -> Tens
     0.05 among them, i.e. 5 linearly spaced levels. It also says the samples lie in [-1, 1];
     clamping them there would change nothing once the result is clipped to [0, 1].
     """
-    return x + math.sqrt(variance) * rng.randn(*x.shape[1:], dtype=x.dtype)
+    return additive_gaussian(x, rng, math.sqrt(variance))
 
 
 @register_corruption(

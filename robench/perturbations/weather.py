@@ -107,6 +107,7 @@ def _frost_draw(g: torch.Generator, sizes: Tensor, side: int) -> Tensor:
     description="a random crop of one of 5 frost textures blended over the image",
     source=_SRC + "; textures from the installed imagecorruptions package",
     describe=lambda p: f"{p['a']}*image + {p['b']}*frost (texture x{p['scale']})",
+    cpu_chunk=1 << 19,  # no page faults: 39 -> 16 ms per 32 images at 224 px
 )
 def frost(x: Tensor, *, rng: RandomSource, a: float, b: float, scale: float, size: int) -> Tensor:
     """``a * x + b * crop`` with an S x S crop of a texture rescaled by ``scale`` (x0.2/x0.3/x1).
@@ -179,6 +180,7 @@ def plasma_fractal(uniforms: list[Tensor], decay: float) -> Tensor:
     description="additive plasma-fractal haze, rescaled to keep the image maximum",
     source=_SRC,
     describe=lambda p: f"strength={p['s']}, wibble decay={p['decay']}",
+    cpu_chunk=1 << 21,  # no page faults: 59 -> 40 ms per 32 images at 224 px
 )
 def fog(x: Tensor, *, rng: RandomSource, s: float, decay: float) -> Tensor:
     """``(x + s * F) * m / (m + s)``, F a plasma map cropped to S x S, m the image's maximum.

@@ -8,6 +8,9 @@ straightforward computation, on 224 px batches that cross a chunk boundary.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -40,10 +43,22 @@ def test_a_224px_batch_equals_its_images_corrupted_alone(name: str) -> None:
     kw = {"boxes": torch.tensor([[40.0, 50.0, 170.0, 190.0]] * 5)} if spec.needs_boxes else {}
     sev = spec.severities[len(spec.severities) // 2]
     full = spec(x, sev, seed=3, indices=range(10, 15), preset="imagenet", **kw)
-    for i in (0, 3, 4):  # chunks of 3 images (cpu_chunk 2**19) split after image 2
+    for i in (0, 3, 4):
         one = {k: v[i : i + 1] for k, v in kw.items()}
         alone = spec(x[i : i + 1], sev, seed=3, indices=[10 + i], preset="imagenet", **one)
         assert torch.allclose(full[i : i + 1], alone, atol=1e-6), (name, i)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_feeding_the_kernel_in_chunks_changes_nothing(name: str) -> None:
+    spec = P.get(name)
+    x = _photos(5)
+    kw = {"boxes": torch.tensor([[40.0, 50.0, 170.0, 190.0]] * 5)} if spec.needs_boxes else {}
+    sev = spec.severities[-1]
+    whole = dataclasses.replace(spec, cpu_chunk=None)(x, sev, seed=4, preset="imagenet", **kw)
+    in_twos = dataclasses.replace(spec, cpu_chunk=2 * x[0].numel())  # chunks of 2, 2 and 1
+    got = in_twos(x, sev, seed=4, preset="imagenet", **kw)
+    assert got.shape == whole.shape and torch.allclose(got, whole, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +67,14 @@ def test_a_224px_batch_equals_its_images_corrupted_alone(name: str) -> None:
         (
             "gaussian_noise",
             lambda x, rng, p: x + p["sigma"] * rng.randn(*x.shape[1:], dtype=x.dtype),
+        ),
+        (
+            "awgn",
+            lambda x, rng, p: x + (p["sigma255"] / 255.0) * rng.randn(*x.shape[1:], dtype=x.dtype),
+        ),
+        (
+            "gaussian_noise_var",
+            lambda x, rng, p: x + math.sqrt(p["variance"]) * rng.randn(*x.shape[1:], dtype=x.dtype),
         ),
         (
             "speckle_noise",
