@@ -153,15 +153,20 @@ class RandomSource:
         )
 
     def poisson(self, rates: Tensor) -> Tensor:
-        """Poisson draws with per-image ``rates`` of shape ``(N, ...)`` (on any device)."""
-        rates_cpu = rates.detach().to("cpu", torch.float64)
+        """Poisson draws with per-image ``rates`` of shape ``(N, ...)`` (on any device).
+
+        Each image's rates are drawn from in float64 (whole numbers, exact in ``rates``' dtype);
+        converting image by image keeps the float64 copies small.
+        """
+        rates_cpu = rates.detach().to("cpu")
         out = torch.empty_like(rates_cpu)
 
         def fill(i: int) -> None:
-            out[i] = torch.poisson(rates_cpu[i], generator=self.generators[i])
+            lam = rates_cpu[i].to(torch.float64)
+            out[i] = torch.poisson(lam, generator=self.generators[i])
 
         _each(fill, range(len(self.generators)), large=rates_cpu[0].numel() >= _PARALLEL_NUMEL)
-        return out.to(device=rates.device, dtype=rates.dtype)
+        return out.to(device=rates.device)
 
     def per_image(self, draw: Callable[[torch.Generator], Tensor]) -> Tensor:
         """Apply any ``draw(generator) -> Tensor`` per image and stack (escape hatch)."""
