@@ -120,10 +120,8 @@ def frost(x: Tensor, *, rng: RandomSource, a: float, b: float, scale: float, siz
     if int(sizes.min()) < side:
         raise ValueError(f"frost textures at this scale are smaller than the image side {side}")
     draws = rng.per_image(lambda g: _frost_draw(g, sizes, side)).cpu()
-    offs = torch.arange(side)
-    rows = (draws[:, 1, None] + offs)[:, :, None]
-    cols = (draws[:, 2, None] + offs)[:, None, :]
-    crops = stack[draws[:, 0, None, None], rows, cols]  # (N, S, S, 3) uint8
+    # (N, S, S, 3) uint8; slices, not an advanced-index gather (which took 45% of the time)
+    crops = torch.stack([stack[k, r : r + side, q : q + side] for k, r, q in draws.tolist()])
     crops = crops.to(device=x.device).permute(0, 3, 1, 2).to(x.dtype) * (b / 255.0)
     if c == 1:
         luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
