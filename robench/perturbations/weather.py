@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._base import RandomSource, register_corruption
+from ._ops import banded_matmul
 from .elastic import gaussian_matrix
 
 __all__ = ["frost", "fog", "spatter", "plasma_fractal", "frost_textures", "water_distance"]
@@ -218,17 +219,18 @@ def water_distance(layer: np.ndarray) -> np.ndarray:
 def _blur64(layer: Tensor, sigma: float) -> Tensor:
     """skimage ``gaussian`` (mode 'nearest', truncate 4) of float64 maps (..., S, S), as matmuls.
 
-    Dense float64 matrix products are much faster than a float64 convolution on CPU.
+    Banded float64 matrix products (:func:`~robench.perturbations._ops.banded_matmul`) are much
+    faster than a float64 convolution on CPU.
     """
     g = gaussian_matrix(layer.shape[-1], sigma, truncate=4.0, border="nearest").to(layer.device)
-    return g @ layer.to(torch.float64) @ g.T
+    return banded_matmul(g, banded_matmul(g, layer.to(torch.float64), -2), -1)
 
 
 def _blur_float32(m: Tensor, sigma: float) -> Tensor:
     """skimage ``gaussian`` of float32 maps: float64 sums, rounded to float32 after each axis."""
     g = gaussian_matrix(m.shape[-1], sigma, truncate=4.0, border="nearest").to(m.device)
-    rows = (g @ m.to(torch.float64)).to(torch.float32)
-    return (rows.to(torch.float64) @ g.T).to(torch.float32)
+    rows = banded_matmul(g, m.to(torch.float64), -2).to(torch.float32)
+    return banded_matmul(g, rows.to(torch.float64), -1).to(torch.float32)
 
 
 def _mud(x: Tensor, layer: Tensor, thr: float, k: float) -> Tensor:
@@ -275,6 +277,7 @@ def _spatter_row(
     description="water drops or mud splashes from a thresholded, blurred noise layer",
     source=_SRC + " (validation corruption)",
     describe=lambda p: f"{p['mode']}: N({p['mu']}, {p['sigma']}) blur {p['blur']}, thr {p['thr']}",
+    cpu_chunk=1 << 21,  # no page faults: 69 -> 55 ms per 32 images at 224 px
 )
 def spatter(
     x: Tensor, *, rng: RandomSource, mu: float, sigma: float, blur: float, thr: float, k: float,
