@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -222,24 +223,38 @@ def _band_blocks(m: Tensor) -> list[tuple[int, int, int, int]]:
     return blocks
 
 
-def banded_matmul(m: Tensor, v: Tensor, dim: int) -> Tensor:
+def banded_matmul(
+    m: Tensor, v: Tensor, dim: int, blocks: list[tuple[int, int, int, int]] | None = None
+) -> Tensor:
     """Apply the (n_out, n_in) matrix ``m`` along ``dim`` (-1 or -2) of ``v``, block by block.
 
     ``out[..., o] = sum_j m[o, j] v[..., j]`` along ``dim``. For each block of 32 outputs only
     the columns of ``m`` that are non-zero in it take part, so a banded ``m`` (filters, box
     windows) costs its band, not n_in, multiply-adds per output, at GEMM speed. Computed in
-    ``v``'s dtype.
+    ``v``'s dtype. ``blocks`` are ``m``'s block extents if already known (see ``_band_blocks``).
     """
     m = m.to(device=v.device, dtype=v.dtype)
+    blocks = _band_blocks(m) if blocks is None else blocks
+    if len(blocks) == 1:  # small sides: one dense product, no block copies
+        return v @ m.T if dim == -1 else m @ v
     shape = list(v.shape)
     shape[dim] = m.shape[0]
     out = v.new_empty(shape)
-    for start, stop, lo, hi in _band_blocks(m):
+    for start, stop, lo, hi in blocks:
         if dim == -1:
             out[..., start:stop] = v[..., lo:hi] @ m[start:stop, lo:hi].T
         else:
             out[..., start:stop, :] = m[start:stop, lo:hi] @ v[..., lo:hi, :]
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_operator(
+    n: int, weights: tuple[float, ...], border: Border
+) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+    """The (n, n) float64 operator ``B.T`` of :func:`filter_matrix` and its band blocks (cached)."""
+    op = filter_matrix(n, torch.tensor(weights, dtype=torch.float64), border).T.contiguous()
+    return op, _band_blocks(op)
 
 
 def separable_filter(x: Tensor, weights: Tensor, border: Border = "replicate") -> Tensor:
@@ -250,9 +265,10 @@ def separable_filter(x: Tensor, weights: Tensor, border: Border = "replicate") -
     32 + 2r of S columns per 32 outputs. Computed in ``x``'s dtype.
     """
     h, w = x.shape[-2:]
-    bw = filter_matrix(w, weights.to(torch.float64), border)
-    bh = bw if h == w else filter_matrix(h, weights.to(torch.float64), border)
-    return banded_matmul(bh.T, banded_matmul(bw.T, x, -1), -2)
+    key = tuple(weights.to(torch.float64).tolist())
+    op_w, blocks_w = _filter_operator(w, key, border)
+    op_h, blocks_h = _filter_operator(h, key, border)
+    return banded_matmul(op_h, banded_matmul(op_w, x, -1, blocks_w), -2, blocks_h)
 
 
 def _fft_size(n: int) -> int:
