@@ -223,14 +223,19 @@ def pixelate(x: Tensor, *, rng: RandomSource, f: float) -> Tensor:
     """
     h, w = x.shape[-2:]
     size = max(1, int(w * f))
-    small = pil_box_downscale(_uint8_values(x), size).to(x.dtype).div_(255.0)
+    levels = pil_box_downscale(_uint8_values(x), size)
     rows = _pil_upscale_index(size, h)
     cols = _pil_upscale_index(size, w)
-    on_cpu = x.device.type == "cpu"  # where the index check below runs: other devices gather
-    if on_cpu and _is_nearest_exact(rows, size) and _is_nearest_exact(cols, size):
-        return F.interpolate(small, size=(h, w), mode="nearest-exact")  # 3x faster than a gather
+    # On the CPU, for large images, torch's nearest-exact upscaling where it reads PIL's index
+    # (checked here; other devices gather): 3x faster than the gather at 224 px, which at
+    # 32 px is 2.5x faster than the interpolation
+    large_cpu = x.device.type == "cpu" and h * w >= 1 << 14
+    if large_cpu and _is_nearest_exact(rows, size) and _is_nearest_exact(cols, size):
+        small = levels.to(x.dtype).div_(255.0)
+        return F.interpolate(small, size=(h, w), mode="nearest-exact")
     flat = (rows[:, None] * size + cols[None, :]).flatten().to(x.device)  # one gather, not two
-    return small.flatten(-2).index_select(-1, flat).view(*small.shape[:-2], h, w)
+    out = levels.to(torch.uint8).flatten(-2).index_select(-1, flat)
+    return out.view(*levels.shape[:-2], h, w).to(x.dtype).div_(255.0)
 
 
 def _is_nearest_exact(index: Tensor, n_in: int) -> bool:

@@ -154,7 +154,7 @@ def test_separable_filter_at_224px_equals_the_dense_matrices(border: str, sigma:
 
 
 @pytest.mark.parametrize(
-    ("preset", "side"), [("cifar", 32), ("tiny", 64), ("imagenet", 224), ("imagenet", 97)]
+    ("preset", "side"), [("cifar", 32), ("tiny", 64), ("imagenet", 224), ("imagenet", 157)]
 )
 def test_pixelate_upscale_by_interpolation_equals_pils_index(
     preset: str, side: int, monkeypatch
