@@ -32,6 +32,11 @@ def _photos(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
     return torch.round(x * 255) / 255
 
 
+def _boxes(spec: P.CorruptionSpec, n: int) -> dict[str, torch.Tensor]:
+    """The ``boxes`` argument of a corruption that needs one (224 px images), else nothing."""
+    return {"boxes": torch.tensor([[40.0, 50.0, 170.0, 190.0]] * n)} if spec.needs_boxes else {}
+
+
 def _gens(n: int, seed: int = 5) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
@@ -40,7 +45,7 @@ def _gens(n: int, seed: int = 5) -> list[torch.Generator]:
 def test_a_224px_batch_equals_its_images_corrupted_alone(name: str) -> None:
     spec = P.get(name)
     x = _photos(5)
-    kw = {"boxes": torch.tensor([[40.0, 50.0, 170.0, 190.0]] * 5)} if spec.needs_boxes else {}
+    kw = _boxes(spec, 5)
     sev = spec.severities[len(spec.severities) // 2]
     full = spec(x, sev, seed=3, indices=range(10, 15), preset="imagenet", **kw)
     for i in (0, 3, 4):
@@ -53,7 +58,7 @@ def test_a_224px_batch_equals_its_images_corrupted_alone(name: str) -> None:
 def test_feeding_the_kernel_in_chunks_changes_nothing(name: str) -> None:
     spec = P.get(name)
     x = _photos(5)
-    kw = {"boxes": torch.tensor([[40.0, 50.0, 170.0, 190.0]] * 5)} if spec.needs_boxes else {}
+    kw = _boxes(spec, 5)
     sev = spec.severities[-1]
     whole = dataclasses.replace(spec, cpu_chunk=None)(x, sev, seed=4, preset="imagenet", **kw)
     in_twos = dataclasses.replace(spec, cpu_chunk=2 * x[0].numel())  # chunks of 2, 2 and 1
@@ -162,7 +167,7 @@ def test_pixelate_upscale_by_interpolation_equals_pils_index(
     spec = P.get("pixelate")
     x = _photos(2, side)
     fast = [spec(x, s, preset=preset) for s in spec.severities]
-    monkeypatch.setattr(digital, "_is_nearest_exact", lambda index, n_in: False)
+    monkeypatch.setattr(digital, "_reads_pil_index", lambda n_in, n_out: False)
     for s, got in zip(spec.severities, fast):
         assert torch.equal(got, spec(x, s, preset=preset)), (side, s)
 
