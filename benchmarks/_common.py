@@ -16,7 +16,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-image", "opencv-python", "pillow", "foolbox",
-            "eagerpy", "torchattacks", "imagecorruptions", "robench")  # fmt: skip
+            "eagerpy", "torchattacks", "imagecorruptions", "robench")
 
 
 def versions() -> dict[str, str]:
@@ -49,7 +49,7 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_mib": mem,
             "platform": platform.platform(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}  # fmt: skip
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def sync(device: str | torch.device) -> None:
@@ -80,7 +80,7 @@ def median(values: Sequence[float]) -> float:
 def eval_batch(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The first ``n`` images of ``robench evaluate``'s default subset (500 seeded shapes test images)."""
     from robench.data import load_dataset
-    from robench.runner import select_indices
+    from robench.evaluation.loop import select_indices
 
     ds = load_dataset("shapes", "test")
     idx = select_indices(len(ds), 500, 0, "shapes")[:n]

@@ -32,7 +32,7 @@ TARGET = 1.15
 
 
 def _models(device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from robench.loading import load_model
+    from robench.models.loading import load_model
 
     model = load_model("zoo:standard", device=device).model.eval()
     sur = load_model("zoo:shapes/vgg_surrogate", device=device).model.eval()
@@ -43,7 +43,7 @@ def _models(device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def _pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
-    from robench.dry_run import time_forward, time_gradient
+    from robench.evaluation.plan import time_forward, time_gradient
 
     return {"forward": time_forward(model, x, repeats=repeats), "gradient": time_gradient(model, x, y, repeats=repeats)}
 
@@ -51,7 +51,7 @@ def _pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeat
 def _floor(spec: Any, m: dict[str, float], s: dict[str, float]) -> float:
     c = spec.cost()
     return (c.gradient_passes * m["gradient"] + c.forward_passes * m["forward"]
-            + c.surrogate_gradient_passes * s["gradient"] + c.surrogate_forward_passes * s["forward"])  # fmt: skip
+            + c.surrogate_gradient_passes * s["gradient"] + c.surrogate_forward_passes * s["forward"])
 
 
 def _robench(spec: Any, model: Any, sur: Any, x: Any, y: Any, idx: list[int]) -> Callable[[], Any]:
@@ -67,13 +67,13 @@ def _foolbox(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[], An
     eps, steps = spec.budget(x.shape[-1]), spec.steps
     if spec.algorithm == "cw_l2":
         atk: Any = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=1, steps=steps, stepsize=0.05, confidence=50,
-                                                    initial_const=10.0, abort_early=False)  # fmt: skip
+                                                    initial_const=10.0, abort_early=False)
     elif spec.algorithm == "mi_fgsm":
         atk = fb.attacks.LinfMomentumIterativeFastGradientMethod(momentum=1.0, abs_stepsize=eps / steps, steps=steps,
-                                                                 random_start=False)  # fmt: skip
+                                                                 random_start=False)
     else:
         atk = fb.attacks.LinfPGD(abs_stepsize=spec.step_size(eps, steps), steps=steps,
-                                 random_start=spec.algorithm == "pgd")  # fmt: skip
+                                 random_start=spec.algorithm == "pgd")
     crafter = fb.PyTorchModel(sur if spec.mode == "transfer" else model, bounds=(0, 1))
 
     def run() -> Any:
@@ -122,9 +122,9 @@ def measure(n_images: int, device: str, repeats: int) -> dict[str, Any]:
         spec = P.get(name)
         m, s = _pass_costs(model, x, y, repeats + 2), _pass_costs(sur, x, y, repeats + 2)
         row: dict[str, Any] = {"attack": name, "cost": vars(spec.cost()), "pass_model": m, "pass_surrogate": s,
-                               "floor_s": _floor(spec, m, s)}  # fmt: skip
+                               "floor_s": _floor(spec, m, s)}
         for lib, make in (("robench", _robench(spec, model, sur, x, y, idx)), ("foolbox", _foolbox(spec, model, sur, x, y)),
-                          ("torchattacks", _torchattacks(spec, model, sur, x, y))):  # fmt: skip
+                          ("torchattacks", _torchattacks(spec, model, sur, x, y))):
             row[f"{lib}_s"] = None if make is None else median(timed(make, device=device, repeats=repeats))
         rows.append(row)
         print(f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  robench {fmt_s(row['robench_s']):>8s} "
@@ -140,7 +140,7 @@ def targets(data: dict[str, Any]) -> list[Target]:
         extra = (r["robench_s"] - r["floor_s"]) / steps
         fb = r["foolbox_s"] / r["floor_s"]
         why = (f"{extra * 1e3:.1f} ms per gradient step go outside the model passes (Foolbox/eagerpy bookkeeping: "
-               f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor.")  # fmt: skip
+               f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor.")
         out.append(Target(f"{r['attack']} time / compute floor", r["robench_s"] / r["floor_s"], TARGET, "x", why))
     return out
 
@@ -150,7 +150,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"Batch of {data['images']} shapes test images on {data['device']}, zoo:standard (small_cnn width 32); "
              f"transfer attacks crafted on zoo:shapes/vgg_surrogate. Median of {data['repeats']} runs after a warm-up.", "",
              "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | robench / floor | "
-             "Foolbox direct | torchattacks direct |", "|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "Foolbox direct | torchattacks direct |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         c, m = r["cost"], r["pass_model"] if r["cost"]["gradient_passes"] else r["pass_surrogate"]
         passes = f"{c['gradient_passes']} / {c['forward_passes']}" + (
@@ -158,7 +158,7 @@ def markdown(data: dict[str, Any]) -> str:
         ta = "not installed" if r["torchattacks_s"] is None else f"{fmt_s(r['torchattacks_s'])} ({r['torchattacks_s'] / r['floor_s']:.2f}x)"
         lines.append(f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | {fmt_s(r['floor_s'])} | "
                      f"{fmt_s(r['robench_s'])} | {r['robench_s'] / r['floor_s']:.2f}x | "
-                     f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |")  # fmt: skip
+                     f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |")
     return "\n".join(lines)
 
 

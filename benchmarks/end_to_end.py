@@ -72,9 +72,9 @@ class _Clock:
 
 def _instrument(clock: _Clock) -> None:
     """Hook every model the run loads and every corruption class it calls."""
-    import robench.attack_eval as ae
-    import robench.evaluation as ev
-    import robench.runner as rn
+    import robench.evaluation.attack_step as ae
+    import robench.evaluation.job as ev
+    import robench.evaluation.loop as rn
     from robench import perturbations as P
 
     def loading(orig: Any) -> Any:
@@ -112,8 +112,8 @@ def child(out_json: Path, argv: list[str]) -> None:
     main.main(args=argv, standalone_mode=False)
     t2, epoch2 = time.perf_counter(), time.time()
     model_s, corruption_s, data_s = clock.model, clock.corruption, clock.data  # before the calibration's passes
-    from robench.data.shapes import cache_dir
-    from robench.dry_run import plan_evaluation
+    from robench._io import cache_dir
+    from robench.evaluation.plan import plan_evaluation
 
     names = [argv[i + 1] for i, a in enumerate(argv) if a == "-p"]
     n = int(argv[argv.index("--n-images") + 1]) if "--n-images" in argv else 500
@@ -126,7 +126,7 @@ def child(out_json: Path, argv: list[str]) -> None:
               "data_s": data_s, "floor_s": floor, "plan_total_s": plan.seconds,
               "passes": {k: plan.total(k) for k in ("forward", "gradient", "surrogate_forward", "surrogate_gradient", "corrupted")},
               "calibration_ms_per_image": {k: v * 1e3 for k, v in plan.calibration.items()},
-              "maxrss_mib_child": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+              "maxrss_mib_child": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     out_json.write_text(json.dumps(result, indent=1))
 
 
@@ -147,7 +147,7 @@ def measure(quick: bool) -> dict[str, Any]:
         data = json.loads(res_json.read_text())
     # the command's wall time ends when the evaluation does (the pricing afterwards is the benchmark's)
     data.update(command=" ".join(README_COMMAND[:2] + argv[1:-2]), wall_s=data["finished_epoch"] - t0,
-                imports_s=data["started_epoch"] - t0, quick=quick, peak_rss_mib=usage.ru_maxrss / 1024)  # fmt: skip
+                imports_s=data["started_epoch"] - t0, quick=quick, peak_rss_mib=usage.ru_maxrss / 1024)
     return data
 
 
@@ -156,16 +156,16 @@ def targets(d: dict[str, Any]) -> list[Target]:
     rest = d["run_s"] - d["model_s"] - d["corruption_s"]
     why_floor = (f"Of {d['run_s']:.0f} s in the run, {d['model_s']:.0f} s are inside the models (hooks), "
                  f"{d['corruption_s']:.0f} s generate corruptions and {rest:.0f} s go elsewhere (attack bookkeeping, "
-                 f"data generation {d['data_s']:.0f} s, files); the calibrated passes alone take {d['floor_s']:.0f} s.")  # fmt: skip
+                 f"data generation {d['data_s']:.0f} s, files); the calibrated passes alone take {d['floor_s']:.0f} s.")
     why_readme = (f"Imports take {d['imports_s']:.0f} s, the run {d['run_s']:.0f} s; C&W's 40 steps alone are "
-                  "40 of the ~55 forward + backward passes per image.")  # fmt: skip
+                  "40 of the ~55 forward + backward passes per image.")
     why_corr = f"Corruption generation {d['corruption_s']:.1f} s vs {d['model_s']:.1f} s in the models (see the corruption table)."
     return [
         Target("README first command wall time", d["wall_s"], TARGETS["readme_s"], " s", why_readme),
         Target("end-to-end run / sum of its passes", d["run_s"] / d["floor_s"], TARGETS["wall_over_floor"], "x", why_floor),
         Target("corruption generation / model time", d["corruption_s"] / d["model_s"], TARGETS["corruption_over_model"], "x",
                why_corr),
-    ]  # fmt: skip
+    ]
 
 
 def markdown(d: dict[str, Any]) -> str:
@@ -187,7 +187,7 @@ def markdown(d: dict[str, Any]) -> str:
         f"{p['forward']:,} / {p['gradient']:,} / {p['surrogate_forward']:,} / {p['surrogate_gradient']:,} |",
         f"| their cost at the calibrated rates (the floor) | {fmt_s(d['floor_s'])} |",
         f"| peak resident memory | {d['peak_rss_mib']:.0f} MiB |",
-    ])  # fmt: skip
+    ])
 
 
 def run(quick: bool) -> dict[str, Any]:

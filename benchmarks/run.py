@@ -86,7 +86,7 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"- Device: {meta['device']}; {mach['platform']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         "- Timings depend on the machine's load: compare runs taken under the same conditions.", "",
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {"date": dt.date.today().isoformat(), "quick": args.quick, "device": device,
                             "command": " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
                             "machine": _common.machine(), "versions": _common.versions(),
-                            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ROBENCH_CACHE") if k in os.environ}}  # fmt: skip
+                            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ROBENCH_CACHE") if k in os.environ}}
     t0, body, results, all_targets = time.perf_counter(), [], {}, []
     for name in args.only:
         print(f"== {TITLES[name]}", flush=True)

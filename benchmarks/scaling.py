@@ -46,7 +46,7 @@ def measure(quick: bool) -> dict[str, Any]:
     """Wall seconds of the evaluation and the training command in each layout."""
     n_eval, n_train = ("100", "512") if quick else ("500", "2048")
     jobs = {f"evaluate zoo:standard, gaussian_noise + pgd, {n_eval} images": [*EVAL, "--n-images", n_eval],
-            f"train standard, 1 epoch of {n_train} images, batch 256": [*TRAIN, "--train-images", n_train]}  # fmt: skip
+            f"train standard, 1 epoch of {n_train} images, batch 256": [*TRAIN, "--train-images", n_train]}
     rows = []
     cache = os.environ.get("ROBENCH_CACHE", str(Path.home() / ".cache" / "robench"))  # data generated once, reused
     with tempfile.TemporaryDirectory() as tmp:

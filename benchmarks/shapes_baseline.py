@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import robench
-from robench.evaluation import evaluate
-from robench.zoo import read_card
+from robench import evaluate
+from robench.models.zoo import read_card
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine as _machine  # noqa: E402  (one description of the machine for every benchmark)
@@ -55,7 +55,7 @@ def main() -> None:
         f"- corruption evaluation of all 2000 test images: {eval_s:.0f} s", "",
         "| corruption (preset cifar) | " + " | ".join(f"s{s}" for s in range(1, 6)) + " | R |",
         "| --- | " + " | ".join("---" for _ in range(5)) + " | --- |",
-    ]  # fmt: skip
+    ]
     for name in PERTURBATIONS:
         e = rep.record["perturbations"][name]
         accs = " | ".join(f"{s['accuracy']:.3f}" for s in e["severities"])
@@ -64,7 +64,7 @@ def main() -> None:
     (args.out / f"shapes-baseline-{date}.md").write_text("\n".join(lines) + "\n")
     (args.out / f"shapes-baseline-{date}.json").write_text(json.dumps(
         {"card": card.__dict__, "eval_seconds": eval_s, "accuracy": {n: [s["accuracy"] for s in rep.record["perturbations"][n]["severities"]] for n in PERTURBATIONS}},
-        indent=1))  # fmt: skip
+        indent=1))
     print("\n".join(lines))
 
 

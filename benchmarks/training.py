@@ -27,6 +27,7 @@ from _common import fmt_s  # noqa: E402
 def _model(name: str, defense: Any, work: Path, device: str, batch: int) -> tuple[torch.nn.Module, float, str]:
     from robench.data import SubsetDataset, load_dataset
     from robench.defenses import SetupContext
+    from robench.training import fit
     from robench.models import create_model
 
     setup = getattr(defense, "setup", None)
@@ -36,7 +37,7 @@ def _model(name: str, defense: Any, work: Path, device: str, batch: int) -> tupl
     train = SubsetDataset(load_dataset("shapes", "train"), 2048)
     test = load_dataset("shapes", "test")
     ctx = SetupContext(arch="small_cnn", arch_kwargs={}, info=train.info, train_ds=train, test_ds=test, seed=0,
-                       device=device, workdir=work / f"{name}.setup", batch_size=batch)  # fmt: skip
+                       device=device, workdir=work / f"{name}.setup", batch_size=batch, fit=fit)
     t0 = time.perf_counter()
     built = setup(ctx)
     return built.model, time.perf_counter() - t0, built.notes
@@ -46,7 +47,7 @@ def measure(names: list[str], steps: int, batch: int, device: str) -> dict[str, 
     """images/s of each defense (one epoch of ``steps`` batches through ``fit``)."""
     from robench.data import SubsetDataset, load_dataset
     from robench.defenses import build_defense
-    from robench.training import TrainConfig, fit
+    from robench.training.loop import TrainConfig, fit
 
     ds_all = load_dataset("shapes", "train")
     rows = []
@@ -61,7 +62,7 @@ def measure(names: list[str], steps: int, batch: int, device: str) -> dict[str, 
             fit(model, defense, SubsetDataset(ds_all, batch * steps), cfg, out=work / f"{name}.pt", progress=False, resume=False)
             wall = time.perf_counter() - t0
             rows.append({"defense": name, "images_s": batch * steps / wall, "step_s": wall / steps, "setup_s": setup_s,
-                         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "notes": notes})  # fmt: skip
+                         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "notes": notes})
             print(f"  {name:16s} {rows[-1]['images_s']:8.1f} img/s  setup {fmt_s(setup_s)}", flush=True)
     return {"steps": steps, "batch": batch, "device": device, "rows": rows}
 
@@ -71,11 +72,11 @@ def markdown(data: dict[str, Any]) -> str:
     std = next((r["images_s"] for r in data["rows"] if r["defense"] == "standard"), None)
     lines = [f"`fit` on small_cnn (width 32), batch {data['batch']}, {data['steps']} timed steps after a warm-up, "
              f"{data['device']}.", "", "| defense | images/s | time / step | vs standard | setup | trainable params |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "|---|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         rel = "" if std is None else f"{r['images_s'] / std:.2f}x"
         lines.append(f"| {r['defense']} | {r['images_s']:.0f} | {fmt_s(r['step_s'])} | {rel} | "
-                     f"{fmt_s(r['setup_s']) if r['setup_s'] else '-'} | {r['trainable']:,} |")  # fmt: skip
+                     f"{fmt_s(r['setup_s']) if r['setup_s'] else '-'} | {r['trainable']:,} |")
     return "\n".join(lines)
 
 

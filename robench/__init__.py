@@ -1,18 +1,54 @@
-"""robench: how robust is your image classifier, to corruptions and attacks, in one table."""
+"""robench: how robust is your image classifier, to corruptions and attacks, in one table.
+
+The public API: :func:`evaluate` a model (and get a :class:`Report`), :func:`train` one with a
+defense, :func:`build_leaderboard` from result files, and the registries behind them
+(:mod:`robench.perturbations`, :func:`create_model`, :func:`load_dataset`).
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import functools
+from pathlib import Path
+from typing import Any
 
-from . import perturbations  # noqa: E402  (registers every perturbation)
-from .data import list_datasets, load_dataset  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .loading import load_model  # noqa: E402
-from .models import create_model, list_models  # noqa: E402
-from .report.leaderboard import build_leaderboard  # noqa: E402
-from .trainer import train  # noqa: E402
+from torch import nn
+
+from robench import evaluation as _evaluation
+from robench import perturbations
+from robench._version import __version__
+from robench.data import list_datasets, load_dataset
+from robench.models import create_model, list_models
+from robench.models.loading import load_model
+from robench.report import Report, write_outputs
+from robench.report.leaderboard import build_leaderboard
+from robench.training import train
 
 __all__ = [
-    "__version__", "perturbations", "evaluate", "train", "load_model", "load_dataset", "list_datasets",
-    "create_model", "list_models", "build_leaderboard",
-]  # fmt: skip
+    "Report",
+    "__version__",
+    "build_leaderboard",
+    "create_model",
+    "evaluate",
+    "list_datasets",
+    "list_models",
+    "load_dataset",
+    "load_model",
+    "perturbations",
+    "train",
+]
+
+
+def evaluate(model: nn.Module | str | Path, *, plots: bool = True, **options: Any) -> Report:
+    """Score ``model`` on the benchmark; write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
+
+    Args:
+        model: an ``nn.Module`` taking [0, 1] images, a checkpoint path or ``zoo:NAME``.
+        plots: write the PNG plots (severity curves, R bars).
+        **options: the keyword options of :func:`robench.evaluation.evaluate` (``dataset``,
+            ``n_images``, ``perturbations``, ``baseline``, ``out``, ...).
+
+    Returns:
+        The :class:`Report` of the run: the record plus the files written.
+    """
+    run = _evaluation.evaluate(model, write_outputs=functools.partial(write_outputs, plots=plots), **options)
+    return Report(run.record, run.paths)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -18,6 +19,8 @@ import torch
 
 __all__ = [
     "OutputError",
+    "cache_dir",
+    "safe_slug",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -25,7 +28,7 @@ __all__ = [
     "first_line",
     "sha256_file",
     "writable_dir",
-]  # fmt: skip
+]
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +229,14 @@ def _release(fd: int) -> None:
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:limit]
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$ROBENCH_CACHE`` or ``~/.cache/robench``."""
+    env = os.environ.get("ROBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "robench"
+
+
+def safe_slug(text: str, *, limit: int = 40) -> str:
+    """A file-name-safe slug of untrusted text plus a short hash (distinct texts, distinct slugs)."""
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "x"
+    return f"{base}-{hashlib.blake2b(text.encode('utf-8'), digest_size=4).hexdigest()}"

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from robench._version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +23,7 @@ def _user_errors(fn: F) -> F:
 
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from ._registry import UnknownNameError
+        from robench._registry import UnknownNameError
 
         previous = _catch_sigterm()
         try:
@@ -80,7 +80,7 @@ def main(verbose: bool) -> None:
 
 
 def _rows_perturbations(kind: str | None, suite: str | None) -> list[tuple[str, ...]]:
-    from . import perturbations as P
+    from robench import perturbations as P
 
     rows = []
     for name in P.names(kind=kind, suite=suite):
@@ -95,29 +95,25 @@ def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], list[tuple[str
         kind = {"perturbations": None, "corruptions": "corruption", "attacks": "attack"}[what]
         return ("name", "kind", "family", "description"), _rows_perturbations(kind, suite)
     if what == "suites":
-        from . import perturbations as P
+        from robench import perturbations as P
 
         return ("suite", "size", "members"), [(k, str(len(v)), ", ".join(v)) for k, v in P.suites().items()]
     if what == "models":
-        from .models import MODELS
+        from robench.models import MODELS
 
         return ("model", "input", "description"), [(s.name, f"{s.input_size} px", s.description) for s in MODELS]
     if what == "datasets":
-        from .data import DATASETS
+        from robench.data import DATASETS
 
         return ("dataset", "preset", "description (files under --data-root)"), [
             (s.name, s.preset, s.description + (f"; {s.layout}" if s.layout else "")) for s in DATASETS
         ]
     if what == "defenses":
-        try:
-            from .defenses import DEFENSES  # type: ignore[attr-defined]
-        except ImportError:
-            return ("defense", "description"), []
+        from robench.defenses import DEFENSES
+
         return ("defense", "description"), [(s.name, s.description) for s in DEFENSES]
-    try:
-        from .zoo import list_zoo  # type: ignore[attr-defined]
-    except ImportError:
-        return ("zoo entry", "description"), []
+    from robench.models.zoo import list_zoo
+
     return ("zoo entry", "description"), list_zoo()
 
 
@@ -134,7 +130,7 @@ def list_cmd(what: str, suite: str | None) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     click.echo(fmt.format(*header))
-    from .report.tables import safe_text
+    from robench.report.tables import safe_text
 
     for r in rows:  # zoo cards are files from anywhere: their text must not drive the terminal
         click.echo(fmt.format(*(safe_text(c) for c in r)))
@@ -157,10 +153,10 @@ def data() -> None:
 def data_preview(dataset: str, data_root: Path | None, download: bool, split: str, n_images: int, boxes: bool,
                  out: Path) -> None:
     """Write a PNG grid of sample images with their labels."""
-    from ._io import atomic_write_bytes
-    from .data import load_dataset
-    from .data.preview import preview_figure
-    from .report_utils import figure_png
+    from robench._io import atomic_write_bytes
+    from robench.data import load_dataset
+    from robench.report.figures import preview_figure
+    from robench.report.figures import figure_png
 
     ds = load_dataset(dataset, split, root=data_root, download=download)
     atomic_write_bytes(out, figure_png(preview_figure(ds, n=n_images, show_boxes=boxes)))
@@ -179,10 +175,10 @@ def data_preview(dataset: str, data_root: Path | None, download: bool, split: st
 @_user_errors
 def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names: tuple[str, ...], suite: str | None, n_images: int, seed: int, out: Path) -> None:
     """Write a PNG of every corruption at every severity on a few sample images."""
-    from . import perturbations as P
-    from ._io import atomic_write_bytes
-    from .gallery import DEFAULT_DATASET, gallery_figure, sample_images
-    from .report_utils import figure_png
+    from robench import perturbations as P
+    from robench._io import atomic_write_bytes
+    from robench.report.figures import DEFAULT_DATASET, gallery_figure, sample_images
+    from robench.report.figures import figure_png
 
     chosen = list(names) or (P.names(kind="corruption", suite=suite) if suite else None)
     for n in chosen or []:
@@ -225,17 +221,17 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: boo
     Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share the
     images and rank 0 writes the files.
     """
-    from . import distributed
-    from .evaluation import evaluate
+    from robench import _distributed as distributed
+    from robench import evaluate
 
     if dry_run:
-        from .dry_run import plan_evaluation
+        from robench.evaluation.plan import plan_evaluation
 
         plan = plan_evaluation(model, dataset=dataset, data_root=None if data_root is None else str(data_root), suite=suite,
                                perturbations=perturbations, n_images=None if all_images else n_images,
                                batch_size=batch_size, device=device, seed=seed, out=out, resume=resume,
                                baseline=baseline, surrogate=surrogate, model_id=model_id, arch=arch,
-                               trust_pickle=trust_pickle)  # fmt: skip
+                               trust_pickle=trust_pickle)
         if (distributed.env_world() or distributed.World()).is_main:
             click.echo(str(plan))
         return
@@ -250,7 +246,7 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: boo
     finally:
         distributed.shutdown()
     rec = report.record
-    from .report.tables import safe_text
+    from robench.report.tables import safe_text
 
     click.echo(f"\nR = A_perturbed / A_clean  ({safe_text(rec['model']['id'])} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
                f" clean accuracy {report.clean_accuracy:.4f})")
@@ -302,12 +298,12 @@ def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool
               lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
               arch_opts: tuple[str, ...]) -> None:
     """Train a model with a defense; writes a robench checkpoint and its model card."""
-    from . import distributed
-    from .trainer import train
+    from robench import _distributed as distributed
+    from robench.training.job import train
 
     akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
     _check_arch_options(arch, akw)
-    from ._io import writable_dir
+    from robench._io import writable_dir
 
     writable_dir(out.parent if out is not None else Path("checkpoints"))  # fail now, not after hours of training
     try:
@@ -328,13 +324,13 @@ def _check_arch_options(arch: str, akw: dict[str, object]) -> None:
         return
     import torch
 
-    from .models import create_model
+    from robench.models import create_model
 
     try:
         with torch.device("meta"):
             model = create_model(arch, 10, **akw)
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # an unknown --arch is a KeyError: passes
-        from ._io import first_line
+        from robench._io import first_line
 
         raise ValueError(f"--arch {arch} does not accept the options {akw}: {first_line(exc, 160)}") from None
     if any(t.numel() == 0 for t in [*model.parameters(), *model.buffers()]):
@@ -352,7 +348,7 @@ def _check_arch_options(arch: str, akw: dict[str, object]) -> None:
 @_user_errors
 def leaderboard_cmd(result_dirs: tuple[Path, ...], out: Path, plots: bool, examples: bool, attack_examples: bool) -> None:
     """Build the static HTML leaderboard from result JSON files (default folder: leaderboard/)."""
-    from .report.leaderboard import build_leaderboard
+    from robench import build_leaderboard
 
     lb = build_leaderboard(result_dirs or (Path("leaderboard"),), out, plots=plots, examples=examples,
                            attack_examples=attack_examples)

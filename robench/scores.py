@@ -14,7 +14,7 @@ import numpy as np
 __all__ = [
     "wilson_interval", "relative_robustness", "marker", "mcnemar_p", "pack_bits", "unpack_bits",
     "corruption_error", "mce", "ALEXNET_ERRORS", "ALEXNET_CLEAN_ERROR", "FAMILY_GROUPS",
-]  # fmt: skip
+]
 
 # AlexNet's top-1 errors on ImageNet-C per corruption and severity (s1..s5), as published with the
 # benchmark (copies in augmix / mmpretrain / timm agree to 1e-6; see reference/corruptions.md §10).
@@ -42,7 +42,7 @@ FAMILY_GROUPS: Mapping[str, str] = {
     "noise": "corruption", "blur": "corruption", "weather": "corruption", "digital": "corruption",
     "geometric": "corruption", "occlusion": "corruption", "color": "corruption",
     "white-box": "white-box", "black-box": "transfer",
-}  # fmt: skip
+}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def relative_robustness(acc_perturbed: float, acc_clean: float) -> float:
-    """R = A_perturbed / A_clean (seed 000, eq. 7); NaN when the clean accuracy is 0."""
+    """R = A_perturbed / A_clean (Laugros et al., eq. 7); NaN when the clean accuracy is 0."""
     return float("nan") if acc_clean <= 0 else acc_perturbed / acc_clean
 
 

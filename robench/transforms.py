@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import perturbations as P
+from robench import perturbations as P
 
 __all__ = ["Corrupt"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from robench.checkpoint import CheckpointMeta, save_checkpoint
-from robench.evaluation import evaluate
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
+from robench import evaluate
 
 XSS = "<img src=x onerror=alert(1)>"
 XSS_TITLE = "<img src=x onerror=\"document.title='pwned'\">"
@@ -29,7 +29,7 @@ def shared_results(tmp_path_factory: Any, trained: torch.nn.Module) -> dict[str,
 def _save(model: torch.nn.Module, path: Path, defense: str) -> Path:
     meta = CheckpointMeta(arch="small_cnn", arch_kwargs={"width": 8}, num_classes=10, input_size=32,
                           mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-                          dataset="shapes", defense=defense)  # fmt: skip
+                          dataset="shapes", defense=defense)
     save_checkpoint(model, path, meta)
     return path
 
@@ -56,7 +56,7 @@ def make_results(root: Path, trained: torch.nn.Module) -> dict[str, Any]:
     xss_path = results / "xss.json"
     xss_path.write_text(json.dumps(xss))
     return {"dir": results, "base": base.record, "noisy": other.record, "xss": xss, "ckpt": ck,
-            "paths": {"base": base.paths["json"], "noisy": other.paths["json"], "xss": xss_path}}  # fmt: skip
+            "paths": {"base": base.paths["json"], "noisy": other.paths["json"], "xss": xss_path}}
 
 
 def hostile_copy(record: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def hostile_copy(record: dict[str, Any]) -> dict[str, Any]:
     rec["environment"]["device"] = "<script>alert(3)</script>"
     rec["config"]["suite"] = XSS
     rec["gradient_masking"] = [{"name": "accuracy_falls_with_eps", "passed": False, "detail": "<b>rises</b> " + XSS_TITLE},
-                               {"name": "whitebox_below_transfer", "passed": None, "detail": XSS}]  # fmt: skip
+                               {"name": "whitebox_below_transfer", "passed": None, "detail": XSS}]
     rec["perturbations"][XSS] = {"kind": "corruption", "family": "noise", "status": "skipped", "reason": XSS_TITLE}
     rec["perturbations"]["contrast"]["severities"][0]["parameter"] = XSS
     return rec
@@ -89,4 +89,4 @@ def bad_files(folder: Path, good: dict[str, Any]) -> dict[str, str]:
     edited["perturbations"]["contrast"]["severities"][2]["accuracy"] = 0.99
     (folder / "edited.json").write_text(json.dumps(edited))
     return {"truncated.json": "not a readable result file", "v2.json": "schema version 2", "card.json": "not a robench result",
-            "wrong-type.json": "accuracy", "edited.json": "0.99"}  # fmt: skip
+            "wrong-type.json": "accuracy", "edited.json": "0.99"}

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench import attacks as A
+import robench.attacks as A
 from robench import perturbations as P
 from robench.models import create_model
-from robench.perturbations.attacks import ATTACK_NAMES, AttackSpec, cw_l2_bound
+from robench.perturbations.attack_specs import ATTACK_NAMES, AttackSpec, cw_l2_bound
 
 NAMES = ("pgd", "pgd_ll", "cw_l2", "mi_fgsm_0.04", "mi_fgsm_0.08")
 
@@ -408,7 +408,7 @@ def test_masking_checks_pass_an_ordinary_model(shapes_models: dict) -> None:
     assert [c.name for c in checks] == [
         "whitebox_below_transfer", "accuracy_falls_with_eps", "accuracy_falls_with_steps",
         "large_eps_reaches_zero",
-    ]  # fmt: skip
+    ]
     assert all(c.passed for c in checks), checks
     skipped = A.gradient_masking_checks(m, x, y, seed=0, max_images=8)
     assert skipped[0].passed is None and "no surrogate" in skipped[0].detail

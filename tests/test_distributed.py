@@ -25,14 +25,14 @@ import pytest
 import torch
 from torch import nn
 
-from robench import distributed
-from robench.checkpoint import CheckpointMeta, save_checkpoint
+from robench import _distributed as distributed
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.data import SubsetDataset, load_dataset
 from robench.defenses import build_defense
-from robench.evaluation import evaluate
+from robench import evaluate
 from robench.models import create_model
-from robench.runner import _Batches
-from robench.training import TrainConfig, fit
+from robench.evaluation.loop import _Batches
+from robench.training.loop import TrainConfig, fit
 
 HERE = Path(__file__).resolve()
 EVAL = ["--n-images", "60", "--batch-size", "16", "--baseline", "none", "--no-plots"]  # 4 batches: 16 16 16 12
@@ -107,7 +107,7 @@ def _quick_surrogate() -> nn.Module:
 def _save(model: nn.Module, width: int, path: Path) -> Path:
     mean, std = tuple(model.normalize.mean.flatten().tolist()), tuple(model.normalize.std.flatten().tolist())
     save_checkpoint(model, path, CheckpointMeta(arch="small_cnn", arch_kwargs={"width": width}, num_classes=10,
-                                                input_size=32, mean=mean, std=std))  # fmt: skip
+                                                input_size=32, mean=mean, std=std))
     return path
 
 
@@ -127,7 +127,7 @@ def _bits(rec: dict) -> dict[str, list[str]]:
 
 def _one_process(ckpt: Path, sur: Path, names: list[str], out: Path) -> dict:
     return evaluate(str(ckpt), perturbations=names, n_images=60, batch_size=16, baseline="none", surrogate=str(sur),
-                    out=out, plots=False).record  # fmt: skip
+                    out=out, plots=False).record
 
 
 def test_two_ranks_score_every_image_exactly_like_one_process(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_two_ranks_score_every_image_exactly_like_one_process(checkpoints: tuple
     adv_one = torch.load(cache, weights_only=True)["adv"]
     cache.unlink()  # the 2 ranks craft them again, each its own batches, and rank 0 writes the cache
     res = _torchrun(["-m", "robench", "evaluate", str(ckpt), *sum((["-p", n] for n in names), []), *EVAL,
-                     "--surrogate", str(sur), "--out", str(tmp_path / "two")], tmp_path)  # fmt: skip
+                     "--surrogate", str(sur), "--out", str(tmp_path / "two")], tmp_path)
     two = json.loads((tmp_path / "two" / "model__shapes__s0__n60.json").read_text())
     assert _bits(two) == _bits(one) and two["clean"]["n"] == 60
     accs = {k: [s["accuracy"] for s in e["severities"]] for k, e in one["perturbations"].items()}
@@ -157,7 +157,7 @@ def test_two_ranks_resume_a_run_one_process_started(checkpoints: tuple[Path, Pat
     first = _one_process(ckpt, sur, ["gaussian_noise"], tmp_path / "run")
     ref = _one_process(ckpt, sur, ["gaussian_noise", "brightness"], tmp_path / "ref")
     _torchrun(["-m", "robench", "evaluate", str(ckpt), "-p", "gaussian_noise", "-p", "brightness", *EVAL,
-               "--out", str(tmp_path / "run")], tmp_path)  # fmt: skip
+               "--out", str(tmp_path / "run")], tmp_path)
     rec = json.loads((tmp_path / "run" / "model__shapes__s0__n60.json").read_text())
     assert rec["perturbations"]["gaussian_noise"] == first["perturbations"]["gaussian_noise"]  # kept, timing included
     assert _bits(rec) == _bits(ref)
@@ -198,7 +198,7 @@ def _fit(out: Path, defense: object) -> dict[str, torch.Tensor]:
 
 def _worker(work: Path) -> None:
     """What each rank runs: a full 2-epoch fit, a fit stopped after epoch 1 then resumed, a train()."""
-    from robench.trainer import train
+    from robench.training.job import train
 
     w = distributed.setup("cpu")
     full = _fit(work / "full.pt", build_defense("standard"))

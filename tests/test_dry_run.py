@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from robench.cli import main
-from robench.dry_run import plan_evaluation
-from robench.evaluation import evaluate
+from robench.evaluation.plan import plan_evaluation
+from robench import evaluate
 
 RUN = {"n_images": 40, "batch_size": 16, "baseline": "none", "surrogate": "none"}
 
@@ -52,15 +52,15 @@ def test_a_finished_run_costs_nothing_and_only_new_parts_are_counted(tiny_traine
 
 def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     from robench.models import create_model
-    from robench.checkpoint import CheckpointMeta, save_checkpoint
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
     model = create_model("small_cnn", 10, width=4)
     mean, std = tuple(model.normalize.mean.flatten().tolist()), tuple(model.normalize.std.flatten().tolist())
     save_checkpoint(model, tmp_path / "m.pt", CheckpointMeta(arch="small_cnn", arch_kwargs={"width": 4}, num_classes=10,
-                                                             input_size=32, mean=mean, std=std))  # fmt: skip
+                                                             input_size=32, mean=mean, std=std))
     out = tmp_path / "results"
     res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.pt"), "-p", "pgd", "--n-images", "20", "--baseline",
-                                    "none", "--surrogate", "none", "--out", str(out), "--dry-run"])  # fmt: skip
+                                    "none", "--surrogate", "none", "--out", str(out), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "pgd" in res.output and "200" in res.output and "estimated time" in res.output  # 20 images x 10 steps
     assert not out.exists()

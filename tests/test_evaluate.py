@@ -18,13 +18,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from robench.checkpoint import CheckpointMeta, save_checkpoint
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.cli import main
 from robench.data import load_dataset
-from robench.evaluation import evaluate
+from robench import evaluate
 from robench.models import create_model
 from robench.report import TABLE1_COLUMNS
-from robench.runner import select_indices
+from robench.evaluation.loop import select_indices
 
 FAST = ["gaussian_noise", "contrast"]
 
@@ -109,7 +109,7 @@ def test_resume_never_recomputes_a_finished_perturbation(tmp_path: Path, monkeyp
     m = tiny_trained
     first = evaluate(m, model_id="tiny", perturbations=["contrast"], n_images=40, out=tmp_path, baseline="none", plots=False)
     calls: list[str] = []
-    from robench import runner
+    from robench.evaluation import loop as runner
 
     orig = runner._corruption_entry
     monkeypatch.setattr(runner, "_corruption_entry", lambda spec, *a, **k: calls.append(spec.name) or orig(spec, *a, **k))
@@ -169,7 +169,7 @@ def test_wrong_class_count_and_nan_logits(tmp_path: Path) -> None:
 
 _SCRIPT = """
 import sys, torch
-from robench.evaluation import evaluate
+from robench import evaluate
 from robench.models import create_model
 torch.manual_seed(0)
 m = create_model("small_cnn", 10, width=4).eval()
@@ -238,7 +238,7 @@ def test_masking_flags_reach_the_long_csv() -> None:
         "clean": {"n": 2, "n_correct": 1, "accuracy": 0.5, "ci95": [0.1, 0.9]},
         "gradient_masking": [{"name": "large_eps_reaches_zero", "passed": False, "detail": "PGD accuracy 0.6 at eps 0.5"},
                              {"name": "accuracy_falls_with_eps", "passed": True, "detail": "ok"}],
-    }))  # fmt: skip
+    }))
     assert masking_flags(rec) == "large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"
     assert long_table([rec])["gradient_masking"].tolist() == ["large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"]
 
@@ -247,7 +247,7 @@ def test_export_program_and_trusted_pickle(tmp_path: Path, tiny_trained: torch.n
     # torch.export leaves tracing state on the module it traces (torch 2.14): export a copy, so the
     # shared fixture stays picklable and deep-copyable for the tests after this one
     prog = torch.export.export(copy.deepcopy(tiny_trained), (torch.rand(2, 3, 32, 32),),
-                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))  # fmt: skip
+                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
     pt2 = tmp_path / "m.pt2"
     torch.export.save(prog, str(pt2))
     rep = evaluate(str(pt2), perturbations=["contrast"], n_images=40, out=tmp_path / "a", baseline="none", plots=False)

@@ -18,16 +18,9 @@ from leaderboard_data import XSS, XSS_TITLE, bad_files, shared_results
 
 from robench.cli import main
 from robench.report import TABLE1_COLUMNS
-from robench.report.leaderboard import (
-    build_leaderboard,
-    leaderboard_tables,
-    load_results,
-    read_long_csv,
-    read_wide_csv,
-    validate_record,
-)  # fmt: skip
-from robench.report.leaderboard_plots import r_matrix
-from robench.results import ResultError, correct_bits
+from robench.report.leaderboard.build import build_leaderboard, leaderboard_tables, load_results, read_long_csv, read_wide_csv, validate_record
+from robench.report.leaderboard.plots import r_matrix
+from robench.evaluation.record import ResultError, correct_bits
 
 
 class Page(HTMLParser):
@@ -99,7 +92,7 @@ def test_bad_files_are_reported_by_name_and_skipped(site: Any) -> None:
     (lambda r: r["perturbations"]["contrast"].pop("severities"), "marked done but has no severities"),
     (lambda r: r["clean"].update(correct="!!"), "unreadable per-image correctness"),
     (lambda r: r["clean"].update(n_correct=r["clean"]["n_correct"] + 1), "disagree"),
-])  # fmt: skip
+])
 def test_validate_record_names_the_problem(data: dict[str, Any], edit: Any, phrase: str) -> None:
     rec = copy.deepcopy(data["noisy"])
     validate_record(rec, "ok.json")
@@ -243,7 +236,7 @@ def test_cli_builds_the_site_and_reports_skips(data: dict[str, Any], tmp_path: P
     bad = tmp_path / "bad"
     bad_files(bad, data["noisy"])
     res = CliRunner().invoke(main, ["leaderboard", str(data["dir"]), str(bad), "--out", str(tmp_path / "s"),
-                                    "--no-plots", "--no-examples"])  # fmt: skip
+                                    "--no-plots", "--no-examples"])
     assert res.exit_code == 0, res.output
     assert "3 results, 5 files skipped" in res.output
     assert "skipped " in res.output and "v2.json" in res.output
@@ -263,6 +256,6 @@ def test_rebuild_deletes_only_the_pages_it_no_longer_writes(data: dict[str, Any]
     mine.write_text("kept: not written by robench")
     lb = build_leaderboard([data["paths"]["base"]], out, plots=False, examples=False)
     assert sorted(p.name for p in (out / "models").glob("*.html")) == sorted(["notes.html", lb.files[next(
-        k for k in lb.files if k.endswith(":html"))].name])  # fmt: skip
+        k for k in lb.files if k.endswith(":html"))].name])
     assert mine.read_text().startswith("kept")
     assert len(Page(lb.index.read_text()).rows) == 1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from leaderboard_data import XSS, XSS_TITLE, bad_files, shared_results
 
-from robench.report.leaderboard import build_leaderboard
+from robench.report.leaderboard.build import build_leaderboard
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()):
     pytest.skip("headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does it when it can)",
-                allow_module_level=True)  # fmt: skip
+                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def browser() -> Iterator[Any]:
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM  # with the driver's path below, Selenium Manager (network) is never used
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1440,1000"):  # fmt: skip
+                "--disable-dev-shm-usage", "--window-size=1440,1000"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from robench.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from robench.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_checkpoint, save_checkpoint
 from robench.models import create_model, list_models
 
 
@@ -42,7 +42,7 @@ def _meta(m: torch.nn.Module) -> CheckpointMeta:
         arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 8},
         mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()),
         dataset="shapes", defense="standard", train_config={"epochs": 1, "seed": 0},
-    )  # fmt: skip
+    )
 
 
 def test_checkpoint_roundtrip_weights_only(tmp_path) -> None:  # type: ignore[no-untyped-def]

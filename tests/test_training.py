@@ -14,9 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from robench.checkpoint import load_checkpoint
+from robench.models.checkpoint import load_checkpoint
 from robench.cli import main
-from robench.trainer import train
+from robench.training.job import train
 
 TINY = ["--train-images", "512", "--batch-size", "64", "-a", "width=8"]
 
@@ -37,7 +37,7 @@ def test_cli_mtlat_one_epoch_writes_a_checkpoint_that_evaluate_accepts(tmp_path:
     assert not ckpt.with_name(ckpt.name + ".partial").exists()  # the resumable state is cleaned up
     out = tmp_path / "eval"
     res = CliRunner().invoke(main, ["evaluate", str(ckpt), "--n-images", "20", "-p", "gaussian_noise", "-p", "brightness",
-                                    "--baseline", "none", "--out", str(out)])  # fmt: skip
+                                    "--baseline", "none", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert list(out.glob("*.json"))
 

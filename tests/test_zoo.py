@@ -10,10 +10,10 @@ import torch
 
 from robench.data import load_dataset
 from robench.defenses import DEFENSES
-from robench.loading import load_model
-from robench.results import read_record
-from robench.training import evaluate_accuracy
-from robench.zoo import read_card, resolve_zoo, zoo_root
+from robench.models.loading import load_model
+from robench.evaluation.record import read_record
+from robench.training.loop import evaluate_accuracy
+from robench.models.zoo import read_card, resolve_zoo, zoo_root
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "model_zoo" / "shapes"
@@ -66,7 +66,7 @@ def test_entry_has_a_committed_evaluation_of_this_very_file(name: str) -> None:
 
 
 def test_every_spelling_of_an_entry_is_one_model_id() -> None:
-    from robench.zoo import zoo_model_id
+    from robench.models.zoo import zoo_model_id
 
     assert zoo_model_id("zoo:standard") == zoo_model_id("zoo:shapes/standard") == "standard"
     assert zoo_model_id("zoo:cifar10/standard") == "cifar10-standard"

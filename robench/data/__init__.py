@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import real, shapes  # noqa: F401  (importing registers the datasets)
-from ._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset, SubsetDataset
+from robench.data import real, shapes  # noqa: F401  (importing registers the datasets)
+from robench.data._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset, SubsetDataset
 
 __all__ = [
     "load_dataset", "list_datasets", "DATASETS", "ArrayDataset", "DataError", "DatasetInfo",
     "DatasetSpec", "ImageDataset", "SubsetDataset",
-]  # fmt: skip
+]
 
 
 def list_datasets() -> list[str]:

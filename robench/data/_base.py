@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._registry import Registry
+from robench._registry import Registry
 
 __all__ = ["DatasetInfo", "ImageDataset", "ArrayDataset", "SubsetDataset", "DatasetSpec", "DATASETS", "DataError"]
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset
+from robench.data._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset
 
 try:
     from numpy._core import multiarray as _np_multiarray
@@ -38,7 +38,7 @@ except ImportError:  # numpy < 2 has no numpy._core
 __all__ = [
     "IMG_EXTENSIONS", "ImageFolderDataset", "read_cifar_batch", "read_idx", "read_svhn",
     "decode_image", "load_cifar", "load_mnist", "load_svhn", "load_imagefolder",
-]  # fmt: skip
+]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _LoadFn = Callable[..., ImageDataset]
@@ -130,7 +130,7 @@ def _unpickle(path: Path) -> dict[str | bytes, Any]:
     except DataError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, RecursionError) as exc:  # fmt: skip
+            KeyError, MemoryError, RecursionError) as exc:
         raise DataError(f"{path} is truncated or not a CIFAR python batch: {exc}") from exc
     if not isinstance(obj, dict):
         kind = type(obj).__name__
@@ -219,18 +219,18 @@ def load_cifar(
     info = DatasetInfo(
         name=variant.name, num_classes=len(classes), image_size=32, channels=3, preset="cifar",
         classes=classes, split=split,
-    )  # fmt: skip
+    )
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), info)
 
 
 _CIFAR10_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+)
 CIFAR10 = _Cifar(
     name="cifar10", title="CIFAR-10", folder="cifar-10-batches-py",
     train=tuple(f"data_batch_{i}" for i in range(1, 6)), test=("test_batch",), meta="batches.meta",
     label_key="labels", names_key="label_names", classes=_CIFAR10_NAMES, tv_class="CIFAR10",
-)  # fmt: skip
+)
 # The 'fine_label_names' of the meta file (alphabetical), used when the meta file is absent.
 _CIFAR100_NAMES = (
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
@@ -245,12 +245,12 @@ _CIFAR100_NAMES = (
     "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
     "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
     "worm",
-)  # fmt: skip
+)
 CIFAR100 = _Cifar(
     name="cifar100", title="CIFAR-100", folder="cifar-100-python", train=("train",), test=("test",),
     meta="meta", label_key="fine_labels", names_key="fine_label_names", classes=_CIFAR100_NAMES,
     tv_class="CIFAR100",
-)  # fmt: skip
+)
 
 
 # --- SVHN -----------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = scipy.io.loadmat(path, variable_names=("X", "y"))
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, NotImplementedError,
-            MatReadError, zlib.error) as exc:  # fmt: skip
+            MatReadError, zlib.error) as exc:
         raise DataError(f"{path} is truncated or not an SVHN MATLAB v5 file: {exc}") from exc
     x, y = mat.get("X"), mat.get("y")
     if x is None or y is None:
@@ -297,7 +297,7 @@ def load_svhn(
     info = DatasetInfo(
         name="svhn", num_classes=10, image_size=images.shape[1], channels=3, preset="cifar",
         classes=tuple(str(d) for d in range(10)), split=split,
-    )  # fmt: skip
+    )
     return ArrayDataset(images, labels, info)
 
 
@@ -357,7 +357,7 @@ def load_mnist(
         name="mnist", num_classes=10, image_size=images.shape[1],
         channels=3 if channels == 3 else 1, preset="cifar",
         classes=tuple(str(d) for d in range(10)), split=split,
-    )  # fmt: skip
+    )
     return ArrayDataset(images[..., None], labels, info)
 
 
@@ -451,7 +451,7 @@ def load_imagefolder(
     info = DatasetInfo(
         name="imagefolder", num_classes=len(classes), image_size=224, channels=3, preset="imagenet",
         classes=classes, split=split,
-    )  # fmt: skip
+    )
     return ImageFolderDataset(samples, info)
 
 
@@ -475,18 +475,18 @@ for _v in (CIFAR10, CIFAR100):
             num_classes=len(_v.classes), layout=_v.layout,
             description=f"{_v.title} (python version), 32 px, {len(_v.classes)} classes",
         ),
-    )  # fmt: skip
+    )
 DATASETS.add("svhn", DatasetSpec(
     name="svhn", loader=load_svhn, image_size=32, preset="cifar", num_classes=10,
     layout=_SVHN_LAYOUT, description="SVHN cropped digits (format 2, .mat), 32 px, 10 classes",
-))  # fmt: skip
+))
 DATASETS.add("mnist", DatasetSpec(
     name="mnist", loader=load_mnist, image_size=28, preset="cifar", num_classes=10,
     layout=_MNIST_LAYOUT,
     description="MNIST digits (IDX files), 28 px grey (3 channels on request), 10 classes",
-))  # fmt: skip
+))
 DATASETS.add("imagefolder", DatasetSpec(
     name="imagefolder", loader=load_imagefolder, image_size=224, preset="imagenet",
     num_classes=None, layout=_FOLDER_LAYOUT,
     description="ImageNet-style class folders (train/, val/), resized 256, centre-cropped 224",
-))  # fmt: skip
+))

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_bytes
-from .._seeding import derive_seed
-from ._base import DATASETS, ArrayDataset, DatasetInfo, DatasetSpec, ImageDataset
+from robench._io import atomic_write_bytes, cache_dir
+from robench._seeding import derive_seed
+from robench.data._base import DATASETS, ArrayDataset, DatasetInfo, DatasetSpec, ImageDataset
 
 __all__ = ["CLASSES", "STYLES", "ShapesConfig", "render_shapes", "load_shapes", "cache_dir"]
 
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "frame")
 STYLES = (
     "flat", "h-stripes", "v-stripes", "diagonal", "checker", "dots", "gradient", "radial", "grid", "blobs",
-)  # fmt: skip
+)
 FORMAT_VERSION = 1
 _CHUNK = 256
 
@@ -76,11 +75,6 @@ VARIANTS = {
     "shapes-224": ShapesConfig(size=224, n_train=2000, n_test=500, supersample=1),
 }
 
-
-def cache_dir() -> Path:
-    """Where generated data is cached: ``$ROBENCH_CACHE`` or ``~/.cache/robench``."""
-    env = os.environ.get("ROBENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "robench"
 
 
 # --- shape membership on local coordinates (u, v), shape radius 1 -------------------------------
@@ -293,7 +287,7 @@ def load_shapes(cfg: ShapesConfig, split: str, *, name: str = "shapes", use_cach
     info = DatasetInfo(
         name=name, num_classes=len(CLASSES), image_size=cfg.size, channels=3, preset=cfg.preset,
         classes=CLASSES, split=split,
-    )  # fmt: skip
+    )
     return ArrayDataset(data["images"], data["labels"], info, boxes=data["boxes"], context=data["context"])
 
 
@@ -314,4 +308,4 @@ for _name, _cfg in VARIANTS.items():
             description=f"embedded procedural shapes, {_cfg.size} px, {_cfg.n_train}/{_cfg.n_test} train/test, 10 classes",
             image_size=_cfg.size, preset=_cfg.preset, num_classes=len(CLASSES), needs_root=False,
         ),
-    )  # fmt: skip
+    )

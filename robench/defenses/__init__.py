@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from . import adversarial, deepcorrect, fusion, mat, perturbed, standard  # noqa: F401  (importing registers the defenses)
-from ._base import (
-    DEFENSES, Defense, Setup, SetupContext, StepContext, StepOutput, build_defense, eval_mode, register_defense,
-)  # fmt: skip
+from robench.defenses import adversarial, deepcorrect, fusion, mat, perturbed, standard  # noqa: F401  (importing registers the defenses)
+from robench.defenses._base import DEFENSES, FitFn, TrainConfig, Defense, Setup, SetupContext, StepContext, StepOutput, build_defense, eval_mode, register_defense
 
 __all__ = [
-    "DEFENSES", "Defense", "Setup", "SetupContext", "StepContext", "StepOutput", "build_defense", "eval_mode",
+    "DEFENSES", "Defense", "FitFn", "TrainConfig", "Setup", "SetupContext", "StepContext", "StepOutput", "build_defense", "eval_mode",
     "register_defense",
-]  # fmt: skip
+]

@@ -9,12 +9,12 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from .._registry import Registry
+from robench._registry import Registry
 
 __all__ = [
-    "StepContext", "StepOutput", "SetupContext", "Setup", "Defense", "DEFENSES", "register_defense", "build_defense",
+    "StepContext", "StepOutput", "SetupContext", "TrainConfig", "FitFn", "Setup", "Defense", "DEFENSES", "register_defense", "build_defense",
     "eval_mode",
-]  # fmt: skip
+]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,58 @@ class StepContext:
     epochs: int = 1
     seed: int = 0
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and loop settings (Laugros et al. section 4.2 defaults).
+
+    Args:
+        epochs: passes over the training set.
+        batch_size: images per step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        milestones: fractions of all steps where the LR is divided by 10.
+        seed: every random choice derives from it.
+        device: ``cpu`` or ``cuda``.
+    """
+
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 0.002
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (1 / 3, 2 / 3, 8 / 9)
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """One-sentence errors for impossible settings."""
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+
+
+class FitFn(Protocol):
+    """The training loop as handed to a composite defense's ``setup`` (:func:`robench.training.fit`).
+
+    Composite defenses train their parts (MAT's single-strength runs, fusion's stages) with the
+    run's own loop, checkpointed and resumable under ``out``; the loop is passed in rather than
+    imported, because training sits above defenses.
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        defense: Any,
+        train_ds: Any,
+        cfg: TrainConfig,
+        *,
+        out: Any,
+        progress: bool = ...,
+        fingerprint: Mapping[str, Any] | None = ...,
+    ) -> Any: ...
+
 
 @dataclass(frozen=True)
 class SetupContext:
@@ -52,6 +104,7 @@ class SetupContext:
         batch_size: the run's batch size.
         lr: the run's learning rate.
         progress: whether bars may be shown.
+        fit: the training loop, for setups that train parts of their model before the main run.
     """
 
     arch: str
@@ -65,6 +118,7 @@ class SetupContext:
     batch_size: int = 256
     lr: float = 0.002
     progress: bool = False
+    fit: FitFn | None = None
 
 
 @dataclass
@@ -167,3 +221,10 @@ class eval_mode:
 
     def __exit__(self, *exc: object) -> None:
         self.model.train(self.was_training)
+
+
+def _loop_of(ctx: SetupContext) -> FitFn:
+    """The training loop a setup was handed; one sentence when a caller forgot it."""
+    if ctx.fit is None:
+        raise ValueError("this defense trains parts of its model in setup: pass SetupContext(fit=robench.training.fit)")
+    return ctx.fit

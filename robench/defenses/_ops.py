@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import eval_mode
+from robench.defenses._base import eval_mode
 
 __all__ = [
     "one_hot", "soft_cross_entropy", "beta", "uniform", "random_targets", "mix", "fgsm",
     "tlat_labels", "smooth_labels",
-]  # fmt: skip
+]
 
 
 def one_hot(y: Tensor, num_classes: int) -> Tensor:
@@ -53,7 +53,7 @@ def mix(x: Tensor, soft: Tensor, lam: float, g: torch.Generator) -> tuple[Tensor
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, targeted: bool) -> Tensor:
     """One signed-gradient step of size ``eps`` (crafted in eval mode), clipped to [0, 1].
 
-    Untargeted: ``x + eps * sign(grad L(x, y))``; targeted (seed 000 eq. 5):
+    Untargeted: ``x + eps * sign(grad L(x, y))``; targeted (Laugros et al. eq. 5):
     ``x - eps * sign(grad L(x, y_target))``.
     """
     with eval_mode(model):
@@ -65,7 +65,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, *, targeted: bool) 
 
 
 def tlat_labels(y_soft: Tensor, target_soft: Tensor, eps: float) -> Tensor:
-    """TLAT's soft label (seed 000 eq. 4): (1 - eps) * y + eps * y_target."""
+    """TLAT's soft label (Laugros et al. eq. 4): (1 - eps) * y + eps * y_target."""
     return (1 - eps) * y_soft + eps * target_soft
 
 

@@ -1,4 +1,4 @@
-"""The defenses of Laugros et al. (seed 000): Mixup, FGSM-AT, targeted FGSM-AT, label smoothing,
+"""The defenses of Laugros et al.: Mixup, FGSM-AT, targeted FGSM-AT, label smoothing,
 TLAT, M-TLAT (Algorithm 1) and IAT.
 
 Adversarial defenses train on clean and adversarial samples together: the batch is split in two
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._base import StepContext, StepOutput, register_defense
-from ._ops import beta, fgsm, mix, one_hot, random_targets, smooth_labels, soft_cross_entropy, tlat_labels, uniform
+from robench.defenses._base import StepContext, StepOutput, register_defense
+from robench.defenses._ops import beta, fgsm, mix, one_hot, random_targets, smooth_labels, soft_cross_entropy, tlat_labels, uniform
 
-_SRC = "Laugros et al. (seed 000)"
+_SRC = "Laugros et al."
 
 
 def _halves(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -35,7 +35,7 @@ def _two_losses(model: nn.Module, xa: Tensor, ta: Tensor, xb: Tensor, tb: Tensor
 @register_defense("mixup", "Mixup with Beta(alpha, alpha) interpolation of images and labels", _SRC)
 @dataclass(frozen=True)
 class Mixup:
-    """Mixup (Zhang et al.), alpha 0.4 as in seed 000."""
+    """Mixup (Zhang et al.), alpha 0.4 as in Laugros et al."""
 
     alpha: float = 0.4
 
@@ -80,7 +80,7 @@ class FGSMAT(_FGSMFamily):
 @register_defense("targeted_fgsm", "FGSM toward a random target class, ground-truth labels", _SRC)
 @dataclass(frozen=True)
 class TargetedFGSMAT(_FGSMFamily):
-    """Targeted FGSM-AT (seed 000 eq. 3)."""
+    """Targeted FGSM-AT (Laugros et al. eq. 3)."""
 
     targeted = True
 
@@ -99,7 +99,7 @@ class LabelSmoothingAT(_FGSMFamily):
 @register_defense("tlat", "Targeted Labeling AT: label (1 - eps) y + eps y_target (eq. 4)", _SRC)
 @dataclass(frozen=True)
 class TLAT(_FGSMFamily):
-    """TLAT (seed 000 eq. 4-5)."""
+    """TLAT (Laugros et al. eq. 4-5)."""
 
     targeted = True
 
@@ -110,7 +110,7 @@ class TLAT(_FGSMFamily):
 @register_defense("mtlat", "M-TLAT, Algorithm 1: Mixup pair 1 clean + Mixup pair 2 with TLAT, loss1 + loss2", _SRC)
 @dataclass(frozen=True)
 class MTLAT:
-    """Seed 000 Algorithm 1, one step: (x1, x2) and (x3, x4) are pairs within each half of the batch."""
+    """Laugros et al. Algorithm 1, one step: (x1, x2) and (x3, x4) are pairs within each half of the batch."""
 
     alpha: float = 0.4
     eps_max: float = 0.025
@@ -128,7 +128,7 @@ class MTLAT:
         return _two_losses(model, x_mix1, y_mix1, x_mtlat, y_mtlat, eps=eps, lambda1=lam1, lambda2=lam2)
 
 
-@register_defense("iat", "Interpolated AT: FGSM first, then Mixup of the adversarials with Mixup labels", "Lamb et al. (seed 000 ref. 28)")
+@register_defense("iat", "Interpolated AT: FGSM first, then Mixup of the adversarials with Mixup labels", "Lamb et al. (Laugros et al. ref. 28)")
 @dataclass(frozen=True)
 class IAT:
     """IAT: a Mixup half of clean images + a half made adversarial (untargeted FGSM) and then mixed."""

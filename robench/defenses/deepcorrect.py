@@ -1,4 +1,4 @@
-"""The defenses of Borkar & Karam, DeepCorrect (seed 004): Finetune-k, Deepcorr-k and Deepcorr-kc.
+"""The defenses of Borkar & Karam, DeepCorrect: Finetune-k, Deepcorr-k and Deepcorr-kc.
 
 Both start from a network trained on clean images (option ``init``) and train on batches of which
 half the images, chosen at random, are distorted (section 5.1.1): a distortion type and a level
@@ -29,19 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import perturbations
-from .._io import atomic_write_text
-from .._seeding import derive_seed, make_generator
-from ..models import create_model
-from ..models.deepcorrect import conv_positions, correction_units, layout_of, weight_layers
-from ._base import Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
+from robench import perturbations
+from robench._io import atomic_write_text
+from robench._seeding import derive_seed, make_generator
+from robench.models import create_model
+from robench.models.deepcorrect import conv_positions, correction_units, layout_of, weight_layers
+from robench.defenses._base import Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
 
 __all__ = [
     "Finetune", "DeepCorrect", "distort", "draw_distortions", "correction_priority", "top_filters", "ranking_set",
-]  # fmt: skip
+]
 
 log = logging.getLogger(__name__)
-_SRC = "Borkar & Karam, DeepCorrect (seed 004)"
+_SRC = "Borkar & Karam, DeepCorrect"
 _RANKING_FILE = "deepcorrect_ranking.json"
 _MAX_ROWS = 512  # images per forward pass while ranking
 
@@ -52,7 +52,7 @@ def _names(text: str) -> tuple[str, ...]:
         spec = perturbations.get(n) if n in perturbations.names(kind="corruption") else None
         if spec is None or spec.needs_boxes:
             raise ValueError(f"distortions must name corruptions such as awgn,blur; {n!r} is not one "
-                             "(robench list perturbations)")  # fmt: skip
+                             "(robench list perturbations)")
     if not names:
         raise ValueError("distortions must name at least one corruption, e.g. awgn,blur")
     return names
@@ -127,8 +127,8 @@ class _HalfDistorted:
 
 def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
     """The trained model to start from, its checkpoint metadata and its SHA-256."""
-    from ..checkpoint import FORMAT, read_checkpoint
-    from ..loading import load_model
+    from robench.models.checkpoint import FORMAT, read_checkpoint
+    from robench.models.loading import load_model
 
     wrong = f"init {init!r} must be a robench checkpoint (from robench train, or zoo:NAME)"
     if not init.startswith("zoo:") and Path(init).is_file() and read_checkpoint(init).get("format") != FORMAT:
@@ -140,7 +140,7 @@ def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
     layout_of(meta.arch)
     if meta.num_classes != ctx.info.num_classes or meta.in_chans != ctx.info.channels:
         raise ValueError(f"init {init!r} has {meta.num_classes} classes and {meta.in_chans} channels, "
-                         f"the data {ctx.info.num_classes} and {ctx.info.channels}")  # fmt: skip
+                         f"the data {ctx.info.num_classes} and {ctx.info.channels}")
     return loaded.model.cpu(), meta, str(loaded.sha256)
 
 
@@ -272,13 +272,13 @@ class DeepCorrect(_HalfDistorted):
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.rank_per_class < 1 or self.last_layers < 1:
             raise ValueError(f"rank_per_class and last_layers must be at least 1, "
-                             f"got {self.rank_per_class} and {self.last_layers}")  # fmt: skip
+                             f"got {self.rank_per_class} and {self.last_layers}")
 
     def _ranking(self, model: nn.Module, arch: str, sha: str, ctx: SetupContext) -> dict[str, Any]:
         """Algorithm 1's priorities, cached in the run's workdir (a rerun after a kill reuses them)."""
         preset = perturbations.preset_for_size(int(ctx.info.image_size))
         key = {"init_sha256": sha, "k": self.k, "rank_per_class": self.rank_per_class, "distortions": self.distortions,
-               "seed": ctx.seed, "preset": preset, "train_images": len(ctx.train_ds)}  # fmt: skip
+               "seed": ctx.seed, "preset": preset, "train_images": len(ctx.train_ds)}
         path = Path(ctx.workdir) / _RANKING_FILE
         if path.is_file():
             try:
@@ -307,9 +307,9 @@ class DeepCorrect(_HalfDistorted):
         ranking = self._ranking(base, meta.arch, sha, ctx)
         filters = [top_filters(lay["tau"], lay["ce_gain"], self.beta) for lay in ranking["layers"]]
         kwargs = {"base": meta.arch, "base_kwargs": dict(meta.arch_kwargs), "k": self.k, "filters": filters,
-                  "unit_width": self.unit_width, "unit_kernel": self.unit_kernel, "unit_bn": self.unit_bn}  # fmt: skip
+                  "unit_width": self.unit_width, "unit_kernel": self.unit_kernel, "unit_bn": self.unit_bn}
         model = create_model("deepcorrect", meta.num_classes, in_chans=meta.in_chans, mean=meta.mean, std=meta.std,
-                             **kwargs)  # fmt: skip
+                             **kwargs)
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
         if unexpected or any(".unit." not in name for name in missing):
             raise RuntimeError(f"the base weights do not fit the DeepCorrect model ({unexpected or missing})")
@@ -320,5 +320,5 @@ class DeepCorrect(_HalfDistorted):
         variant = f"Deepcorr-{self.k}{'c' if self.train_last else ''}"
         notes = (f"{variant} of {self.init}: corrected filters per layer {[len(f) for f in filters]}, "
                  f"p_b {ranking['p_b']:.3f} on {ranking['images']} distorted images, "
-                 f"{_count(model)} trainable parameters")  # fmt: skip
+                 f"{_count(model)} trainable parameters")
         return Setup(model, "deepcorrect", kwargs, notes)

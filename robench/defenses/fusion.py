@@ -1,4 +1,4 @@
-"""Contextual fusion (Akumalla et al., seed 001): object network + context network + joint classifier.
+"""Contextual fusion (Akumalla et al.): object network + context network + joint classifier.
 
 The paper trains in stages (sections 2.1, 3.3): a foreground (object) network trained on the
 object classes, a background network trained on scenes (Places365), then a joint classifier, one
@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._seeding import derive_seed
-from ._base import Setup, SetupContext, StepContext, StepOutput, register_defense
-from .standard import Standard
+from robench._seeding import derive_seed
+from robench.defenses._base import TrainConfig, _loop_of, Setup, SetupContext, StepContext, StepOutput, register_defense
+from robench.defenses.standard import Standard
 
 __all__ = ["Fusion", "ContextCE", "fusion_loss"]
 
-_SRC = "Akumalla et al. (seed 001)"
+_SRC = "Akumalla et al."
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ContextCE:
 
 
 def fusion_loss(logits: Tensor, y: Tensor, object_weight: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Seed 001's loss (section 3.4) divided by the batch size ``B``:
+    """Akumalla et al.'s loss (section 3.4) divided by the batch size ``B``:
     ``mean CE(logits, y) + alpha / B * ||object_weight||^2``.
 
     Returns:
@@ -87,7 +87,7 @@ class Fusion:
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         """Joint logits, cross-entropy plus the L2 penalty on the object weights."""
-        from ..models.fusion import fusion_net
+        from robench.models.fusion import fusion_net
 
         logits = model(x)
         loss, ce, sq = fusion_loss(logits, y, fusion_net(model).object_weight(), self.alpha)
@@ -95,7 +95,7 @@ class Fusion:
 
     def on_train(self, model: nn.Module) -> None:
         """The two networks are frozen: batch norm and dropout stay in eval mode."""
-        from ..models.fusion import fusion_net
+        from robench.models.fusion import fusion_net
 
         net = fusion_net(model)
         net.object.eval()
@@ -103,8 +103,8 @@ class Fusion:
 
     def setup(self, ctx: SetupContext) -> Setup:
         """Stages 1 and 2 (object and context networks), then the fusion model to train."""
-        from ..models import create_model
-        from ..models.fusion import fusion_net
+        from robench.models import create_model
+        from robench.models.fusion import fusion_net
 
         if ctx.train_ds.context is None:
             raise ValueError("fusion needs context labels per image; use the shapes dataset")
@@ -113,7 +113,7 @@ class Fusion:
         mean, std = obj.normalize.mean.flatten().tolist(), obj.normalize.std.flatten().tolist()
         cnet, context_kwargs = self._context_network(ctx, mean, std, n_ctx)
         kwargs: dict[str, Any] = {"base": base, "base_kwargs": base_kwargs, "context_base": ctx.arch,
-                                  "context_kwargs": context_kwargs, "context_classes": n_ctx}  # fmt: skip
+                                  "context_kwargs": context_kwargs, "context_classes": n_ctx}
         model = create_model("fusion", ctx.info.num_classes, in_chans=ctx.info.channels, mean=mean, std=std, **kwargs)
         net = fusion_net(model)
         net.object.load_backbone_state(obj.backbone.state_dict())
@@ -125,8 +125,8 @@ class Fusion:
         return Setup(model, "fusion", kwargs, notes)
 
     def _object_network(self, ctx: SetupContext) -> tuple[nn.Module, str, dict[str, Any], str]:
-        from ..loading import load_model
-        from ..models import create_model
+        from robench.models.loading import load_model
+        from robench.models import create_model
 
         if self.init and self.init.lower() != "none":
             loaded = load_model(self.init)
@@ -141,7 +141,7 @@ class Fusion:
         return model, ctx.arch, dict(ctx.arch_kwargs), f"{ctx.arch} trained here for {self.pre_epochs} epochs"
 
     def _context_network(self, ctx: SetupContext, mean: list[float], std: list[float], n_ctx: int) -> tuple[nn.Module, dict[str, Any]]:
-        from ..models import MODELS, create_model
+        from robench.models import MODELS, create_model
 
         kwargs = dict(ctx.arch_kwargs)
         if self.context_width:
@@ -162,7 +162,7 @@ def _context_classes(ctx: SetupContext) -> int:
 
 def _pretrain(model: nn.Module, defense: Any, ctx: SetupContext, stage: str, epochs: int) -> None:
     """Train one network with the run's loop, resumable from the setup folder."""
-    from ..training import TrainConfig, fit
+    fit = _loop_of(ctx)
 
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

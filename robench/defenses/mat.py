@@ -1,4 +1,4 @@
-"""Multi-strength adversarial training, mixed and parallel (Song et al., seed 003).
+"""Multi-strength adversarial training, mixed and parallel (Song et al.).
 
 - ``mat_mixed`` (eq. 2): one model; every batch is used clean and made adversarial (FGSM, crafted
   against the current model in eval mode) at each of the S strengths; the loss is the unweighted
@@ -29,19 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_write_text
-from .._seeding import derive_seed, make_generator
-from ..data import ImageDataset
-from ..models import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, create_model
-from ..models.mat import ParallelMAT, branch_view
-from ._base import Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
-from .standard import Standard
+from robench._io import atomic_write_text
+from robench._seeding import derive_seed, make_generator
+from robench.data import ImageDataset
+from robench.models import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, create_model
+from robench.models.mat import ParallelMAT, branch_view
+from robench.defenses._base import TrainConfig, _loop_of, Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
+from robench.defenses.standard import Standard
 
 __all__ = ["MATMixed", "MATParallel", "fgsm_strengths", "accuracy_matrix", "transition_matrix", "random_walk_select",
-           "walk_score"]  # fmt: skip
+           "walk_score"]
 
 log = logging.getLogger(__name__)
-_SRC = "Song et al. (seed 003)"
+_SRC = "Song et al."
 CANDIDATES = (0.01, 0.02, 0.04, 0.06, 0.08)
 
 
@@ -89,7 +89,7 @@ def walk_score(acc: Tensor, chosen: Sequence[int], penalty: float) -> float:
 
 
 def random_walk_select(acc: Tensor, *, generator: torch.Generator, num_strengths: int = 0, penalty: float = 0.01,
-                       steps: int = 0, trials: int = 200) -> list[int]:  # fmt: skip
+                       steps: int = 0, trials: int = 200) -> list[int]:
     """Choose strengths (row indices of ``acc``) by ``trials`` random walks of ``steps`` moves.
 
     Each walk starts at a strength drawn in proportion to its model's mean accuracy, moves with
@@ -175,7 +175,7 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
     Every run goes through ``training.fit`` in ``ctx.workdir`` (a killed run resumes, a finished one
     is reloaded), and each finished row is cached in ``mat_walk.json`` there.
     """
-    from ..training import TrainConfig, fit  # training imports defenses: import late
+    fit = _loop_of(ctx)
 
     cands = [float(c) for c in d.candidates]
     n_all = len(ctx.train_ds)
@@ -184,7 +184,7 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
     train, val = _Slice(ctx.train_ds, 0, n_train), _Slice(ctx.train_ds, n_train, n_val)
     key = {"candidates": cands, "arch": ctx.arch, "arch_kwargs": dict(ctx.arch_kwargs), "seed": ctx.seed,
            "pretrain": d.walk_pretrain_epochs, "epochs": d.walk_epochs, "train": n_train, "val": n_val,
-           "batch": d.walk_batch_size, "lr": ctx.lr, "data": ctx.info.name}  # fmt: skip
+           "batch": d.walk_batch_size, "lr": ctx.lr, "data": ctx.info.name}
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "mat_walk.json"
@@ -200,18 +200,18 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
 
     def cfg(epochs: int, *keys: object) -> TrainConfig:
         return TrainConfig(epochs=epochs, batch_size=min(d.walk_batch_size, n_train), lr=ctx.lr, milestones=(),
-                           seed=derive_seed(ctx.seed, "mat-walk", *keys), device=ctx.device)  # fmt: skip
+                           seed=derive_seed(ctx.seed, "mat-walk", *keys), device=ctx.device)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.seed, "mat-walk-init"))
         start = create_model(ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs))
     if d.walk_pretrain_epochs > 0:
         fit(start, Standard(), train, cfg(d.walk_pretrain_epochs, "start"),
-            out=workdir / "walk_start.pt", progress=ctx.progress, fingerprint={"mat_walk": key})  # fmt: skip
+            out=workdir / "walk_start.pt", progress=ctx.progress, fingerprint={"mat_walk": key})
     for i in range(len(rows), len(cands)):
         model = copy.deepcopy(start)
         fit(model, MATMixed(strengths=(cands[i],)), train, cfg(d.walk_epochs, cands[i]), out=workdir / f"walk_{i}.pt",
-            progress=ctx.progress, fingerprint={"mat_walk": key, "strength": cands[i]})  # fmt: skip
+            progress=ctx.progress, fingerprint={"mat_walk": key, "strength": cands[i]})
         rows.append(_fgsm_accuracies(model, val, cands, ctx.device))
         atomic_write_text(cache, json.dumps({"key": key, "rows": rows}))
         log.info("mat walk: trained at %g -> FGSM accuracies %s", cands[i], rows[-1])
@@ -274,19 +274,19 @@ class _MAT:
         acc = torch.tensor(accuracy_matrix(ctx, self), dtype=torch.float64)
         idx = random_walk_select(acc, generator=make_generator(derive_seed(ctx.seed, "mat-random-walk")),
                                  num_strengths=self.num_strengths, penalty=self.walk_penalty, steps=self.walk_steps,
-                                 trials=self.walk_trials)  # fmt: skip
+                                 trials=self.walk_trials)
         chosen = tuple(float(self.candidates[i]) for i in idx)
         # setup completes the configuration once, before training: the card and the resume check record it
         object.__setattr__(self, "strengths", chosen)
         rows = "; ".join(" ".join(f"{v:.2f}" for v in r) for r in acc.tolist())
         return (f"strengths {_fmt(chosen)} chosen by random walk over {_fmt(self.candidates)}; "
-                f"FGSM val accuracy matrix (row: trained at, col: attacked at): {rows}")  # fmt: skip
+                f"FGSM val accuracy matrix (row: trained at, col: attacked at): {rows}")
 
     def _need_strengths(self) -> tuple[float, ...]:
         if not self.strengths:
             name = type(self).name  # type: ignore[attr-defined]
             raise ValueError(f"{name} has no strengths: give -o strengths=a,b,... or train it with robench train, "
-                             "whose setup selects them by random walk")  # fmt: skip
+                             "whose setup selects them by random walk")
         return self.strengths
 
 
@@ -328,7 +328,7 @@ class MATParallel(_MAT):
             raise ValueError("mat_parallel builds its own composite: give the sub-network with --arch (e.g. small_cnn)")
         notes = self._resolve(ctx)
         kw = {"base": ctx.arch, "base_kwargs": dict(ctx.arch_kwargs), "branches": len(self.strengths),
-              "strengths": list(self.strengths)}  # fmt: skip
+              "strengths": list(self.strengths)}
         big = MODELS.get(ctx.arch).input_size >= 128  # the base's normalisation, as create_model would pick it
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if big else (CIFAR_MEAN, CIFAR_STD)
         with torch.random.fork_rng(devices=[]):

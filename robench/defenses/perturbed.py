@@ -1,4 +1,4 @@
-"""Training on perturbed data (Cavey et al., seed 002, section VI): constant, incremental, transfer.
+"""Training on perturbed data (Cavey et al., section VI): constant, incremental, transfer.
 
 - ``constant``: every training image is perturbed (VI-A). The paper perturbs the data set once
   ("data remains unaltered once training begins"), so each image keeps the same perturbation in
@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import perturbations
-from .._seeding import derive_seed
-from ..perturbations import preset_for_size
-from ._base import Setup, SetupContext, StepContext, StepOutput, register_defense
+from robench import perturbations
+from robench._seeding import derive_seed
+from robench.perturbations import preset_for_size
+from robench.defenses._base import Setup, SetupContext, StepContext, StepOutput, register_defense
 
 __all__ = ["Constant", "Incremental", "Transfer", "perturb_images", "image_levels", "perturbed_share"]
 
-_SRC = "Cavey et al. (seed 002), section VI"
+_SRC = "Cavey et al., section VI"
 
 
 def image_levels(seed: int, indices: Tensor, severities: tuple[int, ...]) -> Tensor:
@@ -165,9 +165,9 @@ class Transfer(_PerturbedData):
 
     def setup(self, ctx: SetupContext) -> Setup:
         """Load ``init``, swap its output layer for the new head, copy every other weight."""
-        from ..loading import load_model
-        from ..models import create_model
-        from ..models.transfer import check_hidden, last_linear
+        from robench.models.loading import load_model
+        from robench.models import create_model
+        from robench.models.transfer import check_hidden, last_linear
 
         loaded = load_model(self.init)
         meta = loaded.meta

@@ -1,4 +1,4 @@
-"""Plain training: cross-entropy on clean images (seed 000's baseline)."""
+"""Plain training: cross-entropy on clean images (Laugros et al.'s baseline)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import StepContext, StepOutput, register_defense
+from robench.defenses._base import StepContext, StepOutput, register_defense
 
 
-@register_defense("standard", "plain cross-entropy on clean images", "Laugros et al. (seed 000)")
+@register_defense("standard", "plain cross-entropy on clean images", "Laugros et al.")
 @dataclass(frozen=True)
 class Standard:
     """Cross-entropy on the clean batch."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from robench.models._base import register_model
 
 __all__ = ["SmallCNN", "AllConvNet", "VGG", "resnet18_cifar"]
 
@@ -14,7 +14,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> list[nn.Module
 
 
 class SmallCNN(nn.Module):
-    """Seed 002's CIFAR net: conv-BN-ReLU pairs, max pooling, dropout 0.2 after each pool, linear head.
+    """Cavey et al.'s CIFAR net: conv-BN-ReLU pairs, max pooling, dropout 0.2 after each pool, linear head.
 
     Args:
         num_classes: output logits.
@@ -41,7 +41,7 @@ class SmallCNN(nn.Module):
 
 
 class AllConvNet(nn.Module):
-    """Springenberg et al.'s All-Convolutional Net with batch norm after each conv (seed 004, Fig. 3a).
+    """Springenberg et al.'s All-Convolutional Net with batch norm after each conv (Borkar and Karam, Fig. 3a).
 
     Args:
         num_classes: output logits.
@@ -56,7 +56,7 @@ class AllConvNet(nn.Module):
             *_conv_bn(in_chans, w1), *_conv_bn(w1, w1), *_conv_bn(w1, w1, stride=2),
             *_conv_bn(w1, w2), *_conv_bn(w2, w2), *_conv_bn(w2, w2, stride=2),
             *_conv_bn(w2, w2), *_conv_bn(w2, w2, k=1),
-        )  # fmt: skip
+        )
         self.classifier = nn.Conv2d(w2, num_classes, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
 
@@ -95,19 +95,19 @@ class VGG(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
-@register_model("small_cnn", input_size=32, description="seed 002's CIFAR CNN (3 conv blocks, BN, dropout)", source="Cavey et al. (seed 002)")
+@register_model("small_cnn", input_size=32, description="Cavey et al.'s CIFAR CNN (3 conv blocks, BN, dropout)", source="Cavey et al.")
 def small_cnn(num_classes: int = 10, in_chans: int = 3, width: int = 32, blocks: int = 3, dropout: float = 0.2) -> nn.Module:
     """Build :class:`SmallCNN`."""
     return SmallCNN(num_classes, in_chans, width, blocks, dropout)
 
 
-@register_model("allconv", input_size=32, description="All-Convolutional Net with batch norm", source="Springenberg et al.; DeepCorrect (seed 004)")
+@register_model("allconv", input_size=32, description="All-Convolutional Net with batch norm", source="Springenberg et al.; DeepCorrect (Borkar and Karam)")
 def allconv(num_classes: int = 10, in_chans: int = 3, width: int = 96) -> nn.Module:
     """Build :class:`AllConvNet`."""
     return AllConvNet(num_classes, in_chans, width)
 
 
-@register_model("vgg11", input_size=32, description="VGG-11 with BN for small images (black-box surrogate)", source="Simonyan & Zisserman; M-TLAT (seed 000)")
+@register_model("vgg11", input_size=32, description="VGG-11 with BN for small images (black-box surrogate)", source="Simonyan & Zisserman; M-TLAT (Laugros et al.)")
 def vgg11(num_classes: int = 10, in_chans: int = 3, width_div: int = 1) -> nn.Module:
     """Build :class:`VGG` (VGG-11)."""
     return VGG(num_classes, in_chans, width_div)

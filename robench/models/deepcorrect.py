@@ -1,4 +1,4 @@
-"""DeepCorrect models (Borkar & Karam, seed 004): a trained CNN whose most distortion-susceptible
+"""DeepCorrect models (Borkar & Karam): a trained CNN whose most distortion-susceptible
 filters get residual *correction units*.
 
 In each of the first ``k`` conv layers, the outputs of the chosen filters (``filters[i]``, ranked by
@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import MODELS, register_model
+from robench.models._base import MODELS, register_model
 
 __all__ = [
     "BaseLayout", "LAYOUTS", "CorrectionUnit", "CorrectedConv2d", "layout_of", "conv_positions",
     "weight_layers", "correction_units",
-]  # fmt: skip
+]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class CorrectedConv2d(nn.Conv2d):
         super().__init__(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
             conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
         self.register_buffer("corrected", torch.tensor(list(indices), dtype=torch.long), persistent=False)
         self.unit = unit
 
@@ -144,7 +144,7 @@ def _check_filters(filters: Any, k: int, widths: list[int]) -> list[list[int]]:
     "deepcorrect",
     input_size=32,
     description="a trained CNN with residual correction units on its most distortion-susceptible filters (composite)",
-    source="Borkar & Karam, DeepCorrect (seed 004)",
+    source="Borkar & Karam, DeepCorrect",
 )
 def deepcorrect(
     num_classes: int = 10,

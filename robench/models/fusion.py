@@ -1,4 +1,4 @@
-"""Contextual fusion (Akumalla et al., seed 001): an object network and a context network side by
+"""Contextual fusion (Akumalla et al.): an object network and a context network side by
 side, and a joint linear classifier on their concatenated penultimate features.
 
 In the paper the foreground (object) and background (scene) classifiers are ResNet-18s whose
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import MODELS, ImageClassifier, register_model
-from .transfer import split_head
+from robench.models._base import MODELS, ImageClassifier, register_model
+from robench.models.transfer import split_head
 
 __all__ = ["Branch", "FusionNet", "fusion", "object_network", "context_network", "fusion_net"]
 
@@ -85,7 +85,7 @@ class FusionNet(nn.Module):
     "fusion",
     input_size=32,
     description="object network + context network, joint linear classifier on concatenated features",
-    source="Akumalla et al. (seed 001)",
+    source="Akumalla et al.",
 )
 def fusion(
     num_classes: int = 10,

@@ -1,4 +1,4 @@
-"""Parallel MAT (Song et al., seed 003, eq. 3-4): S sub-networks and a learned voting unit.
+"""Parallel MAT (Song et al., eq. 3-4): S sub-networks and a learned voting unit.
 
 Each branch is a full copy of a registered base architecture. The voting unit (the paper's
 "upper-boundary decision unit") is a small network that reads every branch's class probabilities
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import MODELS, ImageClassifier, register_model
+from robench.models._base import MODELS, ImageClassifier, register_model
 
 __all__ = ["ParallelMAT", "branch_view"]
 
@@ -35,7 +35,7 @@ class ParallelMAT(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, base: str = "small_cnn",
                  base_kwargs: Mapping[str, Any] | None = None, branches: int = 2,
-                 strengths: Sequence[float] | None = None) -> None:  # fmt: skip
+                 strengths: Sequence[float] | None = None) -> None:
         super().__init__()
         if base == "mat_parallel":
             raise ValueError("mat_parallel cannot be the base of its own branches")
@@ -79,8 +79,8 @@ def branch_view(model: ImageClassifier, k: int) -> nn.Module:
     return view
 
 
-@register_model("mat_parallel", input_size=32, source="Song et al. (seed 003)",
-                description="parallel MAT: S copies of a base architecture + a learned voting unit")  # fmt: skip
+@register_model("mat_parallel", input_size=32, source="Song et al.",
+                description="parallel MAT: S copies of a base architecture + a learned voting unit")
 def mat_parallel(num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
     """Parallel-MAT composite (kwargs: base, base_kwargs, branches, strengths)."""
     return ParallelMAT(num_classes, in_chans, **kwargs)

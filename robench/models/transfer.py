@@ -1,6 +1,6 @@
-"""Head surgery on registered backbones, and seed 002's transfer-learning architecture.
+"""Head surgery on registered backbones, and Cavey et al.'s transfer-learning architecture.
 
-Cavey et al. (seed 002, section VI-C, Fig. 9) build their transfer model from a trained CIFAR
+Cavey et al. (section VI-C, Fig. 9) build their transfer model from a trained CIFAR
 network by replacing its final output layer with new fully connected layers: 256 units + ReLU,
 then 512 units + ReLU, then the output layer. ``transfer_mlp`` is that structure on any registered
 backbone whose output layer is an ``nn.Linear`` (``small_cnn``, ``vgg11``, ``resnet18_cifar``...),
@@ -16,11 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from . import MODELS, register_model
+from robench.models._base import MODELS, register_model
 
 __all__ = ["last_linear", "split_head", "mlp_head", "transfer_mlp", "PAPER_HIDDEN"]
 
-PAPER_HIDDEN = (256, 512)  # seed 002, CIFAR transfer model (Fig. 9); MNIST used (256,)
+PAPER_HIDDEN = (256, 512)  # Cavey et al., CIFAR transfer model (Fig. 9); MNIST used (256,)
 
 
 def last_linear(module: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
@@ -85,7 +85,7 @@ def check_hidden(hidden: Sequence[Any]) -> list[int]:
     "transfer_mlp",
     input_size=32,
     description="a registered backbone whose output layer is replaced by new FC layers (256, 512 + ReLU)",
-    source="Cavey et al. (seed 002), section VI-C, Fig. 9",
+    source="Cavey et al., section VI-C, Fig. 9",
 )
 def transfer_mlp(
     num_classes: int = 10,

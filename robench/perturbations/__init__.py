@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import (  # noqa: F401  (importing registers the entries)
-    attacks,
+from robench.perturbations import (  # noqa: F401  (importing registers the entries)
+    attack_specs,
     blur,
     context,
     deepcorrect,
@@ -28,35 +28,26 @@ from . import (  # noqa: F401  (importing registers the entries)
     snow,
     weather,
 )
-from ._base import (
-    PERTURBATIONS,
-    PRESETS,
-    SUITES,
-    CorruptionSpec,
-    RandomSource,
-    check_batch,
-    preset_for_size,
-    register_corruption,
-    register_suite,
-)
+from robench.perturbations._base import PERTURBATIONS, PRESETS, SUITES, CorruptionSpec, RandomSource, preset_for_size, register_corruption, register_suite
+from robench.perturbations._checks import check_batch
 
 __all__ = [
     "get", "names", "register", "suites", "CorruptionSpec", "RandomSource", "PRESETS",
     "check_batch", "preset_for_size", "register_corruption", "register_suite", "IMAGENET_C",
     "MTLAT_EXTRA",
-]  # fmt: skip
+]
 
 IMAGENET_C = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
     "jpeg_compression",
-)  # fmt: skip
+)
 MTLAT_EXTRA = ("occlusion", "color_distortion", "translation", "rotation")
 
-register_suite("mtlat24", IMAGENET_C + MTLAT_EXTRA + attacks.ATTACK_NAMES)
+register_suite("mtlat24", IMAGENET_C + MTLAT_EXTRA + attack_specs.ATTACK_NAMES)
 register_suite("imagenet-c", IMAGENET_C)
 register_suite("corruptions19", IMAGENET_C + MTLAT_EXTRA)
-register_suite("attacks", attacks.ATTACK_NAMES)
+register_suite("attacks", attack_specs.ATTACK_NAMES)
 register_suite("imagenet-c-extra", ("speckle_noise", "gaussian_blur", "spatter", "saturate"))
 register_suite(
     "sensor",

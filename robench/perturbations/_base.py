@@ -10,8 +10,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .._registry import Registry
-from .._seeding import derive_seed, make_generator
+from robench._registry import Registry
+from robench._seeding import derive_seed, make_generator
+from robench.perturbations._checks import check_batch
 
 __all__ = [
     "PRESETS",
@@ -33,7 +34,7 @@ Kind = Literal["corruption", "attack"]
 Family = Literal[
     "noise", "blur", "weather", "digital", "geometric", "occlusion", "color",
     "white-box", "black-box",
-]  # fmt: skip
+]
 
 PERTURBATIONS: Registry[Any] = Registry("perturbation")
 SUITES: dict[str, tuple[str, ...]] = {}
@@ -173,29 +174,6 @@ class RandomSource:
         return self._stack(draw, None)
 
 
-def check_batch(x: Tensor) -> None:
-    """Raise ``ValueError`` unless ``x`` is a float N x C x H x W batch with values in [0, 1]."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"expected a batch of shape N x C x H x W, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point tensor with values in [0, 1], got {x.dtype}")
-    if x.device.type == "meta":
-        raise ValueError("expected a tensor holding data (cpu or cuda), got one on the meta device")
-    if x.shape[0] == 0:
-        return
-    if x.shape[1] not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"expected images of at least 1 x 1 pixels, got shape {tuple(x.shape)}")
-    lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both and fails the test below
-    lo, hi = float(lo_t), float(hi_t)
-    if not (0.0 <= lo and hi <= 1.0):
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("input contains NaN or Inf values")
-        raise ValueError(f"expected values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
-
 
 def _check_severity(severity: int, severities: tuple[int, ...]) -> int:
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in severities:
@@ -326,9 +304,9 @@ class CorruptionSpec:
         rng = make_random_source(
             self.name, severity, x.shape[0], device=x.device,
             generator=generator, seed=seed, indices=indices,
-        )  # fmt: skip
+        )
         if engine == "imagecorruptions":
-            from .reference import corrupt_reference
+            from robench.perturbations.reference import corrupt_reference
 
             seeds = [int(torch.randint(0, 2**62, (), generator=g)) for g in rng.generators]
             return corrupt_reference(self.name, x, severity, seeds=seeds, preset=preset)
@@ -383,7 +361,7 @@ def register_corruption(
             name=name, kernel=kernel, table=full, family=family, description=description,
             source=source, stochastic=stochastic, needs_boxes=needs_boxes, cpu_chunk=cpu_chunk,
             **kwargs,
-        )  # fmt: skip
+        )
         PERTURBATIONS.add(name, spec)
         return kernel
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import gaussian_kernel1d
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import gaussian_kernel1d
 
 __all__ = ["foreground_blur", "box_blur_matrices", "REFERENCE_SIDE"]
 
@@ -51,7 +51,7 @@ def box_blur_matrices(start: Tensor, stop: Tensor, size: int, kernel: Tensor) ->
     offsets = torch.arange(-radius, radius + 1, device=device)
     length = (stop - start).clamp(min=1)
     taps = _fold_symmetric(i[None, :, None] + offsets[None, None, :], start[:, None, None],
-                           length[:, None, None])  # fmt: skip
+                           length[:, None, None])
     taps = taps.clamp(0, size - 1)
     weights = kernel.to(device)[None, None, :].expand(n, size, -1)
     blurred = torch.zeros(n, size, size, dtype=kernel.dtype, device=device)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import gaussian_blur
-from .noise import additive_gaussian
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import gaussian_blur
+from robench.perturbations.noise import additive_gaussian
 
 __all__ = ["awgn", "blur", "KERNEL_TRUNCATE"]
 

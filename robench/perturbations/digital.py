@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import banded_matmul
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import banded_matmul
 
 __all__ = ["brightness", "contrast", "saturate", "pixelate", "jpeg_compression"]
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import gaussian_kernel1d
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import gaussian_kernel1d
 
 __all__ = [
     "elastic_transform",
@@ -58,7 +58,7 @@ _FRACTIONS: dict[str, tuple[int, int, tuple[tuple[float, float, float], ...]]] =
     "imagenet": (224, 244, (
         (2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02), (0.12, 0.01, 0.02),
     )),
-}  # fmt: skip
+}
 
 
 def _table() -> dict[str, list[dict[str, Any]]]:
@@ -111,7 +111,7 @@ def _bilinear(x: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     out = F.grid_sample(
         x.to(torch.float64), grid.to(torch.float64), mode="bilinear", padding_mode="border",
         align_corners=True,
-    )  # fmt: skip
+    )
     return out.to(x.dtype)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
+from robench.perturbations._base import RandomSource, register_corruption
 
 __all__ = ["occlusion", "color_distortion", "translation", "rotation", "REFERENCE_SIDE"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import _PARALLEL_NUMEL, RandomSource, register_corruption
+from robench.perturbations._base import _PARALLEL_NUMEL, RandomSource, register_corruption
 
 _SRC = "ImageNet-C (Hendrycks & Dietterich 2019)"
 

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import check_batch
+from robench.perturbations._checks import check_batch
 
 __all__ = ["REFERENCE_NAMES", "corrupt_reference", "load_imagecorruptions", "to_uint8_images"]
 
@@ -59,7 +59,7 @@ REFERENCE_NAMES: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
     "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate",
-)  # fmt: skip
+)
 """The 15 ImageNet-C corruptions and the 4 extra ones, in imagecorruptions' order."""
 
 _MIN_SIDE = 32

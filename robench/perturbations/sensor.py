@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import gaussian_blur
-from .noise import additive_gaussian
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import gaussian_blur
+from robench.perturbations.noise import additive_gaussian
 
 __all__ = ["dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_var", "gaussian_blur_sigma"]
 

@@ -13,19 +13,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import clipped_zoom, im_motion_blur
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import clipped_zoom, im_motion_blur
 
 _KEYS = ("loc", "scale", "zoom", "threshold", "blur_radius", "blur_sigma", "blend")
 _LAYER = [
     (0.1, 0.2, 1, 0.6, 8, 3), (0.1, 0.2, 1, 0.5, 10, 4), (0.15, 0.3, 1.75, 0.55, 10, 4),
     (0.25, 0.3, 2.25, 0.6, 12, 6), (0.3, 0.3, 1.25, 0.65, 14, 12),
-]  # fmt: skip
+]
 _IMAGENET = [
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
     (0.55, 0.3, 4, 0.9, 12, 8, 0.7), (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
     (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
-]  # fmt: skip
+]
 
 
 def _table(rows: list[tuple[float, ...]]) -> list[dict[str, Any]]:
@@ -42,7 +42,7 @@ def _describe(p: Any) -> str:
 def snow_layer(
     normal: Tensor, angles: Tensor, *, zoom: float, threshold: float, blur_radius: float,
     blur_sigma: float,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """The snow layer in [0, 1] from a (N, 1, S, S) float64 normal draw and (N,) angles (degrees).
 
     clipped_zoom -> values below ``threshold`` set to 0 -> uint8 truncation of clip(L, 0, 1)
@@ -82,7 +82,7 @@ def whiten(x: Tensor, blend: float) -> Tensor:
 def snow(
     x: Tensor, *, rng: RandomSource, loc: float, scale: float, zoom: float, threshold: float,
     blur_radius: float, blur_sigma: float, blend: float,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """``whiten(x) + L + rot180(L)`` with the :func:`snow_layer` L (float32, like the original).
 
     Per image: flakes ~ N(loc, scale^2) on an S x S grid, streak angle ~ U(-135, -45) degrees.
@@ -93,5 +93,5 @@ def snow(
     layer = snow_layer(
         normal, angles, zoom=zoom, threshold=threshold, blur_radius=blur_radius,
         blur_sigma=blur_sigma,
-    )  # fmt: skip
+    )
     return whiten(x, blend).add_(layer.add_(layer.flip(-2, -1)))

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import RandomSource, register_corruption
-from ._ops import banded_matmul
-from .elastic import gaussian_matrix
+from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._ops import banded_matmul
+from robench.perturbations.elastic import gaussian_matrix
 
 __all__ = ["frost", "fog", "spatter", "plasma_fractal", "frost_textures", "water_distance"]
 
@@ -103,7 +103,7 @@ def _frost_draw(g: torch.Generator, sizes: Tensor, side: int) -> Tensor:
                  for a, b in ((1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55))],
         "imagenet": [{"a": a, "b": b, "scale": 1.0, "size": 224}
                      for a, b in ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))],
-    },  # fmt: skip
+    },
     family="weather",
     description="a random crop of one of 5 frost textures blended over the image",
     source=_SRC + "; textures from the installed imagecorruptions package",
@@ -174,7 +174,7 @@ def plasma_fractal(uniforms: list[Tensor], decay: float) -> Tensor:
                  for s, d in ((0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75))],
         "imagenet": [{"s": s, "decay": d}
                      for s, d in ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4))],
-    },  # fmt: skip
+    },
     family="weather",
     description="additive plasma-fractal haze, rescaled to keep the image maximum",
     source=_SRC,
@@ -276,7 +276,7 @@ def _spatter_row(
             (0.65, 0.3, 4, 0.69, 0.6, "water"), (0.65, 0.3, 3, 0.68, 0.6, "water"),
             (0.65, 0.3, 2, 0.68, 0.5, "water"), (0.65, 0.3, 1, 0.65, 1.5, "mud"),
             (0.67, 0.4, 1, 0.65, 1.5, "mud"))],
-    },  # fmt: skip
+    },
     family="weather",
     description="water drops or mud splashes from a thresholded, blurred noise layer",
     source=_SRC + " (validation corruption)",
@@ -286,7 +286,7 @@ def _spatter_row(
 def spatter(
     x: Tensor, *, rng: RandomSource, mu: float, sigma: float, blur: float, thr: float, k: float,
     mode: str,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Liquid layer ``gaussian(N(mu, sigma), blur)``, zeroed below ``thr``, as water or mud.
 
     Mud (batched torch): ``m = gaussian(layer > thr, k)`` zeroed below 0.8, blended with brown.

@@ -9,11 +9,13 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..scores import FAMILY_GROUPS
-from .plots import r_bars, severity_curves
-from .tables import TABLE1_COLUMNS, format_r_table, long_table, wide_table
+from robench._io import atomic_write_bytes, atomic_write_text
+from robench.scores import FAMILY_GROUPS
+from robench.report.figures import figure_png
+from robench.report.plots import r_bars, severity_curves
+from robench.report.tables import TABLE1_COLUMNS, format_r_table, long_table, wide_table
 
-__all__ = ["Report", "wide_table", "long_table", "format_r_table", "TABLE1_COLUMNS"]
+__all__ = ["TABLE1_COLUMNS", "Report", "format_r_table", "long_table", "wide_table", "write_outputs"]
 
 
 class Report:
@@ -45,8 +47,6 @@ class Report:
         """The wide CSV row (model, Clean, 24 columns in Table 1 order); written to ``path`` if given."""
         text = wide_table([self.record]).to_csv(index=False)
         if path is not None:
-            from .._io import atomic_write_text
-
             atomic_write_text(path, text)
         return text
 
@@ -56,7 +56,7 @@ class Report:
         for name, e in self.record["perturbations"].items():
             if e.get("status") == "done" and e.get("R") is not None:
                 rows.append({"perturbation": name, "group": FAMILY_GROUPS.get(e["family"], e["family"]), "R": e["R"],
-                             "baseline_R": e.get("baseline_R"), "marker": e.get("marker", ""), "p_value": e.get("p_value")})  # fmt: skip
+                             "baseline_R": e.get("baseline_R"), "marker": e.get("marker", ""), "p_value": e.get("p_value")})
         return pd.DataFrame(rows, columns=["perturbation", "group", "R", "baseline_R", "marker", "p_value"])
 
     def plot(self, kind: str = "severity") -> Figure:
@@ -73,3 +73,27 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report(model={self.record['model']['id']!r}, clean={self.clean_accuracy:.4f}, perturbations={len(self.robustness())})"
+
+
+def write_outputs(record: Mapping[str, Any], path: Path, *, plots: bool = True) -> dict[str, Path]:
+    """Write the files derived from a finished record beside its JSON ``path``.
+
+    Args:
+        record: the finished result record.
+        path: where its JSON lies; the other files share its stem.
+        plots: also write the severity and R plots (PNG).
+
+    Returns:
+        The written files by kind: ``csv``, ``long_csv`` and, with plots, ``severity_png`` and
+        ``r_png`` (the latter only when some R was computed).
+    """
+    rep = Report(record)
+    stem = Path(path).with_suffix("")
+    paths = {"csv": Path(f"{stem}.csv"), "long_csv": Path(f"{stem}-long.csv")}
+    rep.to_csv(paths["csv"])
+    atomic_write_text(paths["long_csv"], long_table([record]).to_csv(index=False))
+    if plots:
+        paths["severity_png"] = atomic_write_bytes(f"{stem}-severity.png", figure_png(rep.plot("severity")))
+        if len(rep.r_frame()):
+            paths["r_png"] = atomic_write_bytes(f"{stem}-R.png", figure_png(rep.plot("R")))
+    return paths

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import perturbations as P
+from robench import perturbations as P
 
 __all__ = [
     "SHORT_NAMES",
@@ -19,7 +19,7 @@ __all__ = [
     "settings_notes",
     "settings_of",
     "wide_table",
-]  # fmt: skip
+]
 
 TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
@@ -28,7 +28,7 @@ SHORT_NAMES = {
     "fog": "Fog", "brightness": "Brig", "contrast": "Contr", "elastic_transform": "Elast", "pixelate": "Pixel",
     "jpeg_compression": "JPEG", "occlusion": "Occl", "color_distortion": "Color", "translation": "Trans",
     "rotation": "Rot", "pgd": "PGD", "pgd_ll": "PGDll", "cw_l2": "CW", "mi_fgsm_0.04": "MI.04", "mi_fgsm_0.08": "MI.08",
-}  # fmt: skip
+}
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -56,7 +56,7 @@ def settings_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """What must be equal for two records' numbers to share a table."""
     return {"dataset": record["dataset"]["name"], "n_images": record["dataset"]["n_images"],
             "seed": record["config"]["seed"], "suite": record["config"].get("suite"),
-            "robench_version": record.get("robench_version"), "schema_version": record.get("schema_version")}  # fmt: skip
+            "robench_version": record.get("robench_version"), "schema_version": record.get("schema_version")}
 
 
 def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -66,7 +66,7 @@ def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = [tuple(settings_of(r).items()) for r in records]
     common = dict(max(keys, key=keys.count))  # ties: the first record's settings
     return ["; ".join(f"{k} {safe_text(str(v))} (table: {safe_text(str(common[k]))})" for k, v in key if common[k] != v)
-            for key in keys]  # fmt: skip
+            for key in keys]
 
 
 def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -106,12 +106,12 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for r in records:
         base = {"model": r["model"]["id"], "model_sha256": r["model"].get("sha256"), "dataset": r["dataset"]["name"],
                 "preset": r["dataset"]["preset"], "seed": r["config"]["seed"], "n_images": r["dataset"]["n_images"],
-                "robench_version": r["robench_version"], "gradient_masking": masking_flags(r)}  # fmt: skip
+                "robench_version": r["robench_version"], "gradient_masking": masking_flags(r)}
         base = {k: safe_text(v) for k, v in base.items()}
         c = r["clean"]
         rows.append(base | {"perturbation": "clean", "kind": "clean", "family": "clean", "severity": 0, "n": c["n"],
                             "n_correct": c["n_correct"], "accuracy": c["accuracy"], "ci_low": c["ci95"][0],
-                            "ci_high": c["ci95"][1], "R": 1.0, "parameter": ""})  # fmt: skip
+                            "ci_high": c["ci95"][1], "R": 1.0, "parameter": ""})
         extra = sorted(n for n in r["perturbations"] if n not in TABLE1_COLUMNS)
         for name in [*TABLE1_COLUMNS, *extra]:  # a fixed order, not the one a resumed run computed them in
             e = r["perturbations"].get(name)
@@ -123,7 +123,7 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                                     "n": s["n"], "n_correct": s["n_correct"], "accuracy": s["accuracy"],
                                     "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
                                     "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
-                                    "parameter": safe_text(s.get("parameter", ""))})  # fmt: skip
+                                    "parameter": safe_text(s.get("parameter", ""))})
     return pd.DataFrame(rows)
 
 

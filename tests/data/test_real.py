@@ -420,7 +420,7 @@ def test_registered_specs() -> None:
     expected = {
         "cifar10": (32, "cifar", 10), "cifar100": (32, "cifar", 100), "svhn": (32, "cifar", 10),
         "mnist": (28, "cifar", 10), "imagefolder": (224, "imagenet", None),
-    }  # fmt: skip
+    }
     for name, facts in expected.items():
         spec = DATASETS.get(name)
         assert (spec.image_size, spec.preset, spec.num_classes) == facts and spec.needs_root

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import robench.trainer as trainer_mod
+import robench.training.job as trainer_mod
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""DeepCorrect (seed 004): Algorithm 1 replayed by hand, top-beta selection, residual units,
+"""DeepCorrect (Borkar and Karam): Algorithm 1 replayed by hand, top-beta selection, residual units,
 what trains in Finetune-k / Deepcorr-k / Deepcorr-kc, and the composite checkpoint round trip."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ N_CLASSES = 10
 
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from robench.trainer import train
+    from robench.training.job import train
 
     out = tmp_path_factory.mktemp("init") / "s.pt"
     return train("standard", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=out)
@@ -36,7 +36,7 @@ def data() -> tuple[SubsetDataset, SubsetDataset]:
 def _setup_ctx(data: tuple, workdir: Path) -> SetupContext:  # type: ignore[type-arg]
     train_ds, test_ds = data
     return SetupContext(arch="small_cnn", arch_kwargs={}, info=train_ds.info, train_ds=train_ds, test_ds=test_ds,
-                        seed=0, device="cpu", workdir=workdir)  # fmt: skip
+                        seed=0, device="cpu", workdir=workdir)
 
 
 # --- Algorithm 1 -------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ _LAST_THREE = ("backbone.features.16.", "backbone.features.17.", "backbone.featu
     ("finetune", {"k": "2"}, lambda n: n.startswith(_FIRST_TWO)),
     ("deepcorrect", {"k": "2", "rank_per_class": "2"}, lambda n: ".unit." in n),
     ("deepcorrect", {"k": "2", "rank_per_class": "2", "train_last": "true"}, lambda n: ".unit." in n or n.startswith(_LAST_THREE)),
-])  # fmt: skip
+])
 def test_only_the_intended_parameters_train(name, options, trains, init_ckpt, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     d = build_defense(name, {"init": str(init_ckpt), **options})
     built = d.setup(_setup_ctx(data, tmp_path / "w"))
@@ -287,8 +287,8 @@ def test_bad_setups_are_one_sentence(init_ckpt: Path, data: tuple, tmp_path: Pat
 
 
 def test_deepcorrect_checkpoint_round_trip(init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench import trainer
-    from robench.loading import load_model
+    from robench.training import job as trainer
+    from robench.models.loading import load_model
 
     trained: list[nn.Module] = []
     real_fit = trainer.fit
@@ -299,7 +299,7 @@ def test_deepcorrect_checkpoint_round_trip(init_ckpt: Path, tmp_path: Path, monk
 
     monkeypatch.setattr(trainer, "fit", spy_fit)
     out = trainer.train("deepcorrect", epochs=1, train_images=256, batch_size=64, out=tmp_path / "dc.pt",
-                        options={"init": str(init_ckpt), "rank_per_class": "2", "train_last": "true"})  # fmt: skip
+                        options={"init": str(init_ckpt), "rank_per_class": "2", "train_last": "true"})
     loaded = load_model(out)
     assert loaded.meta is not None and loaded.meta.arch == "deepcorrect"
     assert loaded.meta.arch_kwargs["base"] == "small_cnn" and loaded.meta.arch_kwargs["base_kwargs"] == {"width": 8}

@@ -1,4 +1,4 @@
-"""Seed 001's contextual fusion: the composite model, its loss, its stages, its checkpoint."""
+"""Akumalla et al.'s contextual fusion: the composite model, its loss, its stages, its checkpoint."""
 
 from __future__ import annotations
 
@@ -12,23 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import robench.training as training_mod
 from robench.data import SubsetDataset, load_dataset
 from robench.data._base import ArrayDataset, DatasetInfo
 from robench.defenses import SetupContext, StepContext, build_defense
 from robench.defenses.fusion import ContextCE
 from robench.defenses.standard import Standard
-from robench.loading import load_model
+from robench.models.loading import load_model
 from robench.models import MODELS, create_model
 from robench.models.transfer import last_linear
 from robench.models.fusion import Branch, FusionNet, context_network, fusion_net, object_network
-from robench.trainer import train
+from robench.training import fit, train
 
 
 def _tiny(context_classes: int = 7) -> nn.Module:
     torch.manual_seed(0)
     return create_model("fusion", 10, base="small_cnn", base_kwargs={"width": 4}, context_kwargs={"width": 2},
-                        context_classes=context_classes)  # fmt: skip
+                        context_classes=context_classes)
 
 
 def _batch(n: int = 8) -> tuple[Tensor, Tensor, Tensor]:
@@ -37,7 +36,7 @@ def _batch(n: int = 8) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def test_paper_default_alpha() -> None:
-    assert build_defense("fusion").alpha == 10.0  # seed 001, Fig. 5: the strongest (best) penalty
+    assert build_defense("fusion").alpha == 10.0  # Akumalla et al., Fig. 5: the strongest (best) penalty
 
 
 def test_composite_structure() -> None:
@@ -103,27 +102,25 @@ def test_context_network_learns_context_labels() -> None:
         ContextCE().step(m, x, y, StepContext(0, 0, torch.Generator(), 10))
 
 
-def _setup_ctx(tmp_path: Path, n: int = 128) -> SetupContext:
+def _setup_ctx(tmp_path: Path, n: int = 128, loop: Any = fit) -> SetupContext:
     ds = SubsetDataset(load_dataset("shapes", "train"), n)
     return SetupContext(arch="small_cnn", arch_kwargs={"width": 4}, info=ds.info, train_ds=ds, test_ds=ds, seed=0,
-                        device="cpu", workdir=tmp_path / "w", batch_size=32)  # fmt: skip
+                        device="cpu", workdir=tmp_path / "w", batch_size=32, fit=loop)
 
 
-def test_setup_trains_object_then_context_then_freezes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_trains_object_then_context_then_freezes(tmp_path: Path) -> None:
     calls: list[tuple[str, int]] = []
-    original = training_mod.fit
 
     def spy(model: nn.Module, defense: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append((type(defense).__name__, last_linear(model.backbone)[2].out_features))
-        return original(model, defense, *args, **kwargs)
+        return fit(model, defense, *args, **kwargs)
 
-    monkeypatch.setattr(training_mod, "fit", spy)
     d = build_defense("fusion", {"init": "none", "pre_epochs": "1", "context_width": "2"})
-    built = d.setup(_setup_ctx(tmp_path))
+    built = d.setup(_setup_ctx(tmp_path, loop=spy))
     assert calls == [(Standard.__name__, 10), (ContextCE.__name__, 10)]  # shapes: 10 background styles
     assert built.arch == "fusion"
     assert built.arch_kwargs == {"base": "small_cnn", "base_kwargs": {"width": 4}, "context_base": "small_cnn",
-                                 "context_kwargs": {"width": 2}, "context_classes": 10}  # fmt: skip
+                                 "context_kwargs": {"width": 2}, "context_classes": 10}
     trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
     assert trainable == {"backbone.joint.weight", "backbone.joint.bias"}  # stage 3: the joint layer only
     rebuilt = create_model(built.arch, 10, **built.arch_kwargs)
@@ -135,7 +132,7 @@ def test_setup_errors(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     ds = ArrayDataset(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 8), info)
     ctx = SetupContext(arch="small_cnn", arch_kwargs={}, info=info, train_ds=ds, test_ds=ds, seed=0, device="cpu",
-                       workdir=tmp_path)  # fmt: skip
+                       workdir=tmp_path)
     with pytest.raises(ValueError, match="context labels"):
         build_defense("fusion").setup(ctx)
     with pytest.raises(ValueError, match="alpha must be"):
@@ -143,7 +140,7 @@ def test_setup_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no width option"):
         build_defense("fusion", {"init": "none"})._context_network(
             SetupContext(arch="resnet18_cifar", arch_kwargs={}, info=info, train_ds=ds, test_ds=ds, seed=0,
-                         device="cpu", workdir=tmp_path), [0.5] * 3, [0.25] * 3, 10)  # fmt: skip
+                         device="cpu", workdir=tmp_path), [0.5] * 3, [0.25] * 3, 10)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +153,7 @@ def test_round_trip_keeps_the_init_object_network(init_ckpt: Path, tmp_path: Pat
     x = load_dataset("shapes", "test").get_batch(torch.arange(8))[0]
     got = capture_saved(x)
     path = train("fusion", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=tmp_path / "f.pt",
-                 options={"init": str(init_ckpt), "pre_epochs": "1", "context_width": "4", "alpha": "1"})  # fmt: skip
+                 options={"init": str(init_ckpt), "pre_epochs": "1", "context_width": "4", "alpha": "1"})
     loaded = load_model(path)
     assert loaded.meta is not None and loaded.meta.arch == "fusion"
     assert loaded.meta.arch_kwargs["context_kwargs"] == {"width": 4}

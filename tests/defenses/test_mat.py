@@ -1,11 +1,13 @@
-"""Multi-strength adversarial training (seed 003): eq. 2, eq. 3-4 and the random-walk selection."""
+"""Multi-strength adversarial training (Song et al.): eq. 2, eq. 3-4 and the random-walk selection."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from robench.defenses import SetupContext, StepContext, build_defense
 from robench.defenses._ops import fgsm
 from robench.models import create_model
 from robench.models.mat import ParallelMAT
+from robench.training import fit
 
 N_CLASSES = 4
 
@@ -69,7 +72,7 @@ def test_mixed_loss_is_eq2_unweighted_sum_over_clean_and_every_strength() -> Non
 def _parallel(strengths: list[float]) -> nn.Module:
     torch.manual_seed(0)
     m = create_model("mat_parallel", N_CLASSES, base="small_cnn", base_kwargs={"width": 4, "blocks": 1, "dropout": 0.0},
-                     branches=len(strengths), strengths=strengths)  # fmt: skip
+                     branches=len(strengths), strengths=strengths)
     with torch.no_grad():  # a vote that is not the uniform start, so a_k depends on the input
         m.backbone.vote.weight.normal_(0, 1.0)
     return m.train()
@@ -138,7 +141,7 @@ ACC = torch.tensor([
     [0.86, 0.51, 0.21, 0.11],  # nearly the same working zone as row 0
     [0.60, 0.60, 0.55, 0.40],
     [0.30, 0.45, 0.70, 0.85],
-])  # fmt: skip
+])
 
 
 def _best(penalty: float, size: int = 0) -> list[int]:
@@ -166,13 +169,13 @@ def test_transition_matrix_walks_toward_complementary_strengths() -> None:
 def _setup_ctx(tmp_path: Path) -> SetupContext:
     train = SubsetDataset(load_dataset("shapes", "test"), 256)  # the small split: generated in seconds
     return SetupContext(arch="small_cnn", arch_kwargs={"width": 4}, info=train.info, train_ds=train, test_ds=None,
-                        seed=0, device="cpu", workdir=tmp_path / "walk", batch_size=64)  # fmt: skip
+                        seed=0, device="cpu", workdir=tmp_path / "walk", batch_size=64, fit=fit)
 
 
 WALK = {"candidates": "0.02,0.1", "walk_images": "128", "walk_val": "64", "walk_pretrain_epochs": "1", "walk_trials": "20"}
 
 
-def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Path) -> None:
     ctx = _setup_ctx(tmp_path)
     d = build_defense("mat_mixed", WALK)
     built = d.setup(ctx)
@@ -184,12 +187,13 @@ def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Pa
     # a rerun after a kill between rows: only the missing row is trained, and it comes out the same
     (tmp_path / "walk" / "mat_walk.json").write_text(json.dumps({"key": cache["key"], "rows": rows[:1]}))
     calls: list[object] = []
-    import robench.training as training  # accuracy_matrix imports fit from here when it runs
 
-    orig = training.fit
-    monkeypatch.setattr(training, "fit", lambda *a, **k: (calls.append(k["out"]), orig(*a, **k))[1])
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["out"])
+        return fit(*args, **kwargs)
+
     d2 = build_defense("mat_mixed", WALK)
-    d2.setup(ctx)
+    d2.setup(dataclasses.replace(ctx, fit=spy))
     assert [Path(str(c)).name for c in calls] == ["walk_start.pt", "walk_1.pt"]  # the start is reloaded, row 0 cached
     assert json.loads((tmp_path / "walk" / "mat_walk.json").read_text())["rows"] == rows
     assert d2.strengths == d.strengths
@@ -211,14 +215,14 @@ def test_bad_input_is_one_sentence() -> None:
 
 @pytest.mark.parametrize("defense", ["mat_parallel", "mat_mixed"])
 def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(defense: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import robench.trainer as trainer
-    from robench.loading import load_model
+    import robench.training.job as trainer
+    from robench.models.loading import load_model
 
     saved: list[nn.Module] = []
     orig = trainer.save_checkpoint
     monkeypatch.setattr(trainer, "save_checkpoint", lambda model, *a, **k: (saved.append(copy.deepcopy(model)), orig(model, *a, **k))[1])
     path = trainer.train(defense, epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8},
-                         options={"strengths": "0.01,0.03"}, out=tmp_path / "m.pt")  # fmt: skip
+                         options={"strengths": "0.01,0.03"}, out=tmp_path / "m.pt")
     raw = torch.load(path, weights_only=True)
     loaded = load_model(path).model
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))

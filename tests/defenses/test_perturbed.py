@@ -1,4 +1,4 @@
-"""Seed 002's constant, incremental and transfer learning: their defining math on tiny batches."""
+"""Cavey et al.'s constant, incremental and transfer learning: their defining math on tiny batches."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from robench.data import SubsetDataset, load_dataset
 from robench.data._base import ArrayDataset, DatasetInfo
 from robench.defenses import DEFENSES, SetupContext, StepContext, StepOutput, build_defense
 from robench.defenses.perturbed import image_levels, perturbed_share
-from robench.loading import load_model
+from robench.models.loading import load_model
 from robench.models import create_model
-from robench.trainer import train
-from robench.training import TrainConfig, fit
+from robench.training.job import train
+from robench.training.loop import TrainConfig, fit
 
 N_CLASSES = 4
 
@@ -47,7 +47,7 @@ def _batch(n: int = 6, side: int = 8) -> tuple[Tensor, Tensor, Tensor]:
 
 def _ctx(index: Tensor | None, *, epoch: int = 0, epochs: int = 6, seed: int = 7, gen_seed: int = 3) -> StepContext:
     return StepContext(epoch=epoch, step=0, generator=torch.Generator().manual_seed(gen_seed), num_classes=N_CLASSES,
-                       index=index, epochs=epochs, seed=seed)  # fmt: skip
+                       index=index, epochs=epochs, seed=seed)
 
 
 def test_registered_with_paper_defaults() -> None:
@@ -142,7 +142,7 @@ def test_fit_passes_epochs_and_seed(tmp_path: Path) -> None:
     info = DatasetInfo("tiny", 10, 8, 3, "cifar", tuple("abcdefghij"), "train")
     ds = ArrayDataset(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 64), info)
     fit(create_model("small_cnn", 10, width=4), Spy(), ds, TrainConfig(epochs=2, batch_size=32, seed=11),
-        out=tmp_path / "m.pt", progress=False)  # fmt: skip
+        out=tmp_path / "m.pt", progress=False)
     assert seen == [(0, 2, 11), (0, 2, 11), (1, 2, 11), (1, 2, 11)]
 
 
@@ -168,7 +168,7 @@ def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _setup_ctx(tmp_path: Path) -> SetupContext:
     ds = SubsetDataset(load_dataset("shapes", "train"), 64)
     return SetupContext(arch="small_cnn", arch_kwargs={}, info=ds.info, train_ds=ds, test_ds=ds, seed=0,
-                        device="cpu", workdir=tmp_path / "w")  # fmt: skip
+                        device="cpu", workdir=tmp_path / "w")
 
 
 @pytest.mark.parametrize("freeze", [False, True])
@@ -200,7 +200,7 @@ def test_transfer_round_trip(init_ckpt: Path, tmp_path: Path, capture_saved) -> 
     x = load_dataset("shapes", "test").get_batch(torch.arange(8))[0]
     got = capture_saved(x)
     path = train("transfer", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=tmp_path / "t.pt",
-                 options={"init": str(init_ckpt), "perturbation": "stuck_pixels", "severity": "2"})  # fmt: skip
+                 options={"init": str(init_ckpt), "perturbation": "stuck_pixels", "severity": "2"})
     loaded = load_model(path)
     assert loaded.meta is not None and loaded.meta.arch == "transfer_mlp"
     with torch.no_grad():

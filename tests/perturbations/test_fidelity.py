@@ -98,7 +98,7 @@ ELASTIC_IMAGES = 24
 ACCURACY_NAMES = (
     "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "fog", "contrast",
     "jpeg_compression",
-)  # fmt: skip
+)
 ACCURACY_IMAGES = 64
 # Agreement-with-clean fractions. For a stochastic corruption the per-severity gap between two
 # independent draws has a standard deviation of ~0.036 on 64 images (measured over 30 seeds), so
@@ -117,7 +117,7 @@ def _photos() -> tuple[np.ndarray, ...]:
         skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket(),
         skdata.hubble_deep_field(), skdata.immunohistochemistry(),
         skdata.stereo_motorcycle()[0], skdata.retina(),
-    )  # fmt: skip
+    )
 
 
 _CROPS = ((0.5, 0.5), (0, 0), (1, 1), (0, 1), (1, 0), (0.5, 0), (0.5, 1), (0, 0.5), (1, 0.5))
@@ -282,7 +282,7 @@ def test_reference_engine_handles_one_channel_and_dtypes() -> None:
     gray = x.mean(dim=1, keepdim=True).double()
     y = corrupt_reference("gaussian_noise", gray, 2, seeds=[0, 1], preset="imagenet")
     rgb = corrupt_reference("gaussian_noise", gray.repeat(1, 3, 1, 1), 2, seeds=[0, 1],
-                            preset="imagenet")  # fmt: skip
+                            preset="imagenet")
     assert y.shape == gray.shape and y.dtype == torch.float64
     assert torch.equal(y, rgb[:, :1])  # replicated to RGB, first channel returned
     assert torch.equal(
@@ -394,14 +394,14 @@ def _original_elastic(image: np.ndarray, severity: int, rs: np.random.RandomStat
 
     alpha, sigma, delta = (244 * f for f in
                            [(2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02),
-                            (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)][severity - 1])  # fmt: skip
+                            (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)][severity - 1])
     img = image.astype(np.float32) / 255.0
     side = img.shape[0]
     c, q = side // 2, side // 3
     pts1 = np.float32([[c + q, c + q], [c + q, c - q], [c - q, c - q]])
     pts2 = pts1 + rs.uniform(-delta, delta, size=pts1.shape).astype(np.float32)
     warped = cv2.warpAffine(img, cv2.getAffineTransform(pts1, pts2), (side, side),
-                            borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+                            borderMode=cv2.BORDER_REFLECT_101)
     dx, dy = (
         (gaussian(rs.uniform(-1, 1, (side, side)), sigma, mode="reflect", truncate=3) * alpha)
         for _ in range(2)
@@ -410,7 +410,7 @@ def _original_elastic(image: np.ndarray, severity: int, rs: np.random.RandomStat
     out = np.stack(
         [map_coordinates(warped[..., ch], (rows + dy, cols + dx), order=1, mode="reflect")
          for ch in range(img.shape[-1])], axis=-1,
-    )  # fmt: skip
+    )
     return np.uint8(np.clip(out, 0, 1) * 255)
 
 
@@ -518,7 +518,7 @@ TABLE_SPOTS: list[tuple[str, str, int, tuple[float, ...]]] = [
     ("spatter", "tiny", 4, (0.65, 0.1, 0.7, 0.68, 0.6)),
     ("spatter", "tiny", 5, (0.65, 0.1, 0.5, 0.67, 0.6)),
     ("saturate", "cifar", 4, (2, 0.1)), ("saturate", "tiny", 5, (30, 0.2)),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "preset", "severity", "values"), TABLE_SPOTS)
@@ -534,7 +534,7 @@ def test_small_preset_parameters_follow_the_original_tables(
     ("zoom_blur", "cifar", 1, 7, 1.06), ("zoom_blur", "cifar", 2, 12, 1.11),
     ("zoom_blur", "cifar", 5, 26, 1.25), ("zoom_blur", "tiny", 3, 16, 1.15),
     ("zoom_blur", "imagenet", 1, 12, 1.11), ("zoom_blur", "imagenet", 5, 11, 1.30),
-])  # fmt: skip
+])
 def test_zoom_factor_lists_keep_the_float_arange_quirk(
     name: str, preset: str, severity: int, count: int, last: float
 ) -> None:

@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 
 from robench import perturbations as P
 from robench.cli import main
-from robench.gallery import gallery_figure
+from robench.report.figures import gallery_figure
 from robench.transforms import Corrupt
 
 

@@ -20,7 +20,7 @@ import torch
 EVAL_PERTURBATIONS = ("gaussian_noise", "contrast", "impulse_noise", "pixelate", "glass_blur", "zoom_blur")
 EVAL_ARGS = ("--n-images", "160", "--batch-size", "40", "--baseline", "none", "--no-plots", "--model-id", "tiny")
 TRAIN_ARGS = ("train", "--defense", "standard", "--train-images", "512", "--batch-size", "64", "-a", "width=8",
-              "--epochs", "3", "--seed", "1")  # fmt: skip
+              "--epochs", "3", "--seed", "1")
 RUN_JSON = "tiny__shapes__s0__n160.json"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
@@ -30,7 +30,7 @@ CATEGORIES = {
     "input": ("bad tensors, models, datasets, files, names, CLI values", "all refused with a clear error", "NOT REFUSED CLEANLY"),
     "security": ("malicious pickles, TorchScript, export files, injected text, paths", "nothing executed, nothing written outside the output folder", "BREACHED"),
     "provenance": ("mixed settings and versions, baselines, provenance fields", "every difference marked or refused", "MIXED SILENTLY"),
-}  # fmt: skip
+}
 
 
 class CaseLedger:
@@ -69,7 +69,7 @@ class CaseLedger:
 
     def to_dict(self) -> dict[str, Any]:
         return {cat: {"tried": self.tried[cat], "failed": self.failed[cat], "kinds": dict(self.kinds[cat])}
-                for cat in CATEGORIES}  # fmt: skip
+                for cat in CATEGORIES}
 
 
 def env() -> dict[str, str]:
@@ -134,7 +134,7 @@ def timeline(cmd: Sequence[str], progress: Callable[[], int], limit_s: float = 3
 
 
 def kill_at(cmd: Sequence[str], progress: Callable[[], int], target: int, extra_s: float, sig: int,
-            limit_s: float = 240) -> tuple[int, str, int]:  # fmt: skip
+            limit_s: float = 240) -> tuple[int, str, int]:
     """Start ``cmd``, wait until ``progress() >= target`` then ``extra_s`` more, send ``sig``.
 
     Returns:

@@ -47,12 +47,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Any) -> Path:
     """A robench checkpoint (format 2, content digest) of the session's tiny trained small_cnn."""
-    from robench.checkpoint import CheckpointMeta, save_checkpoint
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
     m = tiny_trained
     meta = CheckpointMeta(arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 8},
                           mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()),
-                          dataset="shapes")  # fmt: skip
+                          dataset="shapes")
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(m, path, meta)
     return path

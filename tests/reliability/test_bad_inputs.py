@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robench import perturbations as P
-from robench.checkpoint import CheckpointError
+from robench.models.checkpoint import CheckpointError
 from robench.cli import main
-from robench.evaluation import evaluate
-from robench.loading import load_model
-from robench.results import ResultError, finalize, read_record
+from robench import evaluate
+from robench.models.loading import load_model
+from robench.evaluation.record import ResultError, finalize, read_record
 
 CORRUPTIONS = P.names(kind="corruption")
 ATTACKS = P.names(kind="attack")
@@ -34,7 +34,7 @@ ATTACKS = P.names(kind="attack")
 def fuzz(n: int) -> Any:
     """Fixed, derandomized Hypothesis settings (no example database: CI tries the same cases)."""
     return settings(max_examples=n, derandomize=True, deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -102,7 +102,7 @@ def test_every_corruption_refuses_a_bad_batch_clearly_and_leaves_it_untouched(ba
 @fuzz(12)
 @given(side=st.integers(1, 24), n=st.integers(0, 3), c=st.sampled_from([1, 3]),
        dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]), contiguous=st.booleans(),
-       seed=st.integers(0, 2**31 - 1), grad=st.booleans())  # fmt: skip
+       seed=st.integers(0, 2**31 - 1), grad=st.booleans())
 def test_every_corruption_keeps_its_contract_on_unusual_valid_batches(side: int, n: int, c: int, dtype: torch.dtype,
                                                                        contiguous: bool, seed: int, grad: bool,
                                                                        cases: CaseLedger) -> None:
@@ -118,7 +118,7 @@ def test_every_corruption_keeps_its_contract_on_unusual_valid_batches(side: int,
         try:
             y = spec(x, spec.severities[-1], seed=1, boxes=boxes)
             ok = (y.shape == x.shape and y.dtype == x.dtype and bool(torch.isfinite(y).all())
-                  and (n == 0 or (float(y.min()) >= 0 and float(y.max()) <= 1)))  # fmt: skip
+                  and (n == 0 or (float(y.min()) >= 0 and float(y.max()) <= 1)))
             why = "" if ok else f"got {tuple(y.shape)} {y.dtype}"
         except ValueError as exc:
             ok, why = _one_sentence(exc), str(exc)
@@ -205,7 +205,7 @@ def test_models_with_broken_outputs_are_refused_clearly(perturbation: str, tmp_p
     for d in defects:
         try:
             evaluate(_BadModel(d, small_model, clean_calls=2), model_id=f"bad-{d}", perturbations=[perturbation], n_images=6,
-                     batch_size=3, out=tmp_path / d, baseline="none", plots=False)  # fmt: skip
+                     batch_size=3, out=tmp_path / d, baseline="none", plots=False)
             ok, why = False, "scored"
         except ValueError as exc:
             ok, why = _one_sentence(exc), str(exc)
@@ -228,13 +228,13 @@ def _cifar(root: Path, n: int, labels: list[int] | None = None) -> Path:
 @pytest.mark.parametrize("case", ["no images", "one image", "label 10", "label -1", "label 255"])
 def test_empty_one_image_and_out_of_range_datasets(case: str, tmp_path: Path, tiny_ckpt: Path, cases: CaseLedger) -> None:
     spec = {"no images": (0, None), "one image": (1, None), "label 10": (3, [1, 10, 2]), "label -1": (2, [-1, 3]),
-            "label 255": (2, [4, 255])}[case]  # fmt: skip
+            "label 255": (2, [4, 255])}[case]
     root = _cifar(tmp_path / "data", spec[0], spec[1])
     r = CliRunner()
     ev = r.invoke(main, ["evaluate", str(tiny_ckpt), "--dataset", "cifar10", "--data-root", str(root), "-p", "contrast",
-                         "-p", "pgd", "--baseline", "none", "--no-plots", "--out", str(tmp_path / "o")])  # fmt: skip
+                         "-p", "pgd", "--baseline", "none", "--no-plots", "--out", str(tmp_path / "o")])
     tr = r.invoke(main, ["train", "--dataset", "cifar10", "--data-root", str(root), "--epochs", "1", "-a", "width=4",
-                         "--batch-size", "8", "--out", str(tmp_path / "t.pt")])  # fmt: skip
+                         "--batch-size", "8", "--out", str(tmp_path / "t.pt")])
     for what, res in (("evaluate", ev), ("train", tr)):
         clean_exit = isinstance(res.exception, SystemExit | None) and "Traceback" not in res.output
         if case == "one image":
@@ -244,18 +244,18 @@ def test_empty_one_image_and_out_of_range_datasets(case: str, tmp_path: Path, ti
                 ok = rec["clean"]["n"] == 1 and rec["perturbations"]["pgd"]["severities"][0]["n"] == 1
         else:
             ok = res.exit_code == 1 and ("no test images" in res.output or "outside 0..9" in res.output
-                                         or "training images" in res.output)  # fmt: skip
+                                         or "training images" in res.output)
         cases.check("input", f"dataset with {case}: {what}", ok and clean_exit, res.output[-300:])
 
 
 @pytest.fixture(scope="module")
 def ckpt_bytes(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, torch.Tensor]]:
-    from robench.checkpoint import CheckpointMeta, save_checkpoint
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
     from robench.models import create_model
 
     m = create_model("small_cnn", 10, width=4)
     meta = CheckpointMeta(arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 4},
-                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()))  # fmt: skip
+                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()))
     path = tmp_path_factory.mktemp("c") / "m.pt"
     save_checkpoint(m, path, meta)
     return path.read_bytes(), {k: v.clone() for k, v in m.state_dict().items()}
@@ -294,7 +294,7 @@ def test_corrupt_dataset_files_are_refused_or_read_sanely(how: str, seed: int, t
         ds = load_dataset("cifar10", "test", root=root)
         x, y = ds.get_batch(list(range(len(ds))))
         ok = len(ds) == 0 or (x.shape[1:] == (3, 32, 32) and bool(((y >= 0) & (y < 10)).all())
-                              and 0 <= float(x.min()) <= float(x.max()) <= 1)  # fmt: skip
+                              and 0 <= float(x.min()) <= float(x.max()) <= 1)
         why = "read"
     except DataError as exc:
         ok, why = _one_sentence(exc), str(exc)
@@ -306,7 +306,7 @@ def test_corrupt_dataset_files_are_refused_or_read_sanely(how: str, seed: int, t
 @pytest.fixture(scope="module")
 def good_record(tmp_path_factory: pytest.TempPathFactory, small_model: torch.nn.Module) -> dict[str, Any]:
     rep = evaluate(small_model, model_id="fuzz", perturbations=["contrast", "gaussian_noise"], n_images=12,
-                   batch_size=12, out=tmp_path_factory.mktemp("rec"), baseline="none", plots=False)  # fmt: skip
+                   batch_size=12, out=tmp_path_factory.mktemp("rec"), baseline="none", plots=False)
     return json.loads(Path(rep.paths["json"]).read_text())
 
 
@@ -322,7 +322,7 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                        st.text(max_size=20), st.just([]), st.just({}), st.lists(st.integers(), max_size=3))  # fmt: skip
+                        st.text(max_size=20), st.just([]), st.just({}), st.lists(st.integers(), max_size=3))
 
 
 @fuzz(150)

@@ -33,12 +33,12 @@ from _relutil import (
     strip_times,
     timeline,
     tmp_files,
-)  # fmt: skip
+)
 from click.testing import CliRunner
 
 from robench.cli import main
-from robench.evaluation import evaluate
-from robench.results import ResultError, read_record
+from robench import evaluate
+from robench.evaluation.record import ResultError, read_record
 
 SEED = 20240611
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and file locks")
@@ -116,14 +116,14 @@ def _same_training(a: Path, b: Path) -> bool:
     hist = [{k: v for k, v in h.items() if "time" not in k} for h in ma["extra"]["history"]]
     hist_b = [{k: v for k, v in h.items() if "time" not in k} for h in mb["extra"]["history"]]
     return (wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa) and hist == hist_b
-            and ma["extra"]["clean_accuracy"] == mb["extra"]["clean_accuracy"])  # fmt: skip
+            and ma["extra"]["clean_accuracy"] == mb["extra"]["clean_accuracy"])
 
 
 def test_train_killed_repeatedly_at_random_points_resumes_to_the_uninterrupted_weights(tmp_path: Path,
                                                                                       cases: CaseLedger) -> None:
     whole, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
     rc, err, times = timeline(robench_cmd(*TRAIN_ARGS, "--out", str(whole)),
-                              lambda: partial_epoch(whole.with_name(whole.name + ".partial")))  # fmt: skip
+                              lambda: partial_epoch(whole.with_name(whole.name + ".partial")))
     assert rc == 0 and len(times) >= 3, err[-2000:]
     rng = random.Random(SEED + 1)
     cmd, partial = robench_cmd(*TRAIN_ARGS, "--out", str(killed)), killed.with_name(killed.name + ".partial")
@@ -180,7 +180,7 @@ def _done_without_data(text: str) -> str:
 def test_torn_or_damaged_result_record_is_detected_and_recomputed(tmp_path: Path, tiny_ckpt: Path,
                                                                 cases: CaseLedger) -> None:
     kw = {"perturbations": ["contrast", "gaussian_noise"], "n_images": 40, "batch_size": 20, "baseline": "none", "plots": False,
-              "model_id": "torn", "progress": False}  # fmt: skip
+              "model_id": "torn", "progress": False}
     ref = evaluate(str(tiny_ckpt), out=tmp_path / "ref", **kw)  # type: ignore[arg-type]
     name = Path(ref.paths["json"]).name
     good = Path(ref.paths["json"]).read_bytes()
@@ -200,7 +200,7 @@ def test_torn_or_damaged_result_record_is_detected_and_recomputed(tmp_path: Path
 def test_torn_transfer_cache_is_detected_and_recrafted(tmp_path: Path, tiny_ckpt: Path, cases: CaseLedger) -> None:
     cache = Path(os.environ["ROBENCH_CACHE"]) / "transfer"
     kw = {"perturbations": ["mi_fgsm_0.04"], "n_images": 8, "batch_size": 8, "baseline": "none", "plots": False,
-          "model_id": "transfer", "progress": False}  # fmt: skip
+          "model_id": "transfer", "progress": False}
     before = set(cache.glob("*.pt")) if cache.exists() else set()
     ref = evaluate(str(tiny_ckpt), out=tmp_path / "ref", **kw)  # type: ignore[arg-type]
     made = sorted(set(cache.glob("*.pt")) - before)
@@ -216,8 +216,8 @@ def test_torn_transfer_cache_is_detected_and_recrafted(tmp_path: Path, tiny_ckpt
 
 def test_torn_training_state_is_detected_and_training_starts_over(tmp_path: Path, cases: CaseLedger,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench import training
-    from robench.trainer import train
+    from robench.training import loop as training
+    from robench.training.job import train
 
     states: list[bytes] = []
     real = training.atomic_torch_save
@@ -254,7 +254,7 @@ def test_two_evaluations_into_one_folder_at_once_lose_nothing(tmp_path: Path, ti
 
 
 _CLI_EVAL = ["-p", "contrast", "-p", "gaussian_noise", "--n-images", "40", "--batch-size", "20", "--baseline", "none",
-             "--no-plots", "--model-id", "disk"]  # fmt: skip
+             "--no-plots", "--model-id", "disk"]
 
 
 def _failing(call: str, at: int, code: int):  # type: ignore[no-untyped-def]
@@ -284,7 +284,7 @@ def test_full_disk_or_read_only_folder_is_a_clear_error_and_keeps_what_was_done(
     ref_rec = json.loads((ref / "disk__shapes__s0__n40.json").read_text())
     faults = [("fsync", 1, errno.ENOSPC), ("fsync", 2, errno.ENOSPC), ("fsync", 4, errno.ENOSPC),
               ("fsync", 5, errno.EDQUOT), ("mkstemp", 1, errno.EROFS), ("mkstemp", 3, errno.EROFS),
-              ("mkstemp", 2, errno.EACCES)]  # fmt: skip
+              ("mkstemp", 2, errno.EACCES)]
     for i, (call, at, code) in enumerate(faults):
         out = tmp_path / f"f{i}"
         with monkeypatch.context() as m:
@@ -292,7 +292,7 @@ def test_full_disk_or_read_only_folder_is_a_clear_error_and_keeps_what_was_done(
             res = runner.invoke(main, ["evaluate", str(tiny_ckpt), *_CLI_EVAL, "--out", str(out)])
         label = f"{errno.errorcode[code]} at {call} #{at}"
         clear = (res.exit_code == 1 and isinstance(res.exception, SystemExit) and "Traceback" not in res.output
-                 and os.strerror(code) in res.output and "cannot write" in res.output)  # fmt: skip
+                 and os.strerror(code) in res.output and "cannot write" in res.output)
         cases.check("fault", f"{label}: one clear error", clear, res.output[-300:])
         path = out / "disk__shapes__s0__n40.json"
         kept = True

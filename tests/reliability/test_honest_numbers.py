@@ -11,10 +11,10 @@ import pytest
 import torch
 from _relutil import CaseLedger
 
-from robench import __version__
-from robench.evaluation import evaluate
+from robench._version import __version__
+from robench import evaluate
 from robench.report.tables import format_r_table, wide_table
-from robench.results import SCHEMA_VERSION, ResultError
+from robench.evaluation.record import SCHEMA_VERSION, ResultError
 
 QUICK = {"perturbations": ["contrast"], "batch_size": 16, "baseline": "none", "plots": False}
 
@@ -50,7 +50,7 @@ def runs(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "suite": {**a, "model": {**a["model"], "id": "other-suite"}, "config": {**a["config"], "suite": "imagenet-c"}},
         "robench_version": {**a, "model": {**a["model"], "id": "old"}, "robench_version": "0.0.1"},
         "schema_version": {**a, "model": {**a["model"], "id": "old-schema"}, "schema_version": SCHEMA_VERSION - 1},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("differs", ["n_images", "seed", "suite", "robench_version", "schema_version"])
@@ -62,7 +62,7 @@ def test_a_result_with_other_settings_is_marked_in_every_table(differs: str, run
     wide = wide_table([runs["a"], runs["same"], odd])
     marked = "settings" in wide.columns and wide["settings"].tolist()[:2] == ["", ""] and differs in wide["settings"].iloc[2]
     cases.check("provenance", f"{differs} differs: wide table and CSV mark the row", marked, str(wide.to_dict("records")),
-                kind="mixed settings marked")  # fmt: skip
+                kind="mixed settings marked")
     text = format_r_table([runs["a"], runs["same"], odd])
     footnote = [line for line in text.splitlines() if line.startswith("* ")]
     printed = f"{odd['model']['id']} *" in text and len(footnote) == 1 and differs in footnote[0]
@@ -71,7 +71,7 @@ def test_a_result_with_other_settings_is_marked_in_every_table(differs: str, run
 
 def test_resume_never_mixes_robench_versions(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench import runner
+    from robench.evaluation import loop as runner
 
     first = _run(tiny_ckpt, n_images=12, model_id="v", out=tmp_path)
     path = tmp_path / "v__shapes__s0__n12.json"
@@ -83,7 +83,7 @@ def test_resume_never_mixes_robench_versions(tiny_ckpt: Path, tmp_path: Path, ca
     kept = list(tmp_path.glob("v__shapes__s0__n12.json.*.old"))
     ok = rec["robench_version"] == __version__ and sorted(computed) == ["contrast", "gaussian_noise"] and len(kept) == 1
     cases.check("provenance", "record of another robench version: recomputed, old file kept aside", ok,
-                f"{computed} {kept}")  # fmt: skip
+                f"{computed} {kept}")
 
 
 def test_a_baseline_from_other_images_or_versions_is_refused(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger) -> None:
@@ -112,6 +112,6 @@ def test_the_summary_covers_every_perturbation_in_the_file(tiny_ckpt: Path, tmp_
     _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "split")
     split = _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "split", perturbations=["gaussian_noise"])
     whole = _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "whole",
-                 perturbations=["contrast", "gaussian_noise"])  # fmt: skip
+                 perturbations=["contrast", "gaussian_noise"])
     cases.check("provenance", "summary after two partial runs equals one whole run", split["summary"] == whole["summary"],
-                f"{split['summary']} vs {whole['summary']}")  # fmt: skip
+                f"{split['summary']} vs {whole['summary']}")

@@ -16,18 +16,18 @@ import torch
 from _relutil import CaseLedger
 from click.testing import CliRunner
 
-from robench.checkpoint import CheckpointError
+from robench.models.checkpoint import CheckpointError
 from robench.cli import main
-from robench.evaluation import evaluate
-from robench.loading import load_model
+from robench import evaluate
+from robench.models.loading import load_model
 from robench.report import Report
 from robench.report.tables import format_r_table, long_table, wide_table
-from robench.report_utils import figure_png
-from robench.results import ResultError, read_record
+from robench.report.figures import figure_png
+from robench.evaluation.record import ResultError, read_record
 
 PAYLOADS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', '=HYPERLINK("http://evil.example","x")',
             "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "\x1b]0;pwned\x07\x1b[2J", "$\\evil{$", "{{ 7*7 }}{% raw %}",
-            "../../../../tmp/evil", "/etc/passwd", "x\u202egnp.exe", "\r\n,\"quoted\"\n"]  # fmt: skip
+            "../../../../tmp/evil", "/etc/passwd", "x\u202egnp.exe", "\r\n,\"quoted\"\n"]
 STRUCTURAL = {"schema", "kind", "status", "correct", "preset", "split", "marker", "device"}  # enums and encodings
 
 
@@ -39,7 +39,7 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         torch.manual_seed(0)
         m = create_model("small_cnn", 10, width=4).eval()
     rep = evaluate(m, model_id="plain", perturbations=["contrast", "gaussian_noise"], n_images=12, batch_size=12,
-                   out=tmp_path_factory.mktemp("r"), baseline="none", plots=False)  # fmt: skip
+                   out=tmp_path_factory.mktemp("r"), baseline="none", plots=False)
     rec = json.loads(Path(rep.paths["json"]).read_text())
     rec["gradient_masking"] = [{"name": "large_eps_reaches_zero", "passed": False, "detail": "PGD accuracy 0.6"}]
     return rec
@@ -99,7 +99,7 @@ def test_script_injection_in_every_text_field_stays_inert(record: dict[str, Any]
             both = [rec, record]
             term = format_r_table(both)
             ok = (_inert_csv(wide_table(both).to_csv(index=False)) and _inert_csv(long_table(both).to_csv(index=False))
-                  and "\x1b" not in term and "\u202e" not in term)  # fmt: skip
+                  and "\x1b" not in term and "\u202e" not in term)
             cases.check("security", label, ok, repr(payload), kind="injected text refused or inert")
     for payload in PAYLOADS:  # plots draw untrusted names as text, never as $math$
         evil = _inject(_inject(record, ("model", "id"), payload), ("perturbations",), {
@@ -140,7 +140,7 @@ def _everything_injected(record: dict[str, Any], payload: str, keep: set[str]) -
 def test_foreign_result_with_injected_text_and_paths_writes_only_inside_the_output(
     record: dict[str, Any], tmp_path: Path, cases: CaseLedger
 ) -> None:
-    from robench.report.leaderboard import build_leaderboard
+    from robench.report.leaderboard.build import build_leaderboard
 
     keep = {"robench_version", "sha256", "environment", "config", "run_key", "created", "updated"}
     sandbox = tmp_path / "sandbox"
@@ -153,25 +153,25 @@ def test_foreign_result_with_injected_text_and_paths_writes_only_inside_the_outp
     build_leaderboard([results], site, plots=True, examples=False)
     outside = {p for p in tmp_path.rglob("*") if site not in p.parents and p != site} - before
     cases.check("security", "leaderboard from injected results: nothing written outside the site", not outside,
-                str(sorted(outside))[:300])  # fmt: skip
+                str(sorted(outside))[:300])
     for page in site.rglob("*.html"):
         tags = _Tags()
         tags.feed(page.read_text())
         cases.check("security", f"leaderboard page {page.relative_to(site)}: injected text is not markup", not tags.bad,
-                    str(tags.bad), kind="leaderboard page escapes injected text")  # fmt: skip
+                    str(tags.bad), kind="leaderboard page escapes injected text")
     for table in site.glob("*.csv"):
         cases.check("security", f"leaderboard {table.name}: no spreadsheet formula or control character",
-                    _inert_csv(table.read_text()), kind="leaderboard CSV inert")  # fmt: skip
+                    _inert_csv(table.read_text()), kind="leaderboard CSV inert")
     out = sandbox / "eval"
     for i, payload in enumerate(PAYLOADS):  # the same file as a --baseline: output and terminal stay clean
         base = tmp_path / f"base{i}.json"
         base.write_text(json.dumps(_everything_injected(record, payload, keep | {"name", "dataset", "severities", "clean"})))
         res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "-p", "contrast", "-p", "gaussian_noise", "--n-images",
-                                        "12", "--batch-size", "12", "--no-plots", "--baseline", str(base), "--out", str(out)])  # fmt: skip
+                                        "12", "--batch-size", "12", "--no-plots", "--baseline", str(base), "--out", str(out)])
         files_ok = all(out in p.parents for p in out.rglob("*"))
         ok = res.exit_code in (0, 1) and "Traceback" not in res.output and "\x1b" not in res.output and files_ok
         cases.check("security", f"injected baseline result {payload!r}: clean terminal, files inside --out", ok,
-                    res.output[-300:], kind="injected baseline result")  # fmt: skip
+                    res.output[-300:], kind="injected baseline result")
 
 
 @pytest.mark.parametrize("model_id", ["../../escape", "/etc/passwd", "..", "a/../../b", "C:\\evil", "x\x00y", "\x1b[2J"])
@@ -180,11 +180,11 @@ def test_model_ids_cannot_place_files_outside_the_output_folder(model_id: str, t
 
     out = tmp_path / "a" / "out"
     rep = evaluate(create_model("small_cnn", 10, width=4).eval(), model_id=model_id, perturbations=["contrast"],
-                   n_images=4, out=out, baseline="none", plots=True)  # fmt: skip
+                   n_images=4, out=out, baseline="none", plots=True)
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents]
     inside = all(Path(p).resolve().parent == out.resolve() for p in rep.paths.values())
     cases.check("security", f"model id {model_id!r}: every file inside --out", inside and not outside,
-                str(outside), kind="path in a model id")  # fmt: skip
+                str(outside), kind="path in a model id")
 
 
 def _zoo_copy(tmp_path: Path) -> Path:
@@ -203,7 +203,7 @@ def test_tampered_zoo_files_and_cards_are_refused(tmp_path: Path, cases: CaseLed
     cases.check("security", "untampered zoo file loads", load_model("zoo:standard").sha256 is not None, kind="zoo hash check")
     rng = random.Random(11)
     edits = {"flip a byte": lambda d: d[:(i := rng.randrange(len(d)))] + bytes([d[i] ^ 1]) + d[i + 1 :],
-             "append bytes": lambda d: d + b"x", "truncate": lambda d: d[: len(d) // 2]}  # fmt: skip
+             "append bytes": lambda d: d + b"x", "truncate": lambda d: d[: len(d) // 2]}
     for name, edit in [*edits.items(), ("flip another byte", edits["flip a byte"])]:
         (zoo / "standard.pt").write_bytes(edit(good))
         res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "-p", "contrast", "--out", str(tmp_path / "o")])
@@ -218,18 +218,18 @@ def test_tampered_zoo_files_and_cards_are_refused(tmp_path: Path, cases: CaseLed
 
 
 def test_a_model_card_beside_a_checkpoint_is_checked(tmp_path: Path, cases: CaseLedger) -> None:
-    from robench.checkpoint import CheckpointMeta, save_checkpoint
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
     from robench.models import create_model
-    from robench.zoo import ZooCard, write_card
+    from robench.models.zoo import ZooCard, write_card
 
     m = create_model("small_cnn", 10, width=4)
     meta = CheckpointMeta(arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 4},
-                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()))  # fmt: skip
+                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()))
     ckpt = tmp_path / "m.pt"
     digest = save_checkpoint(m, ckpt, meta)
     write_card(ZooCard(name="../../escape", dataset="shapes", defense="standard", arch="small_cnn", command="rm -rf / ; x",
                        seed=0, epochs=1, wall_time_s=0.0, clean_accuracy=0.1, sha256=digest, robench_version="0",
-                       notes="<script>alert(1)</script>"), ckpt.with_suffix(".json"))  # fmt: skip
+                       notes="<script>alert(1)</script>"), ckpt.with_suffix(".json"))
     loaded = load_model(ckpt)
     cases.check("security", "card beside checkpoint: matching hash accepted", loaded.card is not None, kind="card hash check")
     data = bytearray(ckpt.read_bytes())

@@ -20,12 +20,12 @@ from robench.cli import main
 from robench.data import DATASETS
 from robench.defenses import DEFENSES
 from robench.models import MODELS
-from robench.zoo import list_zoo
+from robench.models.zoo import list_zoo
 
 
 def fuzz(n: int) -> Any:
     return settings(max_examples=n, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 REGISTRIES = {
@@ -60,7 +60,7 @@ def typos(draw: Any) -> tuple[str, str, str]:
 
 def _clean_error(res: Result) -> bool:
     return (res.exit_code in (1, 2) and (res.exception is None or isinstance(res.exception, SystemExit))
-            and "Traceback" not in res.output and "Error" in res.output and len(res.output) < 2000)  # fmt: skip
+            and "Traceback" not in res.output and "Error" in res.output and len(res.output) < 2000)
 
 
 @fuzz(60)
@@ -109,7 +109,7 @@ def bad_cli(draw: Any) -> tuple[str, list[str]]:
             ("--baseline", draw(st.sampled_from(["missing.json", "zoo:", "zoo:../standard", "zoo:/etc/x", "nope.pt"]))),
             ("--out", "FILE"),
             ("MODEL", draw(st.sampled_from(["zoo:", "zoo:../../etc/passwd", "zoo:a\\b", "zoo:shapes/", "missing.pt", "DIR"]))),
-        ]))  # fmt: skip
+        ]))
     elif cmd == "train":
         opt, value = draw(st.sampled_from([
             ("--epochs", draw(st.integers(-100, 0).map(str) | WORDS)),
@@ -119,10 +119,10 @@ def bad_cli(draw: Any) -> tuple[str, list[str]]:
             ("-a", draw(st.sampled_from(["width=abc", "width=0", "width=-2", "bogus=1", "=3", "width", "width=1.5"]))),
             ("--device", draw(st.sampled_from(["tpu", "gpu", "CPU"]))),
             ("--out", "FILE/x.pt"),
-        ]))  # fmt: skip
+        ]))
     elif cmd == "gallery":
         opt, value = draw(st.sampled_from([("-n", "0"), ("-n", "7"), ("--preset", "mnist"), ("-p", "pgd"),
-                                           ("-p", "nonexistent"), ("--suite", "nope")]))  # fmt: skip
+                                           ("-p", "nonexistent"), ("--suite", "nope")]))
     else:
         opt, value = draw(st.sampled_from([("-n", "0"), ("-n", "401"), ("--split", "val"), ("--dataset", "")]))
     return cmd, [opt, value]
@@ -146,7 +146,7 @@ def test_invalid_cli_values_give_one_clear_error(bad: tuple[str, list[str]], tmp
                   f"{out}/t.pt", *extra],
         "gallery": ["gallery", "-n", "1", "--out", f"{out}/g.png", *extra],
         "preview": ["data", "preview", "-n", "4", "--out", f"{out}/p.png", *extra],
-    }[cmd]  # fmt: skip
+    }[cmd]
     res = CliRunner().invoke(main, args)
     cases.check("input", f"invalid CLI value: {cmd} {opt} {value!r}", _clean_error(res), res.output[-300:],
                 kind=f"invalid {cmd} value")

@@ -21,9 +21,9 @@ import torch
 from _relutil import CaseLedger
 from click.testing import CliRunner
 
-from robench.checkpoint import CheckpointError
+from robench.models.checkpoint import CheckpointError
 from robench.cli import main
-from robench.loading import check_graph, load_model
+from robench.models.loading import check_graph, load_model
 
 
 class Touch:
@@ -53,7 +53,7 @@ def _pickle_files(folder: Path, marker: Path) -> dict[str, Path]:
         "inside meta": {"format": "robench-checkpoint", "format_version": 2, "meta": {"arch": Touch(marker, "system")},
                         "state_dict": sd},
         "in a list": [sd, Touch(marker)],
-    }  # fmt: skip
+    }
     out = {}
     for name, obj in variants.items():
         path = folder / f"{name.replace(' ', '_')}.pt"
@@ -89,7 +89,7 @@ def test_malicious_pickles_are_refused_everywhere_robench_reads_a_model(tmp_path
                             "--baseline", "none", "--out", str(tmp_path / "o")],
             "train -o init=": ["train", "--defense", "perturbed", "-o", f"init={path}", "--epochs", "1", "--train-images",
                                "64", "--batch-size", "64", "--out", str(tmp_path / "t.pt")],
-        }  # fmt: skip
+        }
         for where, args in entry_points.items():
             res = r.invoke(main, args)
             refused = res.exit_code == 1 and "Traceback" not in res.output and isinstance(res.exception, SystemExit)
@@ -98,7 +98,7 @@ def test_malicious_pickles_are_refused_everywhere_robench_reads_a_model(tmp_path
 
 
 def test_planted_training_state_and_transfer_cache_run_nothing(tmp_path: Path, cases: CaseLedger) -> None:
-    from robench.trainer import train
+    from robench.training.job import train
 
     marker = tmp_path / "pwned"
     out = tmp_path / "m.pt"
@@ -176,7 +176,7 @@ def test_torchscript_that_touches_files_is_refused_before_it_runs(tmp_path: Path
     shutil.copy(copy, victim)
     for name, path in (("writes a file on load and forward", evil), ("reads a file into its logits", reader)):
         res = CliRunner().invoke(main, ["evaluate", str(path), "-p", "contrast", "--n-images", "4", "--baseline", "none",
-                                        "--out", str(tmp_path / "o")])  # fmt: skip
+                                        "--out", str(tmp_path / "o")])
         ok = res.exit_code == 1 and "refusing" in res.output and victim.read_text() == "precious data\n"
         cases.check("security", f"TorchScript that {name}: refused, file untouched", ok, res.output[-300:])
 
@@ -234,4 +234,4 @@ def test_export_graph_calling_a_python_function_is_refused(cases: CaseLedger) ->
         except CheckpointError:
             refused = True
         cases.check("security", f"graph check: {'python function' if bad else 'plain operator'} call",
-                    refused == bad, kind="export graph allowlist")  # fmt: skip
+                    refused == bad, kind="export graph allowlist")

@@ -11,7 +11,7 @@ pixel units. Each call:
   given, an image gets the same start whatever batch it sits in. The other attacks are
   deterministic (C&W runs without early abort, whose test looks at the whole batch's loss).
 
-The parameters, and why they were chosen, are in :mod:`robench.perturbations.attacks`.
+The parameters, and why they were chosen, are in :mod:`robench.perturbations.attack_specs`.
 
 Example:
     >>> import torch
@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -45,24 +44,23 @@ from foolbox.distances import linf as linf_distance
 from foolbox.models.pytorch import PyTorchModel
 from torch import Tensor, nn
 
-from ._seeding import global_seed_scope
-from .perturbations._base import PERTURBATIONS, check_batch, make_random_source
-from .perturbations.attacks import AttackCost, AttackSpec
+from robench._seeding import global_seed_scope
+from robench.perturbations._base import PERTURBATIONS, make_random_source
+from robench.perturbations._checks import check_batch
+from robench.perturbations.attack_specs import AttackCost, AttackSpec
 
 __all__ = [
+    "attack_mode",
     "AttackResult",
     "DongLinfMIFGSM",
-    "MaskingCheck",
-    "SeededLinfPGD",
+        "SeededLinfPGD",
     "attack_cost",
     "craft_transfer",
-    "gradient_masking_checks",
-    "judge_transfer",
-    "masking_checks_cost",
+        "judge_transfer",
     "random_start",
     "resolve_attack",
     "run_attack",
-]  # fmt: skip
+]
 
 Indices = Sequence[int] | Tensor | None
 
@@ -134,20 +132,6 @@ class AttackResult:
         return float(self.correct.float().mean()) if self.correct.numel() else math.nan
 
 
-@dataclass(frozen=True)
-class MaskingCheck:
-    """One gradient-masking sanity check.
-
-    Args:
-        name: check id (CSV column).
-        passed: ``True``/``False``; ``None`` when it could not run (e.g. no surrogate).
-        detail: one sentence with the numbers (the reason when it failed).
-    """
-
-    name: str
-    passed: bool | None
-    detail: str
-
 
 def resolve_attack(name_or_spec: str | AttackSpec) -> AttackSpec:
     """The :class:`AttackSpec` of a registered name (or the spec itself)."""
@@ -163,7 +147,7 @@ def attack_cost(name_or_spec: str | AttackSpec, steps: int | None = None) -> Att
 
 
 @contextlib.contextmanager
-def _attack_mode(model: nn.Module) -> Iterator[None]:
+def attack_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters inside the block; every module's flags restored after."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
@@ -257,7 +241,7 @@ def _budget(
 
 
 def _linf(spec: AttackSpec, fmodel: Any, x: Tensor, criterion: Any, eps: float, steps: int,
-          start: Tensor | None) -> Tensor:  # fmt: skip
+          start: Tensor | None) -> Tensor:
     """PGD, PGD-LL or MI-FGSM through Foolbox's ``run``, then Foolbox's L-inf clipping."""
     kw: dict[str, Any] = {"abs_stepsize": spec.step_size(eps, steps), "steps": steps}
     if spec.algorithm == "mi_fgsm":
@@ -270,7 +254,7 @@ def _linf(spec: AttackSpec, fmodel: Any, x: Tensor, criterion: Any, eps: float, 
 
 
 def _cw(spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float,
-        steps: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+        steps: int) -> tuple[Tensor, Tensor]:
     """C&W-L2 with robench's budget; adversarials projected onto the L2 ball, clean where none."""
     p = spec.params
     attack = L2CarliniWagnerAttack(
@@ -278,7 +262,7 @@ def _cw(spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float,
         stepsize=float(p.get("stepsize", 0.01)), confidence=float(p.get("confidence", 0.0)),
         initial_const=float(p.get("initial_const", 1.0)),
         abort_early=bool(p.get("abort_early", False)),
-    )  # fmt: skip
+    )
     raw = attack.run(fmodel, x, Misclassification(y))
     found = raw.flatten(1).abs().amax(1) > 0  # Foolbox leaves zeros where C&W found nothing
     l2 = (raw - x).flatten(1).norm(dim=1).masked_fill(~found, math.inf)
@@ -288,7 +272,7 @@ def _cw(spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float,
 
 def _whitebox(spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, eps: float,
               steps: int, seed: int, indices: Indices,
-              targets: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+              targets: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
     """Craft a white-box attack on the (prepared) model: adversarials and the result's extras."""
     fmodel = PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     if spec.algorithm == "cw_l2":
@@ -307,7 +291,7 @@ def _whitebox(spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, clean: T
 
 
 def _judge(spec: AttackSpec, model: nn.Module, x0: Tensor, adv: Tensor, y: Tensor, clean: Tensor,
-           eps: float, extra: dict[str, Tensor]) -> AttackResult:  # fmt: skip
+           eps: float, extra: dict[str, Tensor]) -> AttackResult:
     """Forward the adversarials once and apply Foolbox's criterion; results on ``x0``'s device."""
     logits = _logits(model, adv)
     tgt = extra.get("targets")
@@ -316,7 +300,7 @@ def _judge(spec: AttackSpec, model: nn.Module, x0: Tensor, adv: Tensor, y: Tenso
     return AttackResult(
         spec.name, adv.to(device=dev, dtype=x0.dtype), success.to(dev), (pred == y).to(dev),
         pred.to(dev), clean.argmax(1).to(dev), eps, **{k: v.to(dev) for k, v in extra.items()},
-    )  # fmt: skip
+    )
 
 
 def _empty(spec: AttackSpec, x: Tensor, y: Tensor, epsilon: float | None) -> AttackResult:
@@ -374,7 +358,7 @@ def run_attack(
         return judge_transfer(spec, model, x, adv, y, epsilon=epsilon, device=device)
     eps, n_steps = _budget(spec, x, epsilon, steps)
     xd, yd = x.to(device=dev, dtype=dtype), y.to(dev)
-    with _attack_mode(model), global_seed_scope(seed):
+    with attack_mode(model), global_seed_scope(seed):
         clean = _logits(model, xd)
         _labels_in_range(yd, clean)
         adv, extra = _whitebox(spec, model, xd, yd, clean, eps, n_steps, seed, indices, targets)
@@ -409,7 +393,7 @@ def craft_transfer(
         return x.clone()
     eps, n_steps = _budget(spec, x, epsilon, steps)
     xd, yd = x.to(device=dev, dtype=dtype), y.to(dev)
-    with _attack_mode(surrogate), global_seed_scope(seed):
+    with attack_mode(surrogate), global_seed_scope(seed):
         _labels_in_range(yd, _logits(surrogate, xd))
         fmodel = PyTorchModel(surrogate, bounds=(0.0, 1.0), device=dev)
         adv = _linf(spec, fmodel, xd, Misclassification(yd), eps, n_steps, None)
@@ -438,94 +422,7 @@ def judge_transfer(
     dev, dtype = _placement(model, x, device)
     if not len(x):
         return _empty(spec, x, y, epsilon)
-    with _attack_mode(model):
+    with attack_mode(model):
         clean = _logits(model, x.to(device=dev, dtype=dtype))
         _labels_in_range(y.to(dev), clean)
         return _judge(spec, model, x, adv.to(device=dev, dtype=dtype), y.to(dev), clean, eps, {})
-
-
-def masking_checks_cost(*, surrogate: bool = True) -> AttackCost:
-    """Passes per image of :func:`gradient_masking_checks` (run on at most ``max_images``)."""
-    pgd = resolve_attack("pgd")
-    total = pgd.cost() + pgd.cost() + pgd.cost() + pgd.cost(40) + pgd.cost()
-    return total + resolve_attack("mi_fgsm_0.04").cost() if surrogate else total
-
-
-def _acc(
-    name: str | AttackSpec,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    seed: int,
-    indices: Indices,
-    **kw: Any,
-) -> float:
-    return run_attack(name, model, x, y, seed=seed, indices=indices, **kw).accuracy
-
-
-def _check(name: str, ok: bool, values: str, why: str) -> MaskingCheck:
-    return MaskingCheck(name, ok, values if ok else f"{why}: {values}")
-
-
-def gradient_masking_checks(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    seed: int,
-    surrogate: nn.Module | None = None,
-    epsilon: float = 0.04,
-    large_epsilon: float = 0.5,
-    max_images: int = 64,
-    tolerance: float | None = None,
-    zero_threshold: float = 0.05,
-    indices: Indices = None,
-) -> list[MaskingCheck]:
-    """Sanity checks that PGD's accuracy is not inflated by masked gradients (SPEC section 3).
-
-    On the first ``max_images`` images: white-box PGD at ``epsilon`` must not leave more images
-    correct than the MI-FGSM transfer attack from ``surrogate`` (skipped without one); PGD accuracy
-    must not rise with eps (eps/2, eps, 2 eps) nor with steps (10 vs 40); PGD at ``large_epsilon``
-    without random start (so that the gradients, not the noise of a large random start, do the
-    work) must bring accuracy to at most ``zero_threshold``. Accuracies may differ by ``tolerance``
-    (default: the larger of 0.02 and 2 images) before a check fails.
-
-    Returns:
-        One :class:`MaskingCheck` per check; a model is flagged when any ``passed`` is ``False``.
-    """
-    x, y = x[:max_images], y[:max_images]
-    idx = None if indices is None else list(indices)[:max_images]
-    tol = max(0.02, 2.0 / max(len(y), 1)) if tolerance is None else float(tolerance)
-    a = {
-        e: _acc("pgd", model, x, y, seed, idx, epsilon=e)
-        for e in (epsilon / 2, epsilon, 2 * epsilon)
-    }
-    half, at, double = a[epsilon / 2], a[epsilon], a[2 * epsilon]
-    more = _acc("pgd", model, x, y, seed, idx, epsilon=epsilon, steps=40)
-    pgd = resolve_attack("pgd")
-    no_start = dataclasses.replace(pgd, params={**pgd.params, "random_start": False})
-    large = _acc(no_start, model, x, y, seed, idx, epsilon=large_epsilon)  # gradients alone
-    checks = [
-        _check("accuracy_falls_with_eps", half + tol >= at and at + tol >= double,
-               f"PGD accuracy {half:.3f} / {at:.3f} / {double:.3f}"
-               f" at eps {epsilon / 2:g} / {epsilon:g} / {2 * epsilon:g}",
-               "accuracy rises with eps"),
-        _check("accuracy_falls_with_steps", more <= at + tol,
-               f"PGD accuracy {at:.3f} with 10 steps, {more:.3f} with 40",
-               "accuracy rises with more steps"),
-        _check("large_eps_reaches_zero", large <= zero_threshold,
-               f"PGD accuracy {large:.3f} at eps {large_epsilon:g} (threshold {zero_threshold:g})",
-               "a large-eps PGD does not reach ~0%"),
-    ]  # fmt: skip
-    if surrogate is None:
-        return [
-            MaskingCheck("whitebox_below_transfer", None, "skipped: no surrogate given"),
-            *checks,
-        ]
-    adv = craft_transfer("mi_fgsm_0.04", surrogate, x, y, seed=seed, indices=idx, epsilon=epsilon)
-    transfer = judge_transfer("mi_fgsm_0.04", model, x, adv, y, epsilon=epsilon).accuracy
-    first = _check("whitebox_below_transfer", at <= transfer + tol,
-                   f"white-box PGD accuracy {at:.3f}, transfer MI-FGSM accuracy {transfer:.3f}"
-                   f" at eps {epsilon:g}",
-                   "white-box accuracy exceeds black-box accuracy")  # fmt: skip
-    return [first, *checks]

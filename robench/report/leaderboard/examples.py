@@ -3,40 +3,36 @@
 Corrupted images depend only on the dataset, the image and the seed, so they are written once and
 shared by every model evaluated on them; whether a model got each one right comes from the
 per-image correctness its result file records. Adversarial images depend on the model: they are
-crafted only for robench checkpoints found with exactly the hash the result states, loaded with
-``weights_only=True`` (a result file is untrusted and must not make the builder run code).
+crafted only for robench checkpoints found with exactly the hash the result states, by
+:class:`robench.evaluation.examples.CheckpointAdversary` (a result file is untrusted and must not
+make the builder run code); this module only writes and describes images.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from .. import perturbations as P
-from .._io import atomic_write_bytes, first_line, sha256_file
-from ..checkpoint import CheckpointError
-from ..results import correct_bits
-from .tables import SHORT_NAMES, TABLE1_COLUMNS
+from robench import perturbations as P
+from robench._io import atomic_write_bytes, first_line, safe_slug
+from robench.data import load_dataset
+from robench.evaluation.examples import CheckpointAdversary, ExampleUnavailable
+from robench.evaluation.record import correct_bits
+from robench.report.figures import figure_png, gallery_figure
+from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS
 
-__all__ = ["ExampleWriter", "image_png", "safe_slug"]
+__all__ = ["ExampleWriter", "image_png"]
 
 log = logging.getLogger(__name__)
 _LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
-
-def safe_slug(text: str, *, limit: int = 40) -> str:
-    """A file-name-safe slug of untrusted text plus a short hash (distinct texts, distinct slugs)."""
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "x"
-    return f"{base}-{hashlib.blake2b(text.encode('utf-8'), digest_size=4).hexdigest()}"
 
 
 def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
@@ -70,20 +66,11 @@ class ExampleWriter:
     def __init__(self, out: Path, *, attacks: bool = True, n_images: int = 2) -> None:
         self.out, self.attacks, self.n_images = Path(out), attacks, n_images
         self._data: dict[str, Any] = {}
-        self._models: dict[tuple[str, str | None, str], nn.Module | str] = {}
+        self._adversary = CheckpointAdversary() if attacks else None
         self.written: set[Path] = set()
-
-    def _verified(self, ref: str, sha256: str | None, kind: str) -> nn.Module | str:
-        """:func:`_load_verified`, once per surrogate checkpoint (every model's transfer attacks share it)."""
-        key = (ref, sha256, kind)
-        if key not in self._models:
-            self._models[key] = _load_verified(ref, sha256, kind)
-        return self._models[key]
 
     def _dataset(self, name: str) -> Any:
         if name not in self._data:
-            from ..data import load_dataset
-
             try:
                 self._data[name] = load_dataset(name, "test")
             except _LOAD_ERRORS as exc:
@@ -128,9 +115,8 @@ class ExampleWriter:
         clean_bits = correct_bits(rec["clean"])
         tiles = [{"name": "clean", "short": "Clean", "caption": "no perturbation", "cells": [
             {"src": self._write(f"{folder}/clean-{i}.png", x[k]), "correct": _mark(clean_bits, p), "trail": ""}
-            for k, (p, i) in enumerate(zip(positions, indices))]}]  # fmt: skip
+            for k, (p, i) in enumerate(zip(positions, indices))]}]
         notes: list[str] = []
-        attack_model: Any = None
         for name in _names(rec):
             entry = rec["perturbations"][name]
             if entry["status"] != "done":
@@ -141,15 +127,13 @@ class ExampleWriter:
             elif spec.kind == "corruption":
                 tiles.append(self._corruption_tile(spec, entry, folder, positions, indices, x, boxes, seed, preset))
             else:
-                if attack_model is None:
-                    attack_model = self._model(rec) if self.attacks else "adversarial examples were not requested"
-                tiles.append(self._attack_tile(spec, entry, rec, page, attack_model, positions, indices, x, y, seed))
-        if isinstance(attack_model, str):
-            notes.append(f"Adversarial images are not shown: {attack_model}.")
+                tiles.append(self._attack_tile(spec, entry, rec, page, positions, indices, x, y, seed, notes))
+        if not self.attacks and any(t.get("note") == "needs the checkpoint" for t in tiles):
+            notes.append("Adversarial images are not shown: adversarial examples were not requested.")
         return {"images": images, "tiles": tiles, "notes": notes}
 
     def _corruption_tile(self, spec: Any, entry: Mapping[str, Any], folder: str, positions: list[int], indices: list[int],
-                         x: Tensor, boxes: Tensor | None, seed: int, preset: str) -> dict[str, Any]:  # fmt: skip
+                         x: Tensor, boxes: Tensor | None, seed: int, preset: str) -> dict[str, Any]:
         sevs = {int(s.get("severity", j + 1)): s for j, s in enumerate(entry["severities"])}
         s = 3 if 3 in sevs else sorted(sevs)[len(sevs) // 2]
         if spec.needs_boxes and boxes is None:
@@ -158,31 +142,25 @@ class ExampleWriter:
         srcs = [self._write(f"{folder}/{spec.name}-s{s}-{i}.png", xc[k]) for k, i in enumerate(indices)]
         return _tile(spec.name, entry, positions, srcs, "", severity=s)
 
-    def _attack_tile(self, spec: Any, entry: Mapping[str, Any], rec: Mapping[str, Any], page: str, model: Any,
-                     positions: list[int], indices: list[int], x: Tensor, y: Tensor, seed: int) -> dict[str, Any]:  # fmt: skip
-        if isinstance(model, str):
+    def _attack_tile(self, spec: Any, entry: Mapping[str, Any], rec: Mapping[str, Any], page: str,
+                     positions: list[int], indices: list[int], x: Tensor, y: Tensor, seed: int,
+                     notes: list[str]) -> dict[str, Any]:
+        if self._adversary is None:
             return _tile(spec.name, entry, positions, [None] * len(positions), "needs the checkpoint")
-        from ..attacks import run_attack
-
-        surrogate = None
-        if spec.mode == "transfer":
-            sur = entry.get("surrogate") or {}
-            surrogate = self._verified(str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint")
-            if isinstance(surrogate, str):
-                return _tile(spec.name, entry, positions, [None] * len(positions), f"surrogate: {surrogate}")
-        res = run_attack(spec.name, model, x, y, seed=seed, indices=indices, surrogate=surrogate)
-        srcs = [self._write(f"examples/{page}/{spec.name}-{i}.png", res.adv[k]) for k, i in enumerate(indices)]
+        try:
+            adv = self._adversary.craft(rec, spec.name, x, y, indices=indices, seed=seed)
+        except ExampleUnavailable as exc:
+            if exc.of_model:
+                note = f"Adversarial images are not shown: {exc.reason}."
+                if note not in notes:
+                    notes.append(note)
+                return _tile(spec.name, entry, positions, [None] * len(positions), "needs the checkpoint")
+            return _tile(spec.name, entry, positions, [None] * len(positions), exc.reason)
+        srcs = [self._write(f"examples/{page}/{spec.name}-{i}.png", adv[k]) for k, i in enumerate(indices)]
         return _tile(spec.name, entry, positions, srcs, "")
-
-    def _model(self, rec: Mapping[str, Any]) -> nn.Module | str:
-        m = rec["model"]
-        return _load_verified(str(m["source"]), m.get("sha256"), m["kind"])  # not kept: one page uses it
 
     def gallery(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
         """One PNG per dataset: every corruption the results used, at every severity, on the evaluated images."""
-        from ..gallery import gallery_figure
-        from ..report_utils import figure_png
-
         written: dict[str, Path] = {}
         for rec in records:
             name = rec["dataset"]["name"]
@@ -194,7 +172,7 @@ class ExampleWriter:
                 continue
             _, _, x, _, boxes = got
             fig = gallery_figure(x, names=names, preset=rec["dataset"]["preset"], seed=int(rec["config"]["seed"]), boxes=boxes,
-                                 title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}")  # fmt: skip
+                                 title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}")
             path = self.out / "plots" / f"gallery-{safe_slug(name)}.png"
             written[f"gallery:{name}"] = atomic_write_bytes(path, figure_png(fig, dpi=90))
         return written
@@ -206,7 +184,7 @@ def _names(rec: Mapping[str, Any]) -> list[str]:
 
 
 def _tile(name: str, entry: Mapping[str, Any], positions: list[int], srcs: list[str | None], note: str, *,
-          severity: int | None = None) -> dict[str, Any]:  # fmt: skip
+          severity: int | None = None) -> dict[str, Any]:
     """One perturbation's tile: images, whether the model got each right, and every severity's verdict."""
     sevs = entry["severities"]
     chosen = next((s for s in sevs if s.get("severity") == severity), sevs[0]) if severity else sevs[0]
@@ -218,31 +196,3 @@ def _tile(name: str, entry: Mapping[str, Any], positions: list[int], srcs: list[
     caption = f"severity {severity}: {chosen.get('parameter', '')}" if severity else str(chosen.get("parameter", ""))
     return {"name": name, "short": SHORT_NAMES.get(name, name), "caption": caption, "cells": cells, "note": note}
 
-
-def _load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module | str:
-    """A robench checkpoint with exactly the stated hash, or the reason it cannot be used."""
-    if kind != "robench-checkpoint":
-        return f"the model is a {kind} file, not a robench checkpoint"
-    if not sha256:
-        return "the result states no checkpoint hash"
-    try:
-        if ref.startswith("zoo:"):
-            from ..loading import load_model
-
-            loaded = load_model(ref)
-            model, digest = loaded.model, loaded.sha256
-        else:
-            from ..checkpoint import load_checkpoint
-
-            path = Path(ref)
-            if not path.is_file():
-                return f"checkpoint {ref} not found"
-            digest = sha256_file(path)
-            if digest != sha256:
-                return f"checkpoint {ref} has another hash than the result states"
-            model = load_checkpoint(path)[0]
-    except (CheckpointError, *_LOAD_ERRORS) as exc:
-        return f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})"
-    if digest != sha256:
-        return f"checkpoint {ref} has another hash than the result states"
-    return model.eval()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "resolve_device",
     "GradientAverager", "World", "all_reduce_sum", "assemble", "barrier", "broadcast", "broadcast_tensors", "env_world",
     "gather_rows", "gather_to_main", "local", "setup", "shutdown", "world",
-]  # fmt: skip
+]
 
 T = TypeVar("T")
 _SUSPENDED: ContextVar[bool] = ContextVar("robench_distributed_suspended", default=False)
@@ -264,3 +266,14 @@ class GradientAverager:
             flat /= w.size
             for g, part in zip(group, flat.split([g.numel() for g in group])):
                 g.copy_(part.view_as(g))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; validates the name."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    return device

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import perturbations as P
-from .attacks import _attack_mode  # eval mode + frozen weights, as the attacks run the model
-from .data import load_dataset
-from .loading import LoadedModel
-from .results import ResultError, read_record
-from .runner import EvalConfig, resolve_device, run_stem, select_indices
+from robench import perturbations as P
+from robench.data import load_dataset
+from robench.models.loading import LoadedModel
+from robench.evaluation.record import ResultError, read_record
+from robench.evaluation.loop import EvalConfig, run_stem, select_indices
+from robench._distributed import resolve_device
 
 __all__ = ["PassCount", "Plan", "plan", "plan_evaluation", "time_forward", "time_gradient"]
 
@@ -86,7 +86,7 @@ class Plan:
         for c in self.counts:
             name = c.what if c.model == "model" else f"[baseline] {c.what}"
             rows.append(f"{name:<34}{c.images:>7}{c.forward:>10,}{c.gradient:>10,}{c.surrogate_forward:>10,}"
-                        f"{c.surrogate_gradient:>10,}{c.corrupted:>10,}{c.seconds:>9.1f}")  # fmt: skip
+                        f"{c.surrogate_gradient:>10,}{c.corrupted:>10,}{c.seconds:>9.1f}")
         keys = ("forward", "gradient", "surrogate_forward", "surrogate_gradient", "corrupted")
         rows.append(f"{'total':<34}{'':>7}" + "".join(f"{self.total(k):>10,}" for k in keys) + f"{self.seconds:>9.1f}")
         passes = self.total("forward") + self.total("gradient") + self.total("surrogate_forward") + self.total("surrogate_gradient")
@@ -97,7 +97,7 @@ class Plan:
         rows += ["", f"{passes:,} image-passes (about {-(-passes // self.batch_size):,} batches of {self.batch_size})",
                  f"calibration: {cal}",
                  f"estimated time: {_duration(self.seconds)} in one process (passes x calibrated cost; overheads not"
-                 " counted; N processes share it about N ways)"]  # fmt: skip
+                 " counted; N processes share it about N ways)"]
         return "\n".join(rows)
 
 
@@ -124,7 +124,9 @@ def _median_time(fn: Callable[[], Any], x: Tensor, repeats: int) -> float:
 
 def time_forward(model: nn.Module, x: Tensor, *, repeats: int = 3) -> float:
     """Median seconds of one forward pass (no gradient, eval mode) of the batch ``x``."""
-    with _attack_mode(model), torch.no_grad():
+    from robench.attacks import attack_mode  # Foolbox loads on first use, not with robench
+
+    with attack_mode(model), torch.no_grad():
         return _median_time(lambda: model(x), x, repeats)
 
 
@@ -135,7 +137,9 @@ def time_gradient(model: nn.Module, x: Tensor, y: Tensor, *, repeats: int = 3) -
         xr = x.detach().clone().requires_grad_(True)
         return torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)[0]
 
-    with _attack_mode(model):
+    from robench.attacks import attack_mode
+
+    with attack_mode(model):
         return _median_time(once, x, repeats)
 
 
@@ -152,7 +156,7 @@ def _corruption_cost(spec: Any, x: Tensor, idx: list[int], boxes: Tensor | None,
 
 
 def _pending(loaded: LoadedModel, cfg: EvalConfig, out: Path, n: int, preset: str,
-             resume: bool) -> tuple[bool, list[str], bool]:  # fmt: skip
+             resume: bool) -> tuple[bool, list[str], bool]:
     """(clean to do, perturbations to do, masking checks to do) of a run that would resume."""
     names = cfg.names()
     whitebox = any(getattr(P.get(k), "family", "") == "white-box" for k in names)
@@ -187,11 +191,11 @@ class _Costs:
 
 
 def _count_model(loaded: LoadedModel, who: str, cfg: EvalConfig, ctx: dict[str, Any], costs: _Costs,
-                 resume: bool) -> list[PassCount]:  # fmt: skip
+                 resume: bool) -> list[PassCount]:
     """The pass counts of one model's run (the evaluated model or the baseline)."""
-    from .attack_eval import _transfer_key
-    from .attacks import masking_checks_cost
-    from .data.shapes import cache_dir
+    from robench.evaluation.attack_step import _transfer_key
+    from robench.attacks import masking_checks_cost
+    from robench._io import cache_dir
 
     n, sur, out = ctx["n"], ctx["surrogate"], ctx["out"]
     clean, todo, masking = _pending(loaded, cfg, out, n, ctx["preset"], resume)
@@ -211,22 +215,22 @@ def _count_model(loaded: LoadedModel, who: str, cfg: EvalConfig, ctx: dict[str, 
             cached = (cache_dir() / "transfer" / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, ctx['indices'])}.pt").exists()
             g, f = (0, 0) if cached else (c.surrogate_gradient_passes * n, c.surrogate_forward_passes * n)
             rows.append(PassCount(name, who, n, forward=c.forward_passes * n, surrogate_gradient=g, surrogate_forward=f,
-                                  seconds=c.forward_passes * n * fwd + g * sgrad + f * sfwd))  # fmt: skip
+                                  seconds=c.forward_passes * n * fwd + g * sgrad + f * sfwd))
         else:
             c = spec.cost()
             rows.append(PassCount(name, who, n, forward=c.forward_passes * n, gradient=c.gradient_passes * n,
-                                  seconds=n * (c.forward_passes * fwd + c.gradient_passes * grad)))  # fmt: skip
+                                  seconds=n * (c.forward_passes * fwd + c.gradient_passes * grad)))
     if masking:
         m, c = min(MASKING_IMAGES, cfg.batch_size, n), masking_checks_cost(surrogate=sur is not None)
         rows.append(PassCount("gradient-masking checks", who, m, forward=c.forward_passes * m, gradient=c.gradient_passes * m,
                               surrogate_forward=c.surrogate_forward_passes * m, surrogate_gradient=c.surrogate_gradient_passes * m,
                               seconds=m * (c.forward_passes * fwd + c.gradient_passes * grad + c.surrogate_forward_passes * sfwd
-                                           + c.surrogate_gradient_passes * sgrad)))  # fmt: skip
+                                           + c.surrogate_gradient_passes * sgrad)))
     return rows
 
 
 def plan(loaded: LoadedModel, cfg: EvalConfig, *, out: Path, resume: bool = True,
-         baseline: LoadedModel | None = None) -> Plan:  # fmt: skip
+         baseline: LoadedModel | None = None) -> Plan:
     """Count the passes of ``evaluate`` (and of the baseline it would evaluate) and estimate the time.
 
     Args:
@@ -239,7 +243,7 @@ def plan(loaded: LoadedModel, cfg: EvalConfig, *, out: Path, resume: bool = True
     Returns:
         A :class:`Plan`; ``str(plan)`` is the table the CLI prints.
     """
-    from .attack_eval import resolve_surrogate
+    from robench.evaluation.attack_step import resolve_surrogate
 
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
@@ -250,13 +254,13 @@ def plan(loaded: LoadedModel, cfg: EvalConfig, *, out: Path, resume: bool = True
     names = cfg.names()
     attacks = any(P.get(k).kind == "attack" for k in names)  # transfer attacks and the masking checks use it
     ctx: dict[str, Any] = {"n": n, "out": Path(out), "preset": preset, "device": device, "indices": indices,
-                           "surrogate": resolve_surrogate(cfg.surrogate, cfg.dataset, device) if attacks else None}  # fmt: skip
+                           "surrogate": resolve_surrogate(cfg.surrogate, cfg.dataset, device) if attacks else None}
     probe = indices[: min(CORRUPTION_PROBE, b)]
     boxes = None if ds.boxes is None else ds.boxes[torch.from_numpy(probe)].to(device)
     ctx["corruption"] = {k: _corruption_cost(P.get(k), x[: len(probe)], probe.tolist(), boxes, cfg.seed, preset)
-                         for k in names if P.get(k).kind == "corruption"}  # fmt: skip
+                         for k in names if P.get(k).kind == "corruption"}
     result = Plan(f"dry run: {loaded.model_id} on {cfg.dataset}, {n} images, batch {cfg.batch_size}, device {device}, "
-                  f"seed {cfg.seed} (nothing is evaluated)", batch_size=cfg.batch_size)  # fmt: skip
+                  f"seed {cfg.seed} (nothing is evaluated)", batch_size=cfg.batch_size)
     costs = _Costs(x, y, result.calibration)
     result.counts = _count_model(loaded, "model", cfg, ctx, costs, resume)
     if baseline is not None:
@@ -267,8 +271,8 @@ def plan(loaded: LoadedModel, cfg: EvalConfig, *, out: Path, resume: bool = True
 
 def _baseline(baseline: str | None, loaded: LoadedModel, dataset: str) -> LoadedModel | None:
     """The baseline model ``evaluate`` would score (as its ``baseline`` argument resolves)."""
-    from .evaluation import _is_result_file, resolve_baseline
-    from .loading import load_model
+    from robench.evaluation.job import _is_result_file, resolve_baseline
+    from robench.models.loading import load_model
 
     ref = resolve_baseline(baseline, dataset)
     if ref is None or _is_result_file(ref):
@@ -281,15 +285,15 @@ def plan_evaluation(model: nn.Module | str | Path, *, dataset: str = "shapes", d
                     suite: str = "mtlat24", perturbations: tuple[str, ...] | list[str] = (), n_images: int | None = 500,
                     batch_size: int = 250, device: str = "auto", seed: int = 0, out: str | Path = "results",
                     resume: bool = True, baseline: str | None = "auto", surrogate: str | None = "auto",
-                    model_id: str | None = None, arch: str | None = None, trust_pickle: bool = False) -> Plan:  # fmt: skip
+                    model_id: str | None = None, arch: str | None = None, trust_pickle: bool = False) -> Plan:
     """:func:`plan` with :func:`robench.evaluate`'s arguments (what ``--dry-run`` calls)."""
-    from .data import DATASETS
-    from .evaluation import _as_loaded
+    from robench.data import DATASETS
+    from robench.evaluation.job import _as_loaded
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cfg = EvalConfig(dataset=dataset, data_root=data_root, suite=suite, perturbations=tuple(perturbations),
-                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)  # fmt: skip
+                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)
     DATASETS.get(dataset)
     cfg.names()
     loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)

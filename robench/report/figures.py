@@ -1,7 +1,9 @@
-"""Every corruption at every severity on a few sample images, for people to look at."""
+"""Figures for people to look at: every corruption on sample images, dataset previews, PNG bytes."""
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -12,9 +14,10 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from . import perturbations as P  # noqa: E402
+from robench import perturbations as P  # noqa: E402
+from robench.data import ImageDataset  # noqa: E402
 
-__all__ = ["gallery_figure", "DEFAULT_DATASET"]
+__all__ = ["DEFAULT_DATASET", "figure_png", "gallery_figure", "preview_figure"]
 
 DEFAULT_DATASET = {"cifar": "shapes", "tiny": "shapes-64", "imagenet": "shapes-224"}
 
@@ -78,7 +81,7 @@ def gallery_figure(
 
 def sample_images(dataset: str, n: int, *, root: str | None = None) -> tuple[Tensor, Tensor | None, str]:
     """The first ``n`` test images of ``dataset`` (one per class where possible), boxes, and preset."""
-    from .data import load_dataset
+    from robench.data import load_dataset
 
     ds = load_dataset(dataset, "test", root=root)
     seen: dict[int, int] = {}
@@ -90,3 +93,44 @@ def sample_images(dataset: str, n: int, *, root: str | None = None) -> tuple[Ten
     x, _ = ds.get_batch(idx)
     boxes = None if ds.boxes is None else ds.boxes[idx]
     return x, boxes, ds.info.preset
+
+def preview_figure(ds: ImageDataset, *, n: int = 40, cols: int = 10, show_boxes: bool = False) -> Figure:
+    """The first ``n`` images of ``ds`` (at most) in a grid, each titled with its class name.
+
+    Args:
+        ds: any robench dataset.
+        n: how many images.
+        cols: images per row.
+        show_boxes: draw the bounding box when the dataset has boxes.
+
+    Returns:
+        A matplotlib figure (the caller saves it).
+    """
+    n = max(1, min(n, len(ds)))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
+    x, y = ds.get_batch(torch.arange(n))
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        img = x[k].permute(1, 2, 0).numpy()
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        label = int(y[k])
+        classes = ds.info.classes
+        ax.set_title(classes[label] if label < len(classes) else str(label), fontsize=7)
+        if show_boxes and ds.boxes is not None:
+            x0, y0, x1, y1 = ds.boxes[k].tolist()
+            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="yellow", lw=0.8))
+    fig.suptitle(f"{ds.info.name} ({ds.info.split}, {ds.info.image_size} px, {len(ds)} images)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """PNG bytes of ``fig`` (then closed), ready for an atomic write."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()

@@ -22,14 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import first_line
-from .checkpoint import (
-    CheckpointError,
-    CheckpointMeta,
-    model_from_checkpoint,
-    read_checkpoint_bytes,
-)
-from .models import create_model
+from robench._io import first_line
+from robench.models.checkpoint import CheckpointError, CheckpointMeta, model_from_checkpoint, read_checkpoint_bytes
+from robench.models._base import create_model
 
 __all__ = ["LoadedModel", "check_graph", "check_torchscript_code", "load_model"]
 
@@ -89,7 +84,7 @@ _DENIED_OPS = frozenset({"from_file", "save", "load", "read_file", "write_file",
 _ALLOWED_NS = frozenset({
     "aten", "prim", "prims", "quantized", "_quantized", "quantization", "torchvision", "mkldnn",
     "mkldnn_prepacked", "onednn", "sparse", "rngprims", "xnnpack", "_nnapi", "higher_order",
-})  # fmt: skip
+})
 
 
 def _dotted(node: ast.AST) -> list[str]:
@@ -127,7 +122,7 @@ def check_torchscript_code(data: bytes, name: str) -> None:
                         bad.append(f"{part}.{chain[i + 1]}")
                 if bad:
                     raise CheckpointError(f"{name}: its TorchScript code calls {'.'.join(chain)} (file access or an "
-                                          f"unknown operator library); {hint}")  # fmt: skip
+                                          f"unknown operator library); {hint}")
 
 
 def check_graph(module: nn.Module, name: str) -> None:
@@ -161,7 +156,7 @@ def check_graph(module: nn.Module, name: str) -> None:
                     )
             if not ok:
                 raise CheckpointError(f"{name}: its graph calls {target!r} ({node.op}), which is not an allowed operator; "
-                                      "refusing it (pass --trust-pickle only if you trust the file)")  # fmt: skip
+                                      "refusing it (pass --trust-pickle only if you trust the file)")
 
 
 class _NoCodeUnpickler(pickle.Unpickler):
@@ -189,7 +184,7 @@ def _load_export(data: bytes, name: str, device: str | torch.device) -> nn.Modul
 
     with _EXPORT_GUARD, mock.patch.object(torch, "load", weights_only_load), \
             mock.patch.object(pickle, "loads", _inert_pickle_loads), \
-            mock.patch.object(torch._C, "_pickle_load_obj", _refuse):  # fmt: skip
+            mock.patch.object(torch._C, "_pickle_load_obj", _refuse):
         try:
             program = torch.export.load(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
@@ -214,7 +209,7 @@ def _card_beside(path: Path, digest: str) -> dict[str, Any] | None:
         return None
     if card["sha256"] != digest:
         raise CheckpointError(f"{path} does not match its model card {card_path.name} (sha256 {digest[:12]}... != "
-                              f"{card['sha256'][:12]}...); refusing a tampered or corrupted checkpoint")  # fmt: skip
+                              f"{card['sha256'][:12]}...); refusing a tampered or corrupted checkpoint")
     return card
 
 
@@ -248,17 +243,17 @@ def load_model(
     if text.startswith("zoo:"):
         from dataclasses import asdict
 
-        from .zoo import resolve_zoo, zoo_model_id
+        from robench.models.zoo import resolve_zoo, zoo_model_id
 
         path, zcard = resolve_zoo(text, verify=False)
         data = _read(path)
         digest = hashlib.sha256(data).hexdigest()
         if zcard is not None and zcard.sha256 != digest:
             raise CheckpointError(f"{path} does not match its model card (sha256 {digest[:12]}... != "
-                                  f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file")  # fmt: skip
+                                  f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file")
         model, meta = model_from_checkpoint(read_checkpoint_bytes(data, str(path)), str(path), map_location=device)
         return LoadedModel(model, zoo_model_id(text), text, digest,
-                           "robench-checkpoint", meta, None if zcard is None else asdict(zcard))  # fmt: skip
+                           "robench-checkpoint", meta, None if zcard is None else asdict(zcard))
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -268,7 +263,7 @@ def load_model(
     model_id = path.stem
     if path.suffix == ".pt2":
         module = (ExportedModel(torch.export.load(io.BytesIO(data)).module()).to(device) if trust_pickle
-                  else _load_export(data, text, device))  # fmt: skip
+                  else _load_export(data, text, device))
         return LoadedModel(module, model_id, text, digest, "export", card=card)
     if _is_torchscript(data):
         if not trust_pickle:
@@ -279,7 +274,7 @@ def load_model(
             raise CheckpointError(f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}") from None
         return LoadedModel(module.eval(), model_id, text, digest, "torchscript", card=card)
     loaded = _load_torch_file(path, data, digest, arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs,
-                              trust_pickle=trust_pickle, device=device)  # fmt: skip
+                              trust_pickle=trust_pickle, device=device)
     loaded.card = card
     return loaded
 
@@ -294,7 +289,7 @@ def _read(path: Path) -> bytes:
 def _load_torch_file(
     path: Path, data: bytes, digest: str, *, arch: str | None, num_classes: int | None,
     arch_kwargs: dict[str, Any] | None, trust_pickle: bool, device: str | torch.device,
-) -> LoadedModel:  # fmt: skip
+) -> LoadedModel:
     try:
         obj = read_checkpoint_bytes(data, str(path))
     except CheckpointError:

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_text, sha256_file
-from .checkpoint import CheckpointError
+from robench._io import atomic_write_text, sha256_file
+from robench.models.checkpoint import CheckpointError
 
 __all__ = ["ZooCard", "zoo_root", "resolve_zoo", "list_zoo", "read_card", "write_card", "zoo_model_id", "DEFAULT_ZOO_DATASET"]
 
@@ -59,7 +59,7 @@ class ZooCard:
 def zoo_root() -> Path:
     """``$ROBENCH_ZOO`` or the repository's ``model_zoo/`` folder."""
     env = os.environ.get("ROBENCH_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "model_zoo"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "model_zoo"
 
 
 def zoo_model_id(name: str) -> str:

@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from . import __version__, distributed
-from ._io import (
-    atomic_write_bytes,
-    atomic_write_text,
-    file_lock,
-    sha256_bytes_of_state,
-    writable_dir,
-)
-from .loading import LoadedModel, load_model
-from .report import Report, long_table
-from .report_utils import figure_png
-from .results import ResultError, finalize, read_record, write_record
-from .runner import EvalConfig, evaluate_record, resolve_device
+from robench import _distributed as distributed
+from robench._distributed import resolve_device
+from robench._io import file_lock, sha256_bytes_of_state, writable_dir
+from robench._version import __version__
+from robench.data import DATASETS
+from robench.evaluation.attack_step import attack_entry
+from robench.evaluation.loop import EvalConfig, evaluate_record, run_stem
+from robench.evaluation.record import ResultError, finalize, read_record, write_record
+from robench.models.loading import LoadedModel, load_model
+from robench.models.zoo import resolve_zoo
 
-__all__ = ["evaluate"]
+__all__ = ["EvalRun", "OutputWriter", "evaluate", "resolve_baseline", "run_lock"]
+
+OutputWriter = Callable[[dict[str, Any], Path], dict[str, Path]]
+"""Writes the files derived from a finished record (tables, plots) beside its JSON; returns them by kind."""
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    """What :func:`evaluate` did: the finished record and every file written for it.
+
+    Attributes:
+        record: the result record (see the JSON schema).
+        paths: the files written, by kind (``json`` and whatever the output writer added); empty on
+            every rank but rank 0 under torchrun.
+    """
+
+    record: dict[str, Any]
+    paths: dict[str, Path]
 
 log = logging.getLogger(__name__)
 
 
 def _as_loaded(model: nn.Module | str | Path | LoadedModel, *, model_id: str | None, arch: str | None,
-               trust_pickle: bool) -> LoadedModel:  # fmt: skip
+               trust_pickle: bool) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
@@ -40,13 +57,6 @@ def _as_loaded(model: nn.Module | str | Path | LoadedModel, *, model_id: str | N
     return loaded
 
 
-def _attack_runner() -> Any:
-    try:
-        from .attack_eval import attack_entry
-    except ImportError:  # attacks not available in this build
-        return None
-    return attack_entry
-
 
 def resolve_baseline(baseline: str | None, dataset: str) -> str | None:
     """What ``--baseline`` names: ``None`` for none (or ``auto`` without a zoo ``standard`` for the
@@ -55,8 +65,6 @@ def resolve_baseline(baseline: str | None, dataset: str) -> str | None:
         return None
     if baseline != "auto":
         return baseline
-    from .zoo import resolve_zoo
-
     ref = f"zoo:{dataset}/standard"
     try:
         resolve_zoo(ref)
@@ -81,7 +89,7 @@ def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig,
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
         if rec["robench_version"] != __version__:
             raise ResultError(f"baseline {baseline} was computed by robench {rec['robench_version']}, not {__version__}; "
-                              "evaluate the baseline again (or pass --baseline none)")  # fmt: skip
+                              "evaluate the baseline again (or pass --baseline none)")
         if rec.get("clean") is None:
             raise ResultError(f"baseline {baseline} is an unfinished run (no clean accuracy yet)")
         return finalize(rec, None, cfg.names())  # R from its raw counts, whatever state it was left in
@@ -89,7 +97,7 @@ def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig,
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
     with run_lock(out, base.model_id, enabled=distributed.world().is_main):
-        rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=_attack_runner())
+        rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=attack_entry)
         finalize(rec, None, cfg.names())
         if distributed.world().is_main:
             write_record(rec, path)
@@ -101,8 +109,6 @@ def _check_baseline_ref(baseline: str | None) -> None:
     if baseline in (None, "none", "auto"):
         return
     if baseline.startswith("zoo:"):
-        from .zoo import resolve_zoo
-
         resolve_zoo(baseline, verify=False)
     elif _is_result_file(baseline):
         read_record(baseline)
@@ -118,10 +124,6 @@ def run_lock(out: Path, model_id: str, *, enabled: bool = True) -> Any:
     A second ``evaluate`` of the same model into the same folder waits, then resumes from what the
     first one wrote; runs of different models proceed in parallel.
     """
-    import contextlib
-
-    from .runner import run_stem
-
     if not enabled:
         return contextlib.nullcontext()
     stem = run_stem(model_id, EvalConfig(), 0).rsplit("__", 3)[0]
@@ -133,7 +135,7 @@ def _same_images(record: dict[str, Any], base: dict[str, Any]) -> None:
     mine, theirs = record["dataset"], base["dataset"]
     if (mine["n_images"], mine.get("indices")) != (theirs["n_images"], theirs.get("indices")):
         raise ResultError(f"baseline {base['model']['id']!r} was evaluated on other images ({theirs['n_images']} vs "
-                          f"{mine['n_images']}, or another subset); markers need the same images")  # fmt: skip
+                          f"{mine['n_images']}, or another subset); markers need the same images")
 
 
 def evaluate(
@@ -156,8 +158,8 @@ def evaluate(
     arch: str | None = None,
     trust_pickle: bool = False,
     progress: bool = False,
-    plots: bool = True,
-) -> Report:
+    write_outputs: OutputWriter | None = None,
+) -> EvalRun:
     """Score ``model`` on the benchmark and write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
 
     Args:
@@ -179,19 +181,18 @@ def evaluate(
         arch: architecture of a raw state_dict.
         trust_pickle: allow a pickled ``nn.Module`` file (runs code from it).
         progress: show a progress bar.
-        plots: write the PNG plots.
+        write_outputs: writes the derived files (CSVs, plots) beside the JSON while the run's lock
+            is held; ``robench.evaluate`` passes :func:`robench.report.write_outputs`.
 
     Returns:
-        A :class:`~robench.report.Report` (under torchrun, only rank 0's lists the written files:
-        the other ranks compute their share and write nothing).
+        The record and the written files (under torchrun, only rank 0 lists them: the other ranks
+        compute their share and write nothing).
     """
     cfg = EvalConfig(dataset=dataset, data_root=data_root, download=download, suite=suite, perturbations=tuple(perturbations),
-                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)  # fmt: skip
+                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out)
-    from .data import DATASETS
-
     DATASETS.get(dataset)  # cheap checks first: a typo fails before any loading
     cfg.names()
     _check_baseline_ref(baseline)
@@ -200,33 +201,19 @@ def evaluate(
         writable_dir(out)  # a read-only or impossible --out fails now, not after the first perturbation
     loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
     with run_lock(out, loaded.model_id, enabled=world.is_main):  # held until every file is written
-        record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=_attack_runner())
+        record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=attack_entry)
         base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
         if base is not None:
             _same_images(record, base)
         record["baseline"] = None if base is None else {"id": base["model"]["id"], "sha256": base["model"]["sha256"],
-                                                         "source": base["model"]["source"]}  # fmt: skip
+                                                         "source": base["model"]["source"]}
         # R, markers and summary over everything the file holds, not only this call's perturbations
         finalize(record, base, list(dict.fromkeys([*cfg.names(), *record["perturbations"]])))
         if not world.is_main:
             distributed.barrier()  # returns once rank 0 has written everything
-            return Report(record, {})
+            return EvalRun(record, {})
         write_record(record, path)
-        paths = _write_outputs(record, path, plots=plots)
+        paths = {"json": path, **(write_outputs(record, path) if write_outputs else {})}
         distributed.barrier()
-        return Report(record, paths)
-
-
-def _write_outputs(record: dict[str, Any], path: Path, *, plots: bool) -> dict[str, Path]:
-    rep = Report(record)
-    stem = path.with_suffix("")
-    paths = {"json": path, "csv": Path(f"{stem}.csv"), "long_csv": Path(f"{stem}-long.csv")}
-    rep.to_csv(paths["csv"])
-    atomic_write_text(paths["long_csv"], long_table([record]).to_csv(index=False))
-    if plots:
-        paths["severity_png"] = atomic_write_bytes(f"{stem}-severity.png", figure_png(rep.plot("severity")))
-        if len(rep.r_frame()):
-            paths["r_png"] = atomic_write_bytes(f"{stem}-R.png", figure_png(rep.plot("R")))
-    return paths
-
+        return EvalRun(record, paths)
 

@@ -18,17 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._io import atomic_write_text
-from .scores import (
-    ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, FAMILY_GROUPS, marker, mce, mcnemar_p, pack_bits,
-    relative_robustness, unpack_bits, wilson_interval,
-)  # fmt: skip
+from robench._version import __version__
+from robench._io import atomic_write_text
+from robench.scores import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, FAMILY_GROUPS, marker, mce, mcnemar_p, pack_bits, relative_robustness, unpack_bits, wilson_interval
 
 __all__ = [
     "SCHEMA", "SCHEMA_VERSION", "ResultError", "new_record", "accuracy_entry", "read_record", "write_record",
     "finalize", "environment", "correct_bits", "check_record", "check_accuracy_entry", "entry_complete",
-]  # fmt: skip
+]
 
 SCHEMA = "robench-result"
 SCHEMA_VERSION = 1
@@ -46,7 +43,7 @@ def environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
         "torch": torch.__version__, "numpy": np.__version__, "device": device,
-    }  # fmt: skip
+    }
     from importlib.metadata import PackageNotFoundError, version
 
     for mod in ("torchvision", "foolbox"):
@@ -72,7 +69,7 @@ def correct_bits(entry: Mapping[str, Any]) -> np.ndarray:
 
 
 def new_record(*, run_key: Mapping[str, Any], model: Mapping[str, Any], dataset: Mapping[str, Any],
-               config: Mapping[str, Any], device: str) -> dict[str, Any]:  # fmt: skip
+               config: Mapping[str, Any], device: str) -> dict[str, Any]:
     """An empty record for a run (nothing computed yet)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {
@@ -80,7 +77,7 @@ def new_record(*, run_key: Mapping[str, Any], model: Mapping[str, Any], dataset:
         "run_key": dict(run_key), "created": now, "updated": now, "model": dict(model), "dataset": dict(dataset),
         "config": dict(config), "environment": environment(device), "clean": None, "perturbations": {},
         "summary": {}, "baseline": None, "gradient_masking": None,
-    }  # fmt: skip
+    }
 
 
 def write_record(record: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -140,7 +137,7 @@ def check_accuracy_entry(entry: Any, where: str, n: int | None = None) -> None:
     _need(_is_int(m) and m >= 1 and _is_int(k) and 0 <= k <= m, where, f"has impossible counts ({k!r} of {m!r})")
     _need(n is None or m == n, where, f"counts {m} images but the run has {n}")
     _need(_is_num(entry.get("accuracy")) and abs(entry["accuracy"] - k / m) < 1e-9, where,
-          f"accuracy {entry.get('accuracy')!r} is not {k}/{m}")  # fmt: skip
+          f"accuracy {entry.get('accuracy')!r} is not {k}/{m}")
     ci = entry.get("ci95")
     _need(isinstance(ci, list) and len(ci) == 2 and all(_is_num(v) for v in ci), where, "has a malformed ci95")
     _need(isinstance(entry.get("correct"), str), where, "lacks its per-image correctness")
@@ -191,7 +188,7 @@ def check_record(data: Mapping[str, Any], where: str = "result") -> None:
         _need(isinstance(ds.get(key), str), where, f"dataset.{key} must be text")
     idx = ds.get("indices")
     _need(idx is None or (isinstance(idx, list) and len(idx) == n and all(_is_int(i) and i >= 0 for i in idx)),
-          where, "dataset.indices must be null or one non-negative integer per image")  # fmt: skip
+          where, "dataset.indices must be null or one non-negative integer per image")
     _need(_is_int(cfg.get("seed")), where, "config.seed must be an integer")
     _need(cfg.get("suite") is None or isinstance(cfg["suite"], str), where, "config.suite must be text")
     if data.get("clean") is not None:
@@ -214,7 +211,7 @@ def check_record(data: Mapping[str, Any], where: str = "result") -> None:
     _need(masking is None or (isinstance(masking, list) and all(
         isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("detail"), str)
         and (c.get("passed") is None or isinstance(c["passed"], bool)) for c in masking)),
-        where, "gradient_masking must be a list of {name, passed, detail}")  # fmt: skip
+        where, "gradient_masking must be a list of {name, passed, detail}")
     for key in ("summary", "baseline"):
         _need(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object")
 

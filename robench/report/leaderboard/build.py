@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_write_bytes, atomic_write_text, sha256_file
-from ..report_utils import figure_png
-from ..results import ResultError, correct_bits, finalize, read_record
-from . import _site
-from .tables import long_table, wide_table
+from robench._io import atomic_write_bytes, atomic_write_text, sha256_file
+from robench.report.figures import figure_png
+from robench.evaluation.record import ResultError, correct_bits, finalize, read_record
+from robench.report.leaderboard import site as _site
+from robench.report.tables import long_table, wide_table
 
 __all__ = [
     "LoadProblem", "Leaderboard", "find_result_files", "validate_record", "load_results", "build_leaderboard",
     "leaderboard_tables", "read_wide_csv", "read_long_csv", "DEFAULT_RESULTS", "DEFAULT_SITE",
-]  # fmt: skip
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ MANIFEST = "MANIFEST.txt"  # the files a build wrote; the next build deletes tho
 FAMILY_COLUMNS = {"corruption": "mean_R_corruption", "white-box": "mean_R_white-box", "transfer": "mean_R_transfer"}
 _WIDE_EXTRA = ["dataset", "seed", "n_images", *FAMILY_COLUMNS.values(), "gradient_masking"]
 _LONG_TEXT = ["model", "model_sha256", "dataset", "preset", "robench_version", "gradient_masking", "perturbation",
-              "kind", "family", "parameter"]  # fmt: skip
+              "kind", "family", "parameter"]
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,8 @@ def _order(items: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[st
 
 
 def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The wide table (seed 000 Table 1: model, Clean, 24 R columns, then run facts) and the long table."""
-    from .tables import masking_flags, safe_text
+    """The wide table (Laugros et al. Table 1: model, Clean, 24 R columns, then run facts) and the long table."""
+    from robench.report.tables import masking_flags, safe_text
 
     wide = wide_table(records)
     wide["dataset"] = [safe_text(r["dataset"]["name"]) for r in records]
@@ -261,7 +261,7 @@ def build_leaderboard(
     shots: dict[str, dict[str, Any]] = {}
     images: set[Path] = set()
     if examples:
-        from .leaderboard_examples import ExampleWriter
+        from robench.report.leaderboard.examples import ExampleWriter
 
         writer = ExampleWriter(out, attacks=attack_examples)
         shots = {page: writer.tiles(rec, page) for rec, page in zip(records, pages)}
@@ -270,13 +270,13 @@ def build_leaderboard(
     env = _site.environment()
     for (path, rec), page in zip(items, pages):
         html = _site.render_model(env, rec, page=page, source=path, source_sha256=sha256_file(path), records=records,
-                                  pages=pages, plots=files_written, examples=shots.get(page))  # fmt: skip
+                                  pages=pages, plots=files_written, examples=shots.get(page))
         files_written[f"{page}:html"] = atomic_write_text(out / "models" / f"{page}.html", html)
     gallery = _site.render_gallery(env, records, plots=files_written)
     files_written["gallery_html"] = atomic_write_text(out / "gallery.html", gallery)
     files_written["css"] = atomic_write_text(out / "style.css", _site.render_css(env))
     index = atomic_write_text(out / "index.html", _site.render_index(env, records, pages=pages, problems=problems,
-                                                                    plots=files_written, out=out))  # fmt: skip
+                                                                    plots=files_written, out=out))
     _prune(out, {index, *files_written.values(), *images})
     return Leaderboard(out, index, records, [p for p, _ in items], problems, files_written)
 
@@ -297,17 +297,17 @@ def _prune(out: Path, written: set[Path]) -> None:
 def _write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
     wide, long = leaderboard_tables(records)
     return {"wide_csv": atomic_write_text(out / "results.csv", wide.to_csv(index=False)),
-            "long_csv": atomic_write_text(out / "results-long.csv", long.to_csv(index=False))}  # fmt: skip
+            "long_csv": atomic_write_text(out / "results-long.csv", long.to_csv(index=False))}
 
 
 def _write_site_plots(records: Sequence[dict[str, Any]], pages: Sequence[str], out: Path) -> dict[str, Path]:
-    from . import Report
-    from .leaderboard_plots import clean_vs_mean_r, r_heatmap
-    from .plots import severity_curves
+    from robench.report import Report
+    from robench.report.leaderboard.plots import clean_vs_mean_r, r_heatmap
+    from robench.report.plots import severity_curves
 
     labels = _site.labels(records)
     long = pd.concat([long_table([r]).assign(model=lab) for r, lab in zip(records, labels)], ignore_index=True) \
-        if records else pd.DataFrame()  # fmt: skip
+        if records else pd.DataFrame()
     written: dict[str, Path] = {}
     if records:
         plots = out / "plots"

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import distributed
-from . import perturbations as P
-from ._io import first_line
-from ._seeding import derive_seed
-from .data import ImageDataset, load_dataset
-from .loading import LoadedModel
-from . import __version__
-from .results import ResultError, accuracy_entry, entry_complete, new_record, read_record, write_record
+from robench import _distributed as distributed
+from robench._distributed import resolve_device
+from robench import perturbations as P
+from robench._io import first_line
+from robench._seeding import derive_seed
+from robench.data import ImageDataset, load_dataset
+from robench.models.loading import LoadedModel
+from robench._version import __version__
+from robench.evaluation.record import ResultError, accuracy_entry, entry_complete, new_record, read_record, write_record
 
 __all__ = ["EvalConfig", "evaluate_record", "select_indices", "resolve_device", "run_stem", "predict"]
 
@@ -71,16 +72,6 @@ class EvalConfig:
             P.get(n)  # unknown names fail here with close matches
         return [n for n in members if n in self.perturbations] + [n for n in self.perturbations if n not in members]
 
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; validates the name."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
-    return device
 
 
 def select_indices(n_total: int, n_images: int | None, seed: int, dataset: str) -> np.ndarray:
@@ -149,7 +140,7 @@ class _Batches:
     """
 
     def __init__(self, ds: ImageDataset, indices: np.ndarray, batch_size: int, device: str, rank: int = 0,
-                 size: int = 1) -> None:  # fmt: skip
+                 size: int = 1) -> None:
         self.ds, self.indices, self.bs, self.device = ds, indices, batch_size, device
         self.ids = range(rank, (len(indices) + batch_size - 1) // batch_size, size)
 
@@ -175,7 +166,7 @@ class _Batches:
 
 
 def _corruption_entry(spec: Any, model: nn.Module, batches: _Batches, cfg: EvalConfig, preset: str,
-                      num_classes: int, tick: Progress) -> dict[str, Any]:  # fmt: skip
+                      num_classes: int, tick: Progress) -> dict[str, Any]:
     sevs = []
     for s in spec.severities:
         correct = []
@@ -211,7 +202,7 @@ def evaluate_record(
     world = distributed.world()
     batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
     run_key = {"model_sha256": loaded.sha256, "dataset": cfg.dataset, "n_images": int(len(indices)),
-               "seed": cfg.seed, "preset": info.preset}  # fmt: skip
+               "seed": cfg.seed, "preset": info.preset}
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
     record = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
         _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device) if world.is_main else None
@@ -239,7 +230,7 @@ def evaluate_record(
             record["config"]["perturbations"] = sorted(set(record["config"].get("perturbations", [])) | {name})
             save(record, path)
         if attack_runner is not None and _wants_masking(record, names):
-            from .attack_eval import masking_entry
+            from robench.evaluation.attack_step import masking_entry
 
             # on the run's first batch, which rank 0 holds; the others wait for its result
             record["gradient_masking"] = distributed.broadcast(masking_entry(model, batches, cfg) if world.is_main else None)
@@ -277,7 +268,7 @@ def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
 
 
 def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: LoadedModel, cfg: EvalConfig,
-                   ds: ImageDataset, indices: np.ndarray, device: str) -> dict[str, Any]:  # fmt: skip
+                   ds: ImageDataset, indices: np.ndarray, device: str) -> dict[str, Any]:
     if resume and path.exists():
         try:
             old = read_record(path)
@@ -289,13 +280,13 @@ def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: Lo
                 return old
             why = "another robench version" if old["run_key"] == run_key else "other settings or another checkpoint"
             log.warning("%s was computed with %s; starting again (the old file is kept as %s)", path, why,
-                        _set_aside(path).name)  # fmt: skip
+                        _set_aside(path).name)
     model_info = {"id": loaded.model_id, "source": loaded.source, "sha256": loaded.sha256, "kind": loaded.kind,
-                  "meta": None if loaded.meta is None else loaded.meta.to_dict(), "card": loaded.card}  # fmt: skip
+                  "meta": None if loaded.meta is None else loaded.meta.to_dict(), "card": loaded.card}
     dataset_info = {"name": cfg.dataset, "split": "test", "size": len(ds), "n_images": int(len(indices)),
                     "preset": ds.info.preset, "image_size": ds.info.image_size, "num_classes": ds.info.num_classes,
                     "indices_seed": None if len(indices) == len(ds) else derive_seed(cfg.seed, "subset", cfg.dataset),
-                    "indices": None if len(indices) == len(ds) else indices.tolist()}  # fmt: skip
+                    "indices": None if len(indices) == len(ds) else indices.tolist()}
     config = asdict(cfg) | {"perturbations": [], "device": device}
     return new_record(run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device)
 

@@ -4,7 +4,7 @@ The specs carry every parameter an attack needs (the published ones and robench'
 the paper is silent); running them is the job of :mod:`robench.attacks` (Foolbox-backed). This
 module imports neither Foolbox nor any model code, so listing the registry stays cheap.
 
-Choices where the paper (seed 000, section 4.1) is silent, and why:
+Choices where the paper (Laugros et al., section 4.1) is silent, and why:
 
 - PGD and PGD-LL step: ``2.5 * eps / steps`` (Madry et al.), so 10 steps can walk from the
   random start to the far side of the eps-ball. Foolbox's default ``0.01 / 0.3 * eps`` would cover
@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._base import PERTURBATIONS
+from robench.perturbations._base import PERTURBATIONS
 
 __all__ = ["ATTACK_NAMES", "AttackCost", "AttackSpec", "cw_l2_bound"]
 
@@ -78,7 +78,7 @@ class AttackCost:
         return (
             self.gradient_passes + self.forward_passes
             + self.surrogate_gradient_passes + self.surrogate_forward_passes
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ _PGD_LL = {"eps": 0.04, "steps": 10, "step": "2.5*eps/steps", "random_start": Fa
 _CW = {
     "steps": 40, "confidence": 50, "initial_const": 10.0, "binary_search_steps": 1,
     "stepsize": 0.05, "abort_early": False, "l2_bound_at_32": 0.5,
-}  # fmt: skip
+}
 
 
 def _mi(eps: float) -> dict[str, Any]:
@@ -179,7 +179,7 @@ _SPECS = (
                _mi(0.04), algorithm="mi_fgsm", mode="transfer", surrogate="vgg11"),
     AttackSpec("mi_fgsm_0.08", "black-box", "MI-FGSM transferred from a VGG surrogate", _SRC_MI,
                _mi(0.08), algorithm="mi_fgsm", mode="transfer", surrogate="vgg11"),
-)  # fmt: skip
+)
 ATTACK_NAMES = tuple(s.name for s in _SPECS)
 
 for _spec in _SPECS:

@@ -18,12 +18,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
-from .. import __version__
-from .. import perturbations as P
-from ..scores import FAMILY_GROUPS
-from .leaderboard_examples import safe_slug
-from .leaderboard_plots import GROUP_TITLES
-from .tables import SHORT_NAMES, TABLE1_COLUMNS, masking_flags
+from robench._version import __version__
+from robench import perturbations as P
+from robench.scores import FAMILY_GROUPS
+from robench._io import safe_slug
+from robench.report.leaderboard.plots import GROUP_TITLES
+from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS, masking_flags
 
 GROUPS = tuple(GROUP_TITLES)
 _N_BUCKETS = 11  # R in [0, 0.1), ..., [0.9, 1.0), >= 1.0
@@ -32,7 +32,7 @@ _N_BUCKETS = 11  # R in [0, 0.1), ..., [0.9, 1.0), >= 1.0
 def environment() -> Environment:
     """The template environment: autoescaped for every template name (``.j2`` included)."""
     return Environment(loader=PackageLoader("robench", "report/templates"), autoescape=select_autoescape(default=True),
-                       trim_blocks=True, lstrip_blocks=True)  # fmt: skip
+                       trim_blocks=True, lstrip_blocks=True)
 
 
 def page_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -63,7 +63,7 @@ def find_baseline(rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
         if other is not rec and base.get("sha256") and other["model"]["sha256"] == base["sha256"] \
                 and other["run_key"]["dataset"] == rec["run_key"]["dataset"] \
                 and other["run_key"]["seed"] == rec["run_key"]["seed"] \
-                and other["run_key"]["n_images"] == rec["run_key"]["n_images"]:  # fmt: skip
+                and other["run_key"]["n_images"] == rec["run_key"]["n_images"]:
             return other
     return None
 
@@ -91,7 +91,7 @@ def columns(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     names = list(TABLE1_COLUMNS)
     names += list(dict.fromkeys(n for r in records for n in r["perturbations"] if n not in names))
     return [{"key": n, "short": SHORT_NAMES.get(n, n if len(n) <= 8 else n[:7] + "\u2026"), "group": _group(n, records)}
-            for n in names]  # fmt: skip
+            for n in names]
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -113,7 +113,7 @@ def r_cell(entry: Mapping[str, Any] | None) -> dict[str, Any]:
     if entry.get("p_value") is not None:
         parts.append(f"McNemar p = {entry['p_value']:.3g}" + (" (significant)" if entry.get("significant") else ""))
     return {"text": f"{r:.2f}", "marker": entry.get("marker") or "", "sig": entry.get("significant") is True,
-            "cls": f"b{min(_N_BUCKETS - 1, max(0, int(r * 10)))}", "sort": f"{r:.6f}", "title": "; ".join(parts)}  # fmt: skip
+            "cls": f"b{min(_N_BUCKETS - 1, max(0, int(r * 10)))}", "sort": f"{r:.6f}", "title": "; ".join(parts)}
 
 
 def clean_cell(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def clean_cell(rec: Mapping[str, Any]) -> dict[str, Any]:
     if near_chance:
         title += "; below twice chance level: a model that guesses keeps R near 1, so R says little here"
     return {"text": f"{c['accuracy']:.2f}", "marker": c.get("marker") or "", "sig": sig, "sort": f"{c['accuracy']:.6f}",
-            "title": title, "ci": f"{lo:.2f}-{hi:.2f}", "near_chance": near_chance}  # fmt: skip
+            "title": title, "ci": f"{lo:.2f}-{hi:.2f}", "near_chance": near_chance}
 
 
 def model_facts(rec: Mapping[str, Any]) -> dict[str, str]:
@@ -148,9 +148,9 @@ def masking_view(rec: Mapping[str, Any]) -> dict[str, Any]:
     ran = [c for c in checks if c.get("passed") is not None]
     status = "flagged" if failed else "passed" if ran else "not run"
     rows = [{"name": str(c.get("name", "")), "result": {True: "passed", False: "FLAGGED", None: "not run"}[c.get("passed")],
-             "detail": str(c.get("detail", ""))} for c in checks]  # fmt: skip
+             "detail": str(c.get("detail", ""))} for c in checks]
     return {"status": status, "failed": failed, "n_ran": len(ran), "n": len(checks), "rows": rows,
-            "text": masking_flags(rec)}  # fmt: skip
+            "text": masking_flags(rec)}
 
 
 def index_rows(records: Sequence[Mapping[str, Any]], pages: Sequence[str]) -> list[dict[str, Any]]:
@@ -165,7 +165,7 @@ def index_rows(records: Sequence[Mapping[str, Any]], pages: Sequence[str]) -> li
                     "cells": [r_cell(rec["perturbations"].get(c["key"])) for c in cols],
                     "fam": [{"text": _f(fam.get(g), ".2f") if g in fam else "", "sort": _f(fam.get(g), ".6f") if g in fam else ""}
                             for g in GROUPS],
-                    "masking": masking_view(rec), **model_facts(rec)})  # fmt: skip
+                    "masking": masking_view(rec), **model_facts(rec)})
     return out
 
 
@@ -178,12 +178,12 @@ def _rel(path: Path | None, start: Path) -> str | None:
 
 
 def render_index(env: Environment, records: Sequence[Mapping[str, Any]], *, pages: Sequence[str], problems: Sequence[Any],
-                 plots: Mapping[str, Path], out: Path) -> str:  # fmt: skip
+                 plots: Mapping[str, Path], out: Path) -> str:
     """The index page: the sortable, filterable table, the legend, the plots, skipped files."""
     rows = index_rows(records, pages)
     groups = [{"key": g, "title": t} for g, t in GROUP_TITLES.items()]
     figs = [(k, t) for k, t in (("heatmap_png", "R per model and perturbation"), ("clean_vs_r_png", "Clean accuracy vs mean R"),
-                                ("severity_png", "Accuracy vs severity per corruption")) if k in plots]  # fmt: skip
+                                ("severity_png", "Accuracy vs severity per corruption")) if k in plots]
     return env.get_template("index.html.j2").render(
         rows=rows, columns=columns(records), groups=groups, version=__version__,
         filters=[("dataset", "Dataset", _options(rows, "dataset")), ("arch", "Architecture", _options(rows, "arch")),
@@ -191,7 +191,7 @@ def render_index(env: Environment, records: Sequence[Mapping[str, Any]], *, page
         problems=[{"name": p.path.name, "path": str(p.path), "reason": p.reason} for p in problems],
         figures=[{"src": _rel(plots[k], out), "title": t} for k, t in figs],
         csv={"wide": "results.csv", "long": "results-long.csv"}, bucket_colours=bucket_colours(),
-    )  # fmt: skip
+    )
 
 
 def _pert_rows(rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -207,7 +207,7 @@ def _pert_rows(rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> 
                               f"95% interval {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f}"} for s in sevs],
                      "params": "; ".join(str(s.get("parameter", "")) for s in sevs[:1]) if len(sevs) == 1 else "",
                      "accuracy": _f(e.get("accuracy")), "baseline_R": _f(e.get("baseline_R")),
-                     "p": "" if e.get("p_value") is None else f"{e['p_value']:.3g}", "seconds": e.get("seconds")})  # fmt: skip
+                     "p": "" if e.get("p_value") is None else f"{e['p_value']:.3g}", "seconds": e.get("seconds")})
     return rows
 
 
@@ -222,7 +222,7 @@ def eval_command(rec: Mapping[str, Any]) -> str:
     """The ``robench evaluate`` command equivalent to the recorded configuration."""
     cfg = rec["config"]
     parts = ["robench", "evaluate", str(rec["model"]["source"]), "--dataset", str(rec["dataset"]["name"]),
-             "--suite", str(cfg.get("suite", "")), "--seed", str(cfg.get("seed", ""))]  # fmt: skip
+             "--suite", str(cfg.get("suite", "")), "--seed", str(cfg.get("seed", ""))]
     if rec["dataset"].get("indices") is None:
         parts.append("--all-images")
     else:
@@ -252,18 +252,18 @@ def provenance(rec: Mapping[str, Any], source: Path, source_sha256: str) -> list
             ("evaluation command (equivalent)", eval_command(rec) if m["kind"] != "python"
              else "none: the model was passed to robench.evaluate as a Python object"),
             ("result file", f"{source.name} (sha256 {source_sha256})"),
-            ("created / updated", f"{rec['created']} / {rec['updated']}")]  # fmt: skip
+            ("created / updated", f"{rec['created']} / {rec['updated']}")]
     return rows + [(f"environment: {k}", v) for k, v in _flat(rec["environment"])]
 
 
 def render_model(env: Environment, rec: Mapping[str, Any], *, page: str, source: Path, source_sha256: str,
                  records: Sequence[Mapping[str, Any]], pages: Sequence[str], plots: Mapping[str, Path],
-                 examples: Mapping[str, Any] | None) -> str:  # fmt: skip
+                 examples: Mapping[str, Any] | None) -> str:
     """One model's page: key numbers, plots, full results, examples, model card, provenance."""
     base = find_baseline(rec, records)
     s = rec["summary"]
     fam = [{"title": t, "value": _f(s.get("mean_R", {}).get(g), ".3f") if g in s.get("mean_R", {}) else "not evaluated"}
-           for g, t in GROUP_TITLES.items()]  # fmt: skip
+           for g, t in GROUP_TITLES.items()]
     figs = [(f"{page}:R", "R per perturbation" + (" against the baseline (black ticks)" if rec.get("baseline") else "")),
             (f"{page}:severity", "Accuracy vs severity per corruption" + (" (with the baseline's curves)" if base else ""))]
     return env.get_template("model.html.j2").render(
@@ -275,7 +275,7 @@ def render_model(env: Environment, rec: Mapping[str, Any], *, page: str, source:
         meta=_flat(rec["model"].get("meta")), provenance=provenance(rec, source, source_sha256),
         baseline_page=pages[list(records).index(base)] if base is not None else None,
         notes=rec.get("_notes", []), version=__version__, bucket_colours=bucket_colours(), **model_facts(rec),
-    )  # fmt: skip
+    )
 
 
 def render_gallery(env: Environment, records: Sequence[Mapping[str, Any]], *, plots: Mapping[str, Path]) -> str:
@@ -287,7 +287,7 @@ def render_gallery(env: Environment, records: Sequence[Mapping[str, Any]], *, pl
         if spec is None:
             continue
         rows.append({"name": spec.name, "kind": spec.kind, "family": spec.family, "description": spec.description,
-                     "source": spec.source, "params": {p: list(spec.parameter_text(p)) for p in presets}})  # fmt: skip
+                     "source": spec.source, "params": {p: list(spec.parameter_text(p)) for p in presets}})
     grids = [{"src": f"plots/{p.name}", "title": k.split(":", 1)[1]} for k, p in plots.items() if k.startswith("gallery:")]
     return env.get_template("gallery.html.j2").render(rows=rows, presets=presets, grids=grids, version=__version__)
 

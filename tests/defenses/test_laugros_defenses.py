@@ -91,7 +91,7 @@ def test_iat_attacks_before_mixing() -> None:
     ("tlat", lambda yb, t, e: (1 - e) * yb + e * t),
     ("label_smoothing", lambda yb, t, e: (1 - e) * yb + e / N_CLASSES),
     ("targeted_fgsm", lambda yb, t, e: yb),
-])  # fmt: skip
+])
 def test_targeted_family_labels_the_adversarial_half(name: str, label) -> None:  # type: ignore[no-untyped-def]
     m, (x, y) = _model(), _batch()
     out = build_defense(name).step(m, x, y, _ctx(5))

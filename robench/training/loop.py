@@ -35,47 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
-from ._io import atomic_torch_save, first_line
-from ._seeding import derive_seed, make_generator
-from .data import ImageDataset
-from .defenses import StepContext
+from robench import _distributed as distributed
+from robench._io import atomic_torch_save, first_line
+from robench._seeding import derive_seed, make_generator
+from robench.data import ImageDataset
+from robench.defenses import StepContext, TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "evaluate_accuracy"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimiser, schedule and loop settings (seed 000 section 4.2 defaults).
-
-    Args:
-        epochs: passes over the training set.
-        batch_size: images per step.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
-        milestones: fractions of all steps where the LR is divided by 10.
-        seed: every random choice derives from it.
-        device: ``cpu`` or ``cuda``.
-    """
-
-    epochs: int = 6
-    batch_size: int = 256
-    lr: float = 0.002
-    weight_decay: float = 1e-4
-    milestones: tuple[float, ...] = (1 / 3, 2 / 3, 8 / 9)
-    seed: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        """One-sentence errors for impossible settings."""
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
 
 
 @dataclass
@@ -165,7 +134,7 @@ def fit(
         if world.is_main:
             atomic_torch_save({"run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
                                "sched": sched.state_dict(), "history": result.history,
-                               "wall_time_s": result.wall_time_s}, _state_path(out))  # fmt: skip
+                               "wall_time_s": result.wall_time_s}, _state_path(out))
         distributed.barrier()
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, stats)
     if bar is not None:
@@ -224,7 +193,7 @@ def _rank_seed(seed: int, what: str, epoch: int) -> int:
 
 
 def _run_epoch(model: nn.Module, sync: distributed.GradientAverager | None, defense: Any, ds: ImageDataset,
-               cfg: TrainConfig, opt: Any, sched: Any, epoch: int, steps: int, bar: Any) -> dict[str, float]:  # fmt: skip
+               cfg: TrainConfig, opt: Any, sched: Any, epoch: int, steps: int, bar: Any) -> dict[str, float]:
     """One epoch; under torchrun ``sync`` keeps the ranks' models equal."""
     w = distributed.world()
     order = torch.randperm(len(ds), generator=make_generator(derive_seed(cfg.seed, "shuffle", epoch)))

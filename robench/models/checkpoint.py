@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from ._io import atomic_torch_save, first_line, sha256_file
-from .models import ImageClassifier, create_model
+from robench._version import __version__
+from robench._io import atomic_torch_save, first_line, sha256_file
+from robench.models._base import ImageClassifier, create_model
 
 __all__ = [
     "CheckpointError",
@@ -33,7 +33,7 @@ __all__ = [
     "read_checkpoint",
     "read_checkpoint_bytes",
     "save_checkpoint",
-]  # fmt: skip
+]
 
 FORMAT = "robench-checkpoint"
 FORMAT_VERSION = 2  # 2: a content digest (torch does not check its zip CRCs, so bit rot loaded silently)
@@ -85,7 +85,7 @@ class CheckpointMeta:
             "std": list(self.std), "dataset": self.dataset, "defense": self.defense,
             "defense_config": dict(self.defense_config), "train_config": dict(self.train_config),
             "robench_version": self.robench_version, "extra": dict(self.extra),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CheckpointMeta:
@@ -98,7 +98,7 @@ class CheckpointMeta:
                 dataset=str(d.get("dataset", "")), defense=str(d.get("defense", "standard")),
                 defense_config=dict(d.get("defense_config", {})), train_config=dict(d.get("train_config", {})),
                 robench_version=str(d.get("robench_version", "")), extra=dict(d.get("extra", {})),
-            )  # fmt: skip
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({exc})") from None
 
@@ -117,7 +117,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     meta_d = meta.to_dict()
     obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_d, "state_dict": state,
-           "content_sha256": content_digest(meta_d, state)}  # fmt: skip
+           "content_sha256": content_digest(meta_d, state)}
     atomic_torch_save(obj, path)
     return sha256_file(path)
 
@@ -210,7 +210,7 @@ def model_from_checkpoint(
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise CheckpointError(f"{path}: cannot build architecture {meta.arch!r} with {dict(meta.arch_kwargs)}: "
-                              f"{first_line(exc)}") from None  # fmt: skip
+                              f"{first_line(exc)}") from None
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
     if want != have:

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from ._io import atomic_torch_save, first_line
-from .data import DatasetInfo
-from .data.shapes import cache_dir
-from .loading import LoadedModel, load_model
-from .results import accuracy_entry
+from robench import _distributed as distributed
+from robench._io import atomic_torch_save, first_line
+from robench.data import DatasetInfo
+from robench._io import cache_dir
+from robench.models.loading import LoadedModel, load_model
+from robench.evaluation.record import accuracy_entry
 
 __all__ = ["attack_entry", "masking_entry", "resolve_surrogate"]
 
@@ -68,7 +68,7 @@ def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Ca
     The cache holds every image of the run. Under torchrun each rank crafts its own batches and,
     when rank 0 found no cache, rank 0 collects every share and writes it.
     """
-    from .attacks import craft_transfer
+    from robench.attacks import craft_transfer
 
     path = cache_dir() / "transfer" / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, batches.indices)}.pt"
     full, pos = _cached_advs(path, len(batches.indices)), batches.positions()
@@ -91,12 +91,12 @@ def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Ca
 
 
 def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: DatasetInfo,
-                 tick: Callable[[int], None], record: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+                 tick: Callable[[int], None], record: dict[str, Any]) -> dict[str, Any]:
     """Accuracy under one attack (one 'severity'), in the record's per-perturbation format."""
-    from .attacks import run_attack
+    from robench.attacks import run_attack
 
     entry: dict[str, Any] = {"kind": "attack", "family": spec.family, "mode": spec.mode,
-                             "params": {k: v for k, v in spec.params.items()}}  # fmt: skip
+                             "params": {k: v for k, v in spec.params.items()}}
     correct: list[np.ndarray] = []
     if spec.mode == "transfer":
         sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
@@ -104,7 +104,7 @@ def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: Data
             tick(len(batches))
             return entry | {"status": "skipped", "reason": f"no surrogate for {cfg.dataset} (pass --surrogate)"}
         entry["surrogate"] = {"id": sur.model_id, "source": sur.source, "sha256": sur.sha256}
-        from .attacks import judge_transfer
+        from robench.attacks import judge_transfer
 
         adv = _transfer_advs(spec, sur, batches, cfg, lambda n: None)
         start = 0
@@ -125,12 +125,12 @@ def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: Data
 
 def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> list[dict[str, Any]]:
     """Gradient-masking sanity checks on the first images of the run (SPEC section 3)."""
-    from .attacks import gradient_masking_checks
+    from robench.attacks import gradient_masking_checks
 
     idx, x, y, _ = next(iter(batches))
     sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
     checks = gradient_masking_checks(model, x, y, seed=cfg.seed, indices=idx.tolist(),
-                                     surrogate=None if sur is None else sur.model.to(batches.device).eval())  # fmt: skip
+                                     surrogate=None if sur is None else sur.model.to(batches.device).eval())
     return [asdict(c) for c in checks]
 
 

@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .plots import _LITERAL_TEXT  # noqa: E402  (names are untrusted text: never parsed as $math$)
-from .tables import SHORT_NAMES, TABLE1_COLUMNS  # noqa: E402
+from robench.report.plots import _LITERAL_TEXT  # noqa: E402  (names are untrusted text: never parsed as $math$)
+from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS  # noqa: E402
 
 __all__ = ["r_matrix", "r_heatmap", "clean_vs_mean_r", "GROUP_TITLES"]
 
@@ -33,7 +33,7 @@ def r_matrix(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.
     for r in records:
         ents = r["perturbations"]
         rows.append([ents[c]["R"] if c in ents and ents[c]["status"] == "done" and ents[c].get("R") is not None else np.nan
-                     for c in cols])  # fmt: skip
+                     for c in cols])
     return pd.DataFrame(rows, index=list(labels), columns=cols, dtype=float)
 
 
@@ -85,7 +85,7 @@ def clean_vs_mean_r(records: Sequence[Mapping[str, Any]], labels: Sequence[str])
         for i, (x, y, lab) in enumerate(pts):
             k = sum(1 for px, py, _ in pts[:i] if abs(px - x) < 0.06 and abs(py - y) < 0.04)  # stack close labels
             ax.annotate(lab if len(lab) <= 28 else lab[:27] + "\u2026", (x, y), xytext=(5, 2 - 10 * k),
-                        textcoords="offset points", fontsize=7, va="center")  # fmt: skip
+                        textcoords="offset points", fontsize=7, va="center")
         top = max(top, max(p[1] for p in pts) + 0.08)
     axes[0].set_ylabel("mean R in the family")
     for ax in axes:

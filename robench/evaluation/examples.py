@@ -1,0 +1,119 @@
+"""Adversarial example images for the leaderboard, crafted on the exact checkpoint a result names.
+
+A result file is untrusted: the checkpoint it points to is used only when it is a robench
+checkpoint (loaded with ``weights_only=True``, no code from the file) whose SHA-256, computed from
+the same bytes the model is loaded from, equals the hash the result states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from robench._io import first_line
+from robench.models.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint_bytes
+from robench.models.loading import load_model
+from robench.perturbations import PERTURBATIONS
+
+__all__ = ["CheckpointAdversary", "ExampleUnavailable"]
+
+_LOAD_ERRORS = (CheckpointError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
+
+
+class ExampleUnavailable(Exception):
+    """An adversarial example cannot be crafted; ``reason`` says why in a few words.
+
+    Args:
+        reason: the sentence shown on the model page.
+        of_model: the evaluated model itself is unusable (every attack tile of the page is empty),
+            as opposed to one attack's own problem (e.g. its surrogate).
+    """
+
+    def __init__(self, reason: str, *, of_model: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.of_model = reason, of_model
+
+
+def load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module:
+    """The robench checkpoint ``ref`` if its bytes have exactly the hash ``sha256``.
+
+    Raises:
+        ExampleUnavailable: not a robench checkpoint, no hash stated, unreadable, or another hash.
+    """
+    if kind != "robench-checkpoint":
+        raise ExampleUnavailable(f"the model is a {kind} file, not a robench checkpoint", of_model=True)
+    if not sha256:
+        raise ExampleUnavailable("the result states no checkpoint hash", of_model=True)
+    try:
+        if ref.startswith("zoo:"):
+            loaded = load_model(ref)  # the zoo checks the card's hash against the bytes it loads
+            model, digest = loaded.model, loaded.sha256
+        else:
+            path = Path(ref)
+            if not path.is_file():
+                raise ExampleUnavailable(f"checkpoint {ref} not found", of_model=True)
+            data = path.read_bytes()  # one read: the hash and the weights come from the same bytes
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != sha256:
+                raise ExampleUnavailable(f"checkpoint {ref} has another hash than the result states", of_model=True)
+            model = model_from_checkpoint(read_checkpoint_bytes(data, ref), ref)[0]
+    except _LOAD_ERRORS as exc:
+        raise ExampleUnavailable(f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})", of_model=True) from None
+    if digest != sha256:
+        raise ExampleUnavailable(f"checkpoint {ref} has another hash than the result states", of_model=True)
+    return model.eval()
+
+
+class CheckpointAdversary:
+    """Crafts a result's attacks on its own verified checkpoint (and its verified surrogate).
+
+    Models are loaded once: the last evaluated model (one page uses it) and every surrogate (all
+    pages' transfer attacks share it). A failed load is remembered too.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str | None, str], nn.Module | ExampleUnavailable] = {}
+        self._page: tuple[tuple[str, str | None, str], nn.Module | ExampleUnavailable] | None = None
+
+    def _load(self, key: tuple[str, str | None, str], *, keep: bool) -> nn.Module:
+        got: nn.Module | ExampleUnavailable
+        if keep and key in self._models:
+            got = self._models[key]
+        elif not keep and self._page is not None and self._page[0] == key:
+            got = self._page[1]
+        else:
+            try:
+                got = load_verified(*key)
+            except ExampleUnavailable as exc:
+                got = exc
+            if keep:
+                self._models[key] = got
+            else:
+                self._page = (key, got)
+        if isinstance(got, ExampleUnavailable):
+            raise got
+        return got
+
+    def craft(self, rec: Mapping[str, Any], name: str, x: Tensor, y: Tensor, *, indices: Sequence[int],
+              seed: int) -> Tensor:
+        """Adversarial images of attack ``name`` for the model of ``rec``.
+
+        Raises:
+            ExampleUnavailable: the model or the surrogate cannot be used.
+        """
+        m = rec["model"]
+        model = self._load((str(m["source"]), m.get("sha256"), str(m["kind"])), keep=False)
+        surrogate = None
+        if PERTURBATIONS.get(name).mode == "transfer":
+            sur = rec["perturbations"][name].get("surrogate") or {}
+            try:
+                surrogate = self._load((str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint"), keep=True)
+            except ExampleUnavailable as exc:
+                raise ExampleUnavailable(f"surrogate: {exc.reason}", of_model=False) from None
+        from robench.attacks import run_attack  # Foolbox loads on first use, not with robench
+
+        return run_attack(name, model, x, y, seed=seed, indices=list(indices), surrogate=surrogate).adv

@@ -1,0 +1,12 @@
+"""Training: ``loop`` holds :func:`fit`, the one training loop; ``job`` holds :func:`train`, the job.
+
+:func:`train` builds the data, the model and the defense, calls :func:`fit`, and writes the
+checkpoint and its zoo card; :func:`fit` only trains.
+"""
+
+from __future__ import annotations
+
+from .job import default_epochs, train
+from .loop import TrainConfig, TrainResult, evaluate_accuracy, fit
+
+__all__ = ["TrainConfig", "TrainResult", "default_epochs", "evaluate_accuracy", "fit", "train"]
