@@ -15,8 +15,20 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-image", "opencv-python", "pillow", "foolbox",
-            "eagerpy", "torchattacks", "imagecorruptions", "robench")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "opencv-python",
+    "pillow",
+    "foolbox",
+    "eagerpy",
+    "torchattacks",
+    "imagecorruptions",
+    "robench",
+)
 
 
 def versions() -> dict[str, str]:
@@ -44,12 +56,27 @@ def machine() -> dict[str, Any]:
         pass
     mem = None
     try:
-        mem = int(next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]) // 1024
+        mem = (
+            int(
+                next(
+                    x
+                    for x in Path("/proc/meminfo").read_text().splitlines()
+                    if x.startswith("MemTotal")
+                ).split()[1]
+            )
+            // 1024
+        )
     except (OSError, StopIteration, ValueError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_mib": mem,
-            "platform": platform.platform(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_mib": mem,
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def sync(device: str | torch.device) -> None:
@@ -58,7 +85,9 @@ def sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], *, device: str = "cpu", repeats: int = 3, warmup: int = 1) -> list[float]:
+def timed(
+    fn: Callable[[], Any], *, device: str = "cpu", repeats: int = 3, warmup: int = 1
+) -> list[float]:
     """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
@@ -105,7 +134,9 @@ class Target:
 
     def line(self) -> str:
         """One Markdown bullet: met, or missed by how much and why."""
-        head = f"**{self.name}**: {self.measured:.3g}{self.unit} (target <= {self.limit:g}{self.unit})"
+        head = (
+            f"**{self.name}**: {self.measured:.3g}{self.unit} (target <= {self.limit:g}{self.unit})"
+        )
         if self.met:
             return f"- {head}: met"
         return f"- {head}: **missed by {self.measured / self.limit:.2f}x**. {self.why}".rstrip()

@@ -42,16 +42,25 @@ def _models(device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return model, sur
 
 
-def _pass_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
+def _pass_costs(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int
+) -> dict[str, float]:
     from robench.evaluation.plan import time_forward, time_gradient
 
-    return {"forward": time_forward(model, x, repeats=repeats), "gradient": time_gradient(model, x, y, repeats=repeats)}
+    return {
+        "forward": time_forward(model, x, repeats=repeats),
+        "gradient": time_gradient(model, x, y, repeats=repeats),
+    }
 
 
 def _floor(spec: Any, m: dict[str, float], s: dict[str, float]) -> float:
     c = spec.cost()
-    return (c.gradient_passes * m["gradient"] + c.forward_passes * m["forward"]
-            + c.surrogate_gradient_passes * s["gradient"] + c.surrogate_forward_passes * s["forward"])
+    return (
+        c.gradient_passes * m["gradient"]
+        + c.forward_passes * m["forward"]
+        + c.surrogate_gradient_passes * s["gradient"]
+        + c.surrogate_forward_passes * s["forward"]
+    )
 
 
 def _robench(spec: Any, model: Any, sur: Any, x: Any, y: Any, idx: list[int]) -> Callable[[], Any]:
@@ -66,14 +75,24 @@ def _foolbox(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[], An
 
     eps, steps = spec.budget(x.shape[-1]), spec.steps
     if spec.algorithm == "cw_l2":
-        atk: Any = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=1, steps=steps, stepsize=0.05, confidence=50,
-                                                    initial_const=10.0, abort_early=False)
+        atk: Any = fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=1,
+            steps=steps,
+            stepsize=0.05,
+            confidence=50,
+            initial_const=10.0,
+            abort_early=False,
+        )
     elif spec.algorithm == "mi_fgsm":
-        atk = fb.attacks.LinfMomentumIterativeFastGradientMethod(momentum=1.0, abs_stepsize=eps / steps, steps=steps,
-                                                                 random_start=False)
+        atk = fb.attacks.LinfMomentumIterativeFastGradientMethod(
+            momentum=1.0, abs_stepsize=eps / steps, steps=steps, random_start=False
+        )
     else:
-        atk = fb.attacks.LinfPGD(abs_stepsize=spec.step_size(eps, steps), steps=steps,
-                                 random_start=spec.algorithm == "pgd")
+        atk = fb.attacks.LinfPGD(
+            abs_stepsize=spec.step_size(eps, steps),
+            steps=steps,
+            random_start=spec.algorithm == "pgd",
+        )
     crafter = fb.PyTorchModel(sur if spec.mode == "transfer" else model, bounds=(0, 1))
 
     def run() -> Any:
@@ -99,7 +118,13 @@ def _torchattacks(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[
     elif spec.algorithm == "mi_fgsm":
         atk = ta.MIFGSM(sur, eps=eps, alpha=eps / steps, steps=steps, decay=1.0)
     else:
-        atk = ta.PGD(model, eps=eps, alpha=spec.step_size(eps, steps), steps=steps, random_start=spec.algorithm == "pgd")
+        atk = ta.PGD(
+            model,
+            eps=eps,
+            alpha=spec.step_size(eps, steps),
+            steps=steps,
+            random_start=spec.algorithm == "pgd",
+        )
         if spec.algorithm == "pgd_ll":
             atk.set_mode_targeted_least_likely()
 
@@ -121,14 +146,27 @@ def measure(n_images: int, device: str, repeats: int) -> dict[str, Any]:
     for name in ATTACKS:
         spec = P.get(name)
         m, s = _pass_costs(model, x, y, repeats + 2), _pass_costs(sur, x, y, repeats + 2)
-        row: dict[str, Any] = {"attack": name, "cost": vars(spec.cost()), "pass_model": m, "pass_surrogate": s,
-                               "floor_s": _floor(spec, m, s)}
-        for lib, make in (("robench", _robench(spec, model, sur, x, y, idx)), ("foolbox", _foolbox(spec, model, sur, x, y)),
-                          ("torchattacks", _torchattacks(spec, model, sur, x, y))):
-            row[f"{lib}_s"] = None if make is None else median(timed(make, device=device, repeats=repeats))
+        row: dict[str, Any] = {
+            "attack": name,
+            "cost": vars(spec.cost()),
+            "pass_model": m,
+            "pass_surrogate": s,
+            "floor_s": _floor(spec, m, s),
+        }
+        for lib, make in (
+            ("robench", _robench(spec, model, sur, x, y, idx)),
+            ("foolbox", _foolbox(spec, model, sur, x, y)),
+            ("torchattacks", _torchattacks(spec, model, sur, x, y)),
+        ):
+            row[f"{lib}_s"] = (
+                None if make is None else median(timed(make, device=device, repeats=repeats))
+            )
         rows.append(row)
-        print(f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  robench {fmt_s(row['robench_s']):>8s} "
-              f"({row['robench_s'] / row['floor_s']:.2f}x)  foolbox {fmt_s(row['foolbox_s']):>8s}", flush=True)
+        print(
+            f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  robench {fmt_s(row['robench_s']):>8s} "
+            f"({row['robench_s'] / row['floor_s']:.2f}x)  foolbox {fmt_s(row['foolbox_s']):>8s}",
+            flush=True,
+        )
     return {"images": n_images, "device": device, "repeats": repeats, "rows": rows}
 
 
@@ -139,26 +177,49 @@ def targets(data: dict[str, Any]) -> list[Target]:
         steps = max(1, r["cost"]["gradient_passes"] + r["cost"]["surrogate_gradient_passes"])
         extra = (r["robench_s"] - r["floor_s"]) / steps
         fb = r["foolbox_s"] / r["floor_s"]
-        why = (f"{extra * 1e3:.1f} ms per gradient step go outside the model passes (Foolbox/eagerpy bookkeeping: "
-               f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor.")
-        out.append(Target(f"{r['attack']} time / compute floor", r["robench_s"] / r["floor_s"], TARGET, "x", why))
+        why = (
+            f"{extra * 1e3:.1f} ms per gradient step go outside the model passes (Foolbox/eagerpy bookkeeping: "
+            f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor."
+        )
+        out.append(
+            Target(
+                f"{r['attack']} time / compute floor",
+                r["robench_s"] / r["floor_s"],
+                TARGET,
+                "x",
+                why,
+            )
+        )
     return out
 
 
 def markdown(data: dict[str, Any]) -> str:
     """The attack table."""
-    lines = [f"Batch of {data['images']} shapes test images on {data['device']}, zoo:standard (small_cnn width 32); "
-             f"transfer attacks crafted on zoo:shapes/vgg_surrogate. Median of {data['repeats']} runs after a warm-up.", "",
-             "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | robench / floor | "
-             "Foolbox direct | torchattacks direct |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Batch of {data['images']} shapes test images on {data['device']}, zoo:standard (small_cnn width 32); "
+        f"transfer attacks crafted on zoo:shapes/vgg_surrogate. Median of {data['repeats']} runs after a warm-up.",
+        "",
+        "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | robench / floor | "
+        "Foolbox direct | torchattacks direct |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in data["rows"]:
         c, m = r["cost"], r["pass_model"] if r["cost"]["gradient_passes"] else r["pass_surrogate"]
         passes = f"{c['gradient_passes']} / {c['forward_passes']}" + (
-            f" ({c['surrogate_gradient_passes']} / {c['surrogate_forward_passes']})" if c["surrogate_gradient_passes"] else "")
-        ta = "not installed" if r["torchattacks_s"] is None else f"{fmt_s(r['torchattacks_s'])} ({r['torchattacks_s'] / r['floor_s']:.2f}x)"
-        lines.append(f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | {fmt_s(r['floor_s'])} | "
-                     f"{fmt_s(r['robench_s'])} | {r['robench_s'] / r['floor_s']:.2f}x | "
-                     f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |")
+            f" ({c['surrogate_gradient_passes']} / {c['surrogate_forward_passes']})"
+            if c["surrogate_gradient_passes"]
+            else ""
+        )
+        ta = (
+            "not installed"
+            if r["torchattacks_s"] is None
+            else f"{fmt_s(r['torchattacks_s'])} ({r['torchattacks_s'] / r['floor_s']:.2f}x)"
+        )
+        lines.append(
+            f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | {fmt_s(r['floor_s'])} | "
+            f"{fmt_s(r['robench_s'])} | {r['robench_s'] / r['floor_s']:.2f}x | "
+            f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |"
+        )
     return "\n".join(lines)
 
 

@@ -79,8 +79,16 @@ class Row:
 def _photos() -> tuple[np.ndarray, ...]:
     import skimage.data as d
 
-    return (d.astronaut(), d.coffee(), d.chelsea(), d.rocket(), d.hubble_deep_field(),
-            d.immunohistochemistry(), d.stereo_motorcycle()[0], d.retina())
+    return (
+        d.astronaut(),
+        d.coffee(),
+        d.chelsea(),
+        d.rocket(),
+        d.hubble_deep_field(),
+        d.immunohistochemistry(),
+        d.stereo_motorcycle()[0],
+        d.retina(),
+    )
 
 
 def photo_batch(n: int, side: int) -> torch.Tensor:
@@ -176,8 +184,12 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
         head = ["corruption"] + [
             f"{h} @{s}" for s in sides for h in ("torch", "reference", "ratio")
         ]
-        lines += [f"## torch engine on {device}", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" + "---:|" * (len(head) - 1)]
+        lines += [
+            f"## torch engine on {device}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" + "---:|" * (len(head) - 1),
+        ]
         names = sorted({r.name for r in rows if r.device == device}, key=_order)
         for name in names:
             cells = [name]

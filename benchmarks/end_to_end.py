@@ -30,7 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, Target, fmt_s  # noqa: E402
 
 README_COMMAND = ["robench", "evaluate", "zoo:standard"]
-QUICK_ARGS = ["-p", "gaussian_noise", "-p", "glass_blur", "-p", "pgd", "-p", "mi_fgsm_0.04", "--n-images", "100"]
+QUICK_ARGS = [
+    "-p",
+    "gaussian_noise",
+    "-p",
+    "glass_blur",
+    "-p",
+    "pgd",
+    "-p",
+    "mi_fgsm_0.04",
+    "--n-images",
+    "100",
+]
 TARGETS = {"readme_s": 180.0, "wall_over_floor": 1.3, "corruption_over_model": 0.25}
 
 
@@ -111,7 +122,11 @@ def child(out_json: Path, argv: list[str]) -> None:
     t1, epoch1 = time.perf_counter(), time.time()
     main.main(args=argv, standalone_mode=False)
     t2, epoch2 = time.perf_counter(), time.time()
-    model_s, corruption_s, data_s = clock.model, clock.corruption, clock.data  # before the calibration's passes
+    model_s, corruption_s, data_s = (
+        clock.model,
+        clock.corruption,
+        clock.data,
+    )  # before the calibration's passes
     from robench._io import cache_dir
     from robench.evaluation.plan import plan_evaluation
 
@@ -119,14 +134,31 @@ def child(out_json: Path, argv: list[str]) -> None:
     n = int(argv[argv.index("--n-images") + 1]) if "--n-images" in argv else 500
     transfer = cache_dir() / "transfer"
     if transfer.exists():
-        transfer.rename(transfer.with_name("transfer.done"))  # price the crafting the run did, not a cache hit
-    plan = plan_evaluation(argv[1], perturbations=names, n_images=n, out=argv[argv.index("--out") + 1], resume=False)
-    floor = sum(c.seconds for c in plan.counts) - sum(c.corrupted * plan.corruption.get(c.what, 0.0) for c in plan.counts)
-    result = {"started_epoch": epoch1, "finished_epoch": epoch2, "run_s": t2 - t1, "model_s": model_s, "corruption_s": corruption_s,
-              "data_s": data_s, "floor_s": floor, "plan_total_s": plan.seconds,
-              "passes": {k: plan.total(k) for k in ("forward", "gradient", "surrogate_forward", "surrogate_gradient", "corrupted")},
-              "calibration_ms_per_image": {k: v * 1e3 for k, v in plan.calibration.items()},
-              "maxrss_mib_child": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        transfer.rename(
+            transfer.with_name("transfer.done")
+        )  # price the crafting the run did, not a cache hit
+    plan = plan_evaluation(
+        argv[1], perturbations=names, n_images=n, out=argv[argv.index("--out") + 1], resume=False
+    )
+    floor = sum(c.seconds for c in plan.counts) - sum(
+        c.corrupted * plan.corruption.get(c.what, 0.0) for c in plan.counts
+    )
+    result = {
+        "started_epoch": epoch1,
+        "finished_epoch": epoch2,
+        "run_s": t2 - t1,
+        "model_s": model_s,
+        "corruption_s": corruption_s,
+        "data_s": data_s,
+        "floor_s": floor,
+        "plan_total_s": plan.seconds,
+        "passes": {
+            k: plan.total(k)
+            for k in ("forward", "gradient", "surrogate_forward", "surrogate_gradient", "corrupted")
+        },
+        "calibration_ms_per_image": {k: v * 1e3 for k, v in plan.calibration.items()},
+        "maxrss_mib_child": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     out_json.write_text(json.dumps(result, indent=1))
 
 
@@ -146,25 +178,47 @@ def measure(quick: bool) -> dict[str, Any]:
             raise RuntimeError(f"the command failed:\n{log.read_text()[-3000:]}")
         data = json.loads(res_json.read_text())
     # the command's wall time ends when the evaluation does (the pricing afterwards is the benchmark's)
-    data.update(command=" ".join(README_COMMAND[:2] + argv[1:-2]), wall_s=data["finished_epoch"] - t0,
-                imports_s=data["started_epoch"] - t0, quick=quick, peak_rss_mib=usage.ru_maxrss / 1024)
+    data.update(
+        command=" ".join(README_COMMAND[:2] + argv[1:-2]),
+        wall_s=data["finished_epoch"] - t0,
+        imports_s=data["started_epoch"] - t0,
+        quick=quick,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+    )
     return data
 
 
 def targets(d: dict[str, Any]) -> list[Target]:
     """README command < 3 min, run within 1.3x of its passes, corruption generation < 25 % of model time."""
     rest = d["run_s"] - d["model_s"] - d["corruption_s"]
-    why_floor = (f"Of {d['run_s']:.0f} s in the run, {d['model_s']:.0f} s are inside the models (hooks), "
-                 f"{d['corruption_s']:.0f} s generate corruptions and {rest:.0f} s go elsewhere (attack bookkeeping, "
-                 f"data generation {d['data_s']:.0f} s, files); the calibrated passes alone take {d['floor_s']:.0f} s.")
-    why_readme = (f"Imports take {d['imports_s']:.0f} s, the run {d['run_s']:.0f} s; C&W's 40 steps alone are "
-                  "40 of the ~55 forward + backward passes per image.")
+    why_floor = (
+        f"Of {d['run_s']:.0f} s in the run, {d['model_s']:.0f} s are inside the models (hooks), "
+        f"{d['corruption_s']:.0f} s generate corruptions and {rest:.0f} s go elsewhere (attack bookkeeping, "
+        f"data generation {d['data_s']:.0f} s, files); the calibrated passes alone take {d['floor_s']:.0f} s."
+    )
+    why_readme = (
+        f"Imports take {d['imports_s']:.0f} s, the run {d['run_s']:.0f} s; C&W's 40 steps alone are "
+        "40 of the ~55 forward + backward passes per image."
+    )
     why_corr = f"Corruption generation {d['corruption_s']:.1f} s vs {d['model_s']:.1f} s in the models (see the corruption table)."
     return [
-        Target("README first command wall time", d["wall_s"], TARGETS["readme_s"], " s", why_readme),
-        Target("end-to-end run / sum of its passes", d["run_s"] / d["floor_s"], TARGETS["wall_over_floor"], "x", why_floor),
-        Target("corruption generation / model time", d["corruption_s"] / d["model_s"], TARGETS["corruption_over_model"], "x",
-               why_corr),
+        Target(
+            "README first command wall time", d["wall_s"], TARGETS["readme_s"], " s", why_readme
+        ),
+        Target(
+            "end-to-end run / sum of its passes",
+            d["run_s"] / d["floor_s"],
+            TARGETS["wall_over_floor"],
+            "x",
+            why_floor,
+        ),
+        Target(
+            "corruption generation / model time",
+            d["corruption_s"] / d["model_s"],
+            TARGETS["corruption_over_model"],
+            "x",
+            why_corr,
+        ),
     ]
 
 
@@ -172,22 +226,27 @@ def markdown(d: dict[str, Any]) -> str:
     """The end-to-end breakdown."""
     rest = d["run_s"] - d["model_s"] - d["corruption_s"]
     p = d["passes"]
-    return "\n".join([
-        f"Command: `{d['command']}` (fresh process, empty cache)" + (" - quick subset" if d["quick"] else ""), "",
-        "| quantity | value |", "|---|---:|",
-        f"| wall time (outside view, incl. interpreter start) | {fmt_s(d['wall_s'])} |",
-        f"| interpreter start and imports | {fmt_s(d['imports_s'])} |",
-        f"| evaluation (in process) | {fmt_s(d['run_s'])} |",
-        f"| inside the models (forward + backward, hooks) | {fmt_s(d['model_s'])} ({d['model_s'] / d['run_s']:.0%}) |",
-        f"| corruption generation | {fmt_s(d['corruption_s'])} ({d['corruption_s'] / d['run_s']:.0%}) |",
-        f"| everything else (attack bookkeeping, data, files, plots) | {fmt_s(rest)} ({rest / d['run_s']:.0%}) |",
-        f"| of which test-split loading/generation | {fmt_s(d['data_s'])} |",
-        f"| share outside the models | {1 - d['model_s'] / d['run_s']:.0%} |",
-        f"| passes it must make: forward / fwd+bwd / surrogate fwd / surrogate fwd+bwd (image-passes) | "
-        f"{p['forward']:,} / {p['gradient']:,} / {p['surrogate_forward']:,} / {p['surrogate_gradient']:,} |",
-        f"| their cost at the calibrated rates (the floor) | {fmt_s(d['floor_s'])} |",
-        f"| peak resident memory | {d['peak_rss_mib']:.0f} MiB |",
-    ])
+    return "\n".join(
+        [
+            f"Command: `{d['command']}` (fresh process, empty cache)"
+            + (" - quick subset" if d["quick"] else ""),
+            "",
+            "| quantity | value |",
+            "|---|---:|",
+            f"| wall time (outside view, incl. interpreter start) | {fmt_s(d['wall_s'])} |",
+            f"| interpreter start and imports | {fmt_s(d['imports_s'])} |",
+            f"| evaluation (in process) | {fmt_s(d['run_s'])} |",
+            f"| inside the models (forward + backward, hooks) | {fmt_s(d['model_s'])} ({d['model_s'] / d['run_s']:.0%}) |",
+            f"| corruption generation | {fmt_s(d['corruption_s'])} ({d['corruption_s'] / d['run_s']:.0%}) |",
+            f"| everything else (attack bookkeeping, data, files, plots) | {fmt_s(rest)} ({rest / d['run_s']:.0%}) |",
+            f"| of which test-split loading/generation | {fmt_s(d['data_s'])} |",
+            f"| share outside the models | {1 - d['model_s'] / d['run_s']:.0%} |",
+            f"| passes it must make: forward / fwd+bwd / surrogate fwd / surrogate fwd+bwd (image-passes) | "
+            f"{p['forward']:,} / {p['gradient']:,} / {p['surrogate_forward']:,} / {p['surrogate_gradient']:,} |",
+            f"| their cost at the calibrated rates (the floor) | {fmt_s(d['floor_s'])} |",
+            f"| peak resident memory | {d['peak_rss_mib']:.0f} MiB |",
+        ]
+    )
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def _corruptions(quick: bool) -> dict[str, Any]:
     return {"table": table, "rows": [{**vars(r), "ratio": r.ratio} for r in rows]}
 
 
-def _section(name: str, quick: bool, device: str) -> tuple[dict[str, Any], str, list[_common.Target]]:
+def _section(
+    name: str, quick: bool, device: str
+) -> tuple[dict[str, Any], str, list[_common.Target]]:
     if name == "corruptions":
         data = _corruptions(quick)
         return data, data["table"], []
@@ -79,34 +81,51 @@ def _header(meta: dict[str, Any]) -> list[str]:
     mach = meta["machine"]
     load = " / ".join(f"{v:.2f}" for v in mach["load_average"] or [])
     return [
-        f"# robench benchmark suite ({meta['date']}{', quick' if meta['quick'] else ''})", "",
+        f"# robench benchmark suite ({meta['date']}{', quick' if meta['quick'] else ''})",
+        "",
         f"- Command: `{meta['command']}` (total {meta['total_s'] / 60:.1f} min)",
         f"- Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_mib']} MiB, torch threads {mach['torch_threads']}, "
         f"GPU: {mach['gpu'] or 'none'}; load average (1/5/15 min) at start {load}",
         f"- Device: {meta['device']}; {mach['platform']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        "- Timings depend on the machine's load: compare runs taken under the same conditions.", "",
+        "- Timings depend on the machine's load: compare runs taken under the same conditions.",
+        "",
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition: a smoke test")
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes, one repetition: a smoke test"
+    )
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--out", type=Path, default=_common.HERE / "results")
     args = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    meta: dict[str, Any] = {"date": dt.date.today().isoformat(), "quick": args.quick, "device": device,
-                            "command": " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
-                            "machine": _common.machine(), "versions": _common.versions(),
-                            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ROBENCH_CACHE") if k in os.environ}}
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    meta: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "quick": args.quick,
+        "device": device,
+        "command": " ".join(
+            ["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "machine": _common.machine(),
+        "versions": _common.versions(),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ROBENCH_CACHE") if k in os.environ},
+    }
     t0, body, results, all_targets = time.perf_counter(), [], {}, []
     for name in args.only:
         print(f"== {TITLES[name]}", flush=True)
         t = time.perf_counter()
         data, table, targets = _section(name, args.quick, device)
-        results[name] = {"data": data, "seconds": time.perf_counter() - t, "targets": [vars(x) | {"met": x.met} for x in targets]}
+        results[name] = {
+            "data": data,
+            "seconds": time.perf_counter() - t,
+            "targets": [vars(x) | {"met": x.met} for x in targets],
+        }
         all_targets += targets
         body += [f"## {TITLES[name]}", "", table, "", *(x.line() for x in targets), ""]
     meta["total_s"] = time.perf_counter() - t0
@@ -115,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"suite-{meta['date']}{'-quick' if args.quick else ''}"
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "sections": results}, indent=1, default=str) + "\n")
+    stem.with_suffix(".json").write_text(
+        json.dumps({**meta, "sections": results}, indent=1, default=str) + "\n"
+    )
     print(text)
     print(f"wrote {stem}.md and {stem}.json")
     return 0

@@ -22,15 +22,40 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, fmt_s  # noqa: E402
 
-EVAL = ["evaluate", "zoo:standard", "-p", "gaussian_noise", "-p", "pgd", "--baseline", "none", "--no-plots", "--no-resume"]
+EVAL = [
+    "evaluate",
+    "zoo:standard",
+    "-p",
+    "gaussian_noise",
+    "-p",
+    "pgd",
+    "--baseline",
+    "none",
+    "--no-plots",
+    "--no-resume",
+]
 TRAIN = ["train", "--defense", "standard", "--epochs", "1", "--no-resume"]
-LAYOUTS = (("1 process x 1 thread", 1, "1"), ("1 process x 2 threads", 1, "2"), ("2 processes x 1 thread (torchrun)", 2, "1"))
+LAYOUTS = (
+    ("1 process x 1 thread", 1, "1"),
+    ("1 process x 2 threads", 1, "2"),
+    ("2 processes x 1 thread (torchrun)", 2, "1"),
+)
 
 
 def _command(args: list[str], procs: int) -> list[str]:
     if procs == 1:
         return [sys.executable, "-m", "robench", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m", "robench", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(procs),
+        "-m",
+        "robench",
+        *args,
+    ]
 
 
 def _time(args: list[str], procs: int, threads: str, cache: str) -> float:
@@ -45,16 +70,34 @@ def _time(args: list[str], procs: int, threads: str, cache: str) -> float:
 def measure(quick: bool) -> dict[str, Any]:
     """Wall seconds of the evaluation and the training command in each layout."""
     n_eval, n_train = ("100", "512") if quick else ("500", "2048")
-    jobs = {f"evaluate zoo:standard, gaussian_noise + pgd, {n_eval} images": [*EVAL, "--n-images", n_eval],
-            f"train standard, 1 epoch of {n_train} images, batch 256": [*TRAIN, "--train-images", n_train]}
+    jobs = {
+        f"evaluate zoo:standard, gaussian_noise + pgd, {n_eval} images": [
+            *EVAL,
+            "--n-images",
+            n_eval,
+        ],
+        f"train standard, 1 epoch of {n_train} images, batch 256": [
+            *TRAIN,
+            "--train-images",
+            n_train,
+        ],
+    }
     rows = []
-    cache = os.environ.get("ROBENCH_CACHE", str(Path.home() / ".cache" / "robench"))  # data generated once, reused
+    cache = os.environ.get(
+        "ROBENCH_CACHE", str(Path.home() / ".cache" / "robench")
+    )  # data generated once, reused
     with tempfile.TemporaryDirectory() as tmp:
         for job, args in jobs.items():
             for label, procs, threads in LAYOUTS:
                 out = Path(tmp) / f"{len(rows)}"
                 extra = ["--out", str(out if args[0] == "evaluate" else out / "m.pt")]
-                rows.append({"job": job, "layout": label, "seconds": _time([*args, *extra], procs, threads, cache)})
+                rows.append(
+                    {
+                        "job": job,
+                        "layout": label,
+                        "seconds": _time([*args, *extra], procs, threads, cache),
+                    }
+                )
                 print(f"  {job[:40]:40s} {label:34s} {fmt_s(rows[-1]['seconds'])}", flush=True)
     return {"rows": rows, "quick": quick}
 
@@ -65,7 +108,9 @@ def markdown(data: dict[str, Any]) -> str:
     base: dict[str, float] = {}
     for r in data["rows"]:
         base.setdefault(r["job"], r["seconds"])
-        lines.append(f"| {r['job']} | {r['layout']} | {fmt_s(r['seconds'])} | {base[r['job']] / r['seconds']:.2f}x |")
+        lines.append(
+            f"| {r['job']} | {r['layout']} | {fmt_s(r['seconds'])} | {base[r['job']] / r['seconds']:.2f}x |"
+        )
     return "\n".join(lines)
 
 

@@ -37,22 +37,39 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     ckpt = args.checkpoint
     if ckpt is None:
-        ckpt = robench.train("standard", epochs=args.epochs, out=tmp / "standard.pt", progress=True,
-                             command=f"robench train --defense standard --epochs {args.epochs}")
+        ckpt = robench.train(
+            "standard",
+            epochs=args.epochs,
+            out=tmp / "standard.pt",
+            progress=True,
+            command=f"robench train --defense standard --epochs {args.epochs}",
+        )
     card = read_card(ckpt.with_suffix(".json"))
     t0 = time.perf_counter()
-    rep = evaluate(str(ckpt), perturbations=PERTURBATIONS, suite="imagenet-c-extra", n_images=None, out=tmp / "eval",
-                   baseline="none", plots=False)
+    rep = evaluate(
+        str(ckpt),
+        perturbations=PERTURBATIONS,
+        suite="imagenet-c-extra",
+        n_images=None,
+        out=tmp / "eval",
+        baseline="none",
+        plots=False,
+    )
     eval_s = time.perf_counter() - t0
     date = time.strftime("%Y-%m-%d")
     machine = _machine()
     lines = [
-        f"# shapes baseline ({date})", "",
+        f"# shapes baseline ({date})",
+        "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
-        f"torch {torch.__version__}, robench {robench.__version__}.", "",
-        f"Training command: `{card.command}` (small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)", "",
-        f"- training wall time: {card.wall_time_s:.0f} s", f"- clean test accuracy (2000 images): {card.clean_accuracy:.4f}",
-        f"- corruption evaluation of all 2000 test images: {eval_s:.0f} s", "",
+        f"torch {torch.__version__}, robench {robench.__version__}.",
+        "",
+        f"Training command: `{card.command}` (small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)",
+        "",
+        f"- training wall time: {card.wall_time_s:.0f} s",
+        f"- clean test accuracy (2000 images): {card.clean_accuracy:.4f}",
+        f"- corruption evaluation of all 2000 test images: {eval_s:.0f} s",
+        "",
         "| corruption (preset cifar) | " + " | ".join(f"s{s}" for s in range(1, 6)) + " | R |",
         "| --- | " + " | ".join("---" for _ in range(5)) + " | --- |",
     ]
@@ -62,9 +79,19 @@ def main() -> None:
         lines.append(f"| {name} | {accs} | {e['R']:.3f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"shapes-baseline-{date}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"shapes-baseline-{date}.json").write_text(json.dumps(
-        {"card": card.__dict__, "eval_seconds": eval_s, "accuracy": {n: [s["accuracy"] for s in rep.record["perturbations"][n]["severities"]] for n in PERTURBATIONS}},
-        indent=1))
+    (args.out / f"shapes-baseline-{date}.json").write_text(
+        json.dumps(
+            {
+                "card": card.__dict__,
+                "eval_seconds": eval_s,
+                "accuracy": {
+                    n: [s["accuracy"] for s in rep.record["perturbations"][n]["severities"]]
+                    for n in PERTURBATIONS
+                },
+            },
+            indent=1,
+        )
+    )
     print("\n".join(lines))
 
 

@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_s  # noqa: E402
 
 
-def _model(name: str, defense: Any, work: Path, device: str, batch: int) -> tuple[torch.nn.Module, float, str]:
+def _model(
+    name: str, defense: Any, work: Path, device: str, batch: int
+) -> tuple[torch.nn.Module, float, str]:
     from robench.data import SubsetDataset, load_dataset
     from robench.defenses import SetupContext
-    from robench.training import fit
     from robench.models import create_model
+    from robench.training import fit
 
     setup = getattr(defense, "setup", None)
     torch.manual_seed(0)
@@ -36,8 +38,18 @@ def _model(name: str, defense: Any, work: Path, device: str, batch: int) -> tupl
         return create_model("small_cnn", 10), 0.0, ""
     train = SubsetDataset(load_dataset("shapes", "train"), 2048)
     test = load_dataset("shapes", "test")
-    ctx = SetupContext(arch="small_cnn", arch_kwargs={}, info=train.info, train_ds=train, test_ds=test, seed=0,
-                       device=device, workdir=work / f"{name}.setup", batch_size=batch, fit=fit)
+    ctx = SetupContext(
+        arch="small_cnn",
+        arch_kwargs={},
+        info=train.info,
+        train_ds=train,
+        test_ds=test,
+        seed=0,
+        device=device,
+        workdir=work / f"{name}.setup",
+        batch_size=batch,
+        fit=fit,
+    )
     t0 = time.perf_counter()
     built = setup(ctx)
     return built.model, time.perf_counter() - t0, built.notes
@@ -57,26 +69,59 @@ def measure(names: list[str], steps: int, batch: int, device: str) -> dict[str, 
             defense = build_defense(name, {})
             model, setup_s, notes = _model(name, defense, work, device, batch)
             cfg = TrainConfig(epochs=1, batch_size=batch, seed=0, device=device)
-            fit(model, defense, SubsetDataset(ds_all, batch), cfg, out=work / f"{name}-warm.pt", progress=False, resume=False)
+            fit(
+                model,
+                defense,
+                SubsetDataset(ds_all, batch),
+                cfg,
+                out=work / f"{name}-warm.pt",
+                progress=False,
+                resume=False,
+            )
             t0 = time.perf_counter()
-            fit(model, defense, SubsetDataset(ds_all, batch * steps), cfg, out=work / f"{name}.pt", progress=False, resume=False)
+            fit(
+                model,
+                defense,
+                SubsetDataset(ds_all, batch * steps),
+                cfg,
+                out=work / f"{name}.pt",
+                progress=False,
+                resume=False,
+            )
             wall = time.perf_counter() - t0
-            rows.append({"defense": name, "images_s": batch * steps / wall, "step_s": wall / steps, "setup_s": setup_s,
-                         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "notes": notes})
-            print(f"  {name:16s} {rows[-1]['images_s']:8.1f} img/s  setup {fmt_s(setup_s)}", flush=True)
+            rows.append(
+                {
+                    "defense": name,
+                    "images_s": batch * steps / wall,
+                    "step_s": wall / steps,
+                    "setup_s": setup_s,
+                    "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    "notes": notes,
+                }
+            )
+            print(
+                f"  {name:16s} {rows[-1]['images_s']:8.1f} img/s  setup {fmt_s(setup_s)}",
+                flush=True,
+            )
     return {"steps": steps, "batch": batch, "device": device, "rows": rows}
 
 
 def markdown(data: dict[str, Any]) -> str:
     """The throughput table, relative to ``standard``."""
     std = next((r["images_s"] for r in data["rows"] if r["defense"] == "standard"), None)
-    lines = [f"`fit` on small_cnn (width 32), batch {data['batch']}, {data['steps']} timed steps after a warm-up, "
-             f"{data['device']}.", "", "| defense | images/s | time / step | vs standard | setup | trainable params |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`fit` on small_cnn (width 32), batch {data['batch']}, {data['steps']} timed steps after a warm-up, "
+        f"{data['device']}.",
+        "",
+        "| defense | images/s | time / step | vs standard | setup | trainable params |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in data["rows"]:
         rel = "" if std is None else f"{r['images_s'] / std:.2f}x"
-        lines.append(f"| {r['defense']} | {r['images_s']:.0f} | {fmt_s(r['step_s'])} | {rel} | "
-                     f"{fmt_s(r['setup_s']) if r['setup_s'] else '-'} | {r['trainable']:,} |")
+        lines.append(
+            f"| {r['defense']} | {r['images_s']:.0f} | {fmt_s(r['step_s'])} | {rel} | "
+            f"{fmt_s(r['setup_s']) if r['setup_s'] else '-'} | {r['trainable']:,} |"
+        )
     return "\n".join(lines)
 
 

@@ -50,5 +50,7 @@ def evaluate(model: nn.Module | str | Path, *, plots: bool = True, **options: An
     Returns:
         The :class:`Report` of the run: the record plus the files written.
     """
-    run = _evaluation.evaluate(model, write_outputs=functools.partial(write_outputs, plots=plots), **options)
+    run = _evaluation.evaluate(
+        model, write_outputs=functools.partial(write_outputs, plots=plots), **options
+    )
     return Report(run.record, run.paths)

@@ -37,8 +37,20 @@ import torch.distributed as dist
 
 __all__ = [
     "resolve_device",
-    "GradientAverager", "World", "all_reduce_sum", "assemble", "barrier", "broadcast", "broadcast_tensors", "env_world",
-    "gather_rows", "gather_to_main", "local", "setup", "shutdown", "world",
+    "GradientAverager",
+    "World",
+    "all_reduce_sum",
+    "assemble",
+    "barrier",
+    "broadcast",
+    "broadcast_tensors",
+    "env_world",
+    "gather_rows",
+    "gather_to_main",
+    "local",
+    "setup",
+    "shutdown",
+    "world",
 ]
 
 T = TypeVar("T")
@@ -103,11 +115,15 @@ def setup(device: str) -> World:
     if env is None or env.size == 1 or dist.is_initialized():
         return world()
     if not dist.is_available():
-        raise ValueError("torch.distributed is not available in this torch build; run without torchrun")
+        raise ValueError(
+            "torch.distributed is not available in this torch build; run without torchrun"
+        )
     cuda = device.startswith("cuda")
     if cuda:
         if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {env.local_rank} has no GPU: this node has {torch.cuda.device_count()}")
+            raise ValueError(
+                f"LOCAL_RANK {env.local_rank} has no GPU: this node has {torch.cuda.device_count()}"
+            )
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return world()
@@ -171,7 +187,11 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Element-wise sums of ``values`` over the ranks (float64)."""
     if not world().active:
         return [float(v) for v in values]
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    dev = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return t.cpu().tolist()
@@ -191,7 +211,9 @@ def assemble(parts: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarr
         out[pos] = rows
         np.add.at(seen, pos, 1)
     if not (seen == 1).all():
-        raise RuntimeError(f"{int((seen == 0).sum())} images missing and {int((seen > 1).sum())} counted twice across ranks")
+        raise RuntimeError(
+            f"{int((seen == 0).sum())} images missing and {int((seen > 1).sum())} counted twice across ranks"
+        )
     return out
 
 
@@ -202,7 +224,9 @@ def gather_rows(positions: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return assemble(parts, n)
 
 
-def _by_kind(tensors: Sequence[torch.Tensor]) -> dict[tuple[torch.dtype, torch.device], list[torch.Tensor]]:
+def _by_kind(
+    tensors: Sequence[torch.Tensor],
+) -> dict[tuple[torch.dtype, torch.device], list[torch.Tensor]]:
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)

@@ -108,13 +108,17 @@ class _suppress_oserror:
         return exc_type is not None and issubclass(exc_type, OSError)  # type: ignore[arg-type]
 
 
-def sha256_bytes_of_state(module: "torch.nn.Module") -> str:
+def sha256_bytes_of_state(module: torch.nn.Module) -> str:
     """SHA-256 over a module's state_dict tensors (names, shapes, bytes): provenance of in-memory models."""
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.float().numpy().tobytes()
+        )
     return h.hexdigest()
 
 
@@ -140,7 +144,9 @@ _HELD_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0.2, wait: bool = True) -> Iterator[Path]:
+def file_lock(
+    path: str | os.PathLike[str], *, what: str = "", poll_s: float = 0.2, wait: bool = True
+) -> Iterator[Path]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
 
     Another process asking for the same lock waits (saying so once in the log) until this one
@@ -209,7 +215,10 @@ def _acquire(fd: int, path: Path, what: str, poll_s: float, wait: bool = True) -
             if not wait:
                 raise BlockingIOError(busy) from None
             if not told:
-                log.warning("another robench process is working on %s; waiting for it to finish", what or path)
+                log.warning(
+                    "another robench process is working on %s; waiting for it to finish",
+                    what or path,
+                )
                 told = True
             time.sleep(poll_s)
 
@@ -229,6 +238,7 @@ def _release(fd: int) -> None:
 def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:limit]
+
 
 def cache_dir() -> Path:
     """Where generated data is cached: ``$ROBENCH_CACHE`` or ``~/.cache/robench``."""

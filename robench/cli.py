@@ -15,7 +15,16 @@ from robench._version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LIST_WHAT = ("perturbations", "corruptions", "attacks", "defenses", "models", "datasets", "suites", "zoo")
+LIST_WHAT = (
+    "perturbations",
+    "corruptions",
+    "attacks",
+    "defenses",
+    "models",
+    "datasets",
+    "suites",
+    "zoo",
+)
 
 
 def _user_errors(fn: F) -> F:
@@ -28,11 +37,17 @@ def _user_errors(fn: F) -> F:
         previous = _catch_sigterm()
         try:
             return fn(*args, **kwargs)
-        except (ValueError, UnknownNameError, OSError) as exc:  # OSError: missing files, full disk, read-only folder
+        except (
+            ValueError,
+            UnknownNameError,
+            OSError,
+        ) as exc:  # OSError: missing files, full disk, read-only folder
             raise click.ClickException(str(exc)) from None
         except (KeyboardInterrupt, _Terminated) as exc:
             what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-            raise click.ClickException(f"{what}; finished work is saved: run the same command again to resume") from None
+            raise click.ClickException(
+                f"{what}; finished work is saved: run the same command again to resume"
+            ) from None
         finally:
             if previous is not None:
                 import signal
@@ -76,7 +91,10 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("-v", "--verbose", is_flag=True, help="Log what robench does.")
 def main(verbose: bool) -> None:
     """robench: score image classifiers on corruptions and attacks in one table."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _rows_perturbations(kind: str | None, suite: str | None) -> list[tuple[str, ...]]:
@@ -85,7 +103,11 @@ def _rows_perturbations(kind: str | None, suite: str | None) -> list[tuple[str, 
     rows = []
     for name in P.names(kind=kind, suite=suite):
         spec = P.get(name)
-        status = "" if spec.kind != "attack" or getattr(spec, "implemented", True) else " [not implemented yet]"
+        status = (
+            ""
+            if spec.kind != "attack" or getattr(spec, "implemented", True)
+            else " [not implemented yet]"
+        )
         rows.append((name, spec.kind, spec.family, spec.description + status))
     return rows
 
@@ -97,16 +119,21 @@ def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], list[tuple[str
     if what == "suites":
         from robench import perturbations as P
 
-        return ("suite", "size", "members"), [(k, str(len(v)), ", ".join(v)) for k, v in P.suites().items()]
+        return ("suite", "size", "members"), [
+            (k, str(len(v)), ", ".join(v)) for k, v in P.suites().items()
+        ]
     if what == "models":
         from robench.models import MODELS
 
-        return ("model", "input", "description"), [(s.name, f"{s.input_size} px", s.description) for s in MODELS]
+        return ("model", "input", "description"), [
+            (s.name, f"{s.input_size} px", s.description) for s in MODELS
+        ]
     if what == "datasets":
         from robench.data import DATASETS
 
         return ("dataset", "preset", "description (files under --data-root)"), [
-            (s.name, s.preset, s.description + (f"; {s.layout}" if s.layout else "")) for s in DATASETS
+            (s.name, s.preset, s.description + (f"; {s.layout}" if s.layout else ""))
+            for s in DATASETS
         ]
     if what == "defenses":
         from robench.defenses import DEFENSES
@@ -119,7 +146,9 @@ def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], list[tuple[str
 
 @main.command("list")
 @click.argument("what", type=click.Choice(LIST_WHAT), default="perturbations")
-@click.option("--suite", default=None, help="Only the members of this suite, in its order (e.g. mtlat24).")
+@click.option(
+    "--suite", default=None, help="Only the members of this suite, in its order (e.g. mtlat24)."
+)
 @_user_errors
 def list_cmd(what: str, suite: str | None) -> None:
     """List perturbations, attacks, defenses, models, datasets, suites or zoo entries."""
@@ -142,49 +171,90 @@ def data() -> None:
 
 
 @data.command("preview")
-@click.option("--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Folder with the dataset files.")
-@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
+@click.option(
+    "--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`."
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder with the dataset files.",
+)
+@click.option(
+    "--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network)."
+)
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("-n", "--n-images", type=click.IntRange(1, 400), default=40, show_default=True)
-@click.option("--boxes/--no-boxes", default=False, help="Draw bounding boxes (datasets that have them).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("preview.png"), show_default=True)
+@click.option(
+    "--boxes/--no-boxes", default=False, help="Draw bounding boxes (datasets that have them)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("preview.png"), show_default=True
+)
 @_user_errors
-def data_preview(dataset: str, data_root: Path | None, download: bool, split: str, n_images: int, boxes: bool,
-                 out: Path) -> None:
+def data_preview(
+    dataset: str,
+    data_root: Path | None,
+    download: bool,
+    split: str,
+    n_images: int,
+    boxes: bool,
+    out: Path,
+) -> None:
     """Write a PNG grid of sample images with their labels."""
     from robench._io import atomic_write_bytes
     from robench.data import load_dataset
-    from robench.report.figures import preview_figure
-    from robench.report.figures import figure_png
+    from robench.report.figures import figure_png, preview_figure
 
     ds = load_dataset(dataset, split, root=data_root, download=download)
     atomic_write_bytes(out, figure_png(preview_figure(ds, n=n_images, show_boxes=boxes)))
-    click.echo(f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, {len(ds)} in the split)")
+    click.echo(
+        f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, {len(ds)} in the split)"
+    )
 
 
 @main.command("gallery")
-@click.option("--preset", type=click.Choice(["cifar", "tiny", "imagenet"]), default="cifar", show_default=True)
-@click.option("--dataset", default=None, help="Images to show (default: shapes at the preset's size).")
+@click.option(
+    "--preset", type=click.Choice(["cifar", "tiny", "imagenet"]), default="cifar", show_default=True
+)
+@click.option(
+    "--dataset", default=None, help="Images to show (default: shapes at the preset's size)."
+)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
-@click.option("-p", "--perturbation", "names", multiple=True, help="Only these corruptions (repeatable).")
+@click.option(
+    "-p", "--perturbation", "names", multiple=True, help="Only these corruptions (repeatable)."
+)
 @click.option("--suite", default=None, help="Only this suite's corruptions.")
 @click.option("-n", "--n-images", type=click.IntRange(1, 6), default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("gallery.png"), show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("gallery.png"), show_default=True
+)
 @_user_errors
-def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names: tuple[str, ...], suite: str | None, n_images: int, seed: int, out: Path) -> None:
+def gallery_cmd(
+    preset: str,
+    dataset: str | None,
+    data_root: Path | None,
+    names: tuple[str, ...],
+    suite: str | None,
+    n_images: int,
+    seed: int,
+    out: Path,
+) -> None:
     """Write a PNG of every corruption at every severity on a few sample images."""
     from robench import perturbations as P
     from robench._io import atomic_write_bytes
-    from robench.report.figures import DEFAULT_DATASET, gallery_figure, sample_images
-    from robench.report.figures import figure_png
+    from robench.report.figures import DEFAULT_DATASET, figure_png, gallery_figure, sample_images
 
     chosen = list(names) or (P.names(kind="corruption", suite=suite) if suite else None)
     for n in chosen or []:
         if P.get(n).kind != "corruption":
             raise ValueError(f"{n!r} is an attack; the gallery shows corruptions")
-    x, boxes, _ = sample_images(dataset or DEFAULT_DATASET[preset], n_images, root=None if data_root is None else str(data_root))
+    x, boxes, _ = sample_images(
+        dataset or DEFAULT_DATASET[preset],
+        n_images,
+        root=None if data_root is None else str(data_root),
+    )
     fig = gallery_figure(x, names=chosen, preset=preset, seed=seed, boxes=boxes)
     atomic_write_bytes(out, figure_png(fig, dpi=90))
     click.echo(f"wrote {out}")
@@ -192,30 +262,86 @@ def gallery_cmd(preset: str, dataset: str | None, data_root: Path | None, names:
 
 @main.command("evaluate")
 @click.argument("model")
-@click.option("--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Folder with the dataset files.")
-@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
-@click.option("--suite", default="mtlat24", show_default=True, help="A name from `robench list suites`.")
-@click.option("-p", "--perturbation", "perturbations", multiple=True, help="Only these perturbations (repeatable).")
-@click.option("--n-images", type=click.IntRange(1), default=500, show_default=True, help="Seeded fixed subset of the test set.")
+@click.option(
+    "--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`."
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder with the dataset files.",
+)
+@click.option(
+    "--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network)."
+)
+@click.option(
+    "--suite", default="mtlat24", show_default=True, help="A name from `robench list suites`."
+)
+@click.option(
+    "-p",
+    "--perturbation",
+    "perturbations",
+    multiple=True,
+    help="Only these perturbations (repeatable).",
+)
+@click.option(
+    "--n-images",
+    type=click.IntRange(1),
+    default=500,
+    show_default=True,
+    help="Seeded fixed subset of the test set.",
+)
 @click.option("--all-images", is_flag=True, help="Use the whole test split (overrides --n-images).")
 @click.option("--batch-size", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--baseline", default="auto", show_default=True, help="zoo:NAME, a result .json, or none.")
-@click.option("--surrogate", default="auto", show_default=True, help="Model crafting the transfer attacks.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Reuse finished parts of the same run.")
+@click.option(
+    "--baseline", default="auto", show_default=True, help="zoo:NAME, a result .json, or none."
+)
+@click.option(
+    "--surrogate", default="auto", show_default=True, help="Model crafting the transfer attacks."
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Reuse finished parts of the same run.",
+)
 @click.option("--arch", default=None, help="Architecture of a raw state_dict.")
 @click.option("--model-id", default=None, help="Name shown in tables (default: the file name).")
-@click.option("--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!).")
+@click.option(
+    "--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!)."
+)
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-@click.option("--dry-run", is_flag=True, help="Print the forward/backward passes the run will make and an estimated time; evaluate nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the forward/backward passes the run will make and an estimated time; evaluate nothing.",
+)
 @_user_errors
-def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: bool, suite: str, perturbations: tuple[str, ...],
-                 n_images: int, all_images: bool, batch_size: int, device: str, seed: int, out: Path, baseline: str,
-                 surrogate: str, resume: bool, arch: str | None, model_id: str | None, trust_pickle: bool,
-                 no_plots: bool, dry_run: bool) -> None:
+def evaluate_cmd(
+    model: str,
+    dataset: str,
+    data_root: Path | None,
+    download: bool,
+    suite: str,
+    perturbations: tuple[str, ...],
+    n_images: int,
+    all_images: bool,
+    batch_size: int,
+    device: str,
+    seed: int,
+    out: Path,
+    baseline: str,
+    surrogate: str,
+    resume: bool,
+    arch: str | None,
+    model_id: str | None,
+    trust_pickle: bool,
+    no_plots: bool,
+    dry_run: bool,
+) -> None:
     """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots.
 
     Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share the
@@ -227,20 +353,49 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: boo
     if dry_run:
         from robench.evaluation.plan import plan_evaluation
 
-        plan = plan_evaluation(model, dataset=dataset, data_root=None if data_root is None else str(data_root), suite=suite,
-                               perturbations=perturbations, n_images=None if all_images else n_images,
-                               batch_size=batch_size, device=device, seed=seed, out=out, resume=resume,
-                               baseline=baseline, surrogate=surrogate, model_id=model_id, arch=arch,
-                               trust_pickle=trust_pickle)
+        plan = plan_evaluation(
+            model,
+            dataset=dataset,
+            data_root=None if data_root is None else str(data_root),
+            suite=suite,
+            perturbations=perturbations,
+            n_images=None if all_images else n_images,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            out=out,
+            resume=resume,
+            baseline=baseline,
+            surrogate=surrogate,
+            model_id=model_id,
+            arch=arch,
+            trust_pickle=trust_pickle,
+        )
         if (distributed.env_world() or distributed.World()).is_main:
             click.echo(str(plan))
         return
     try:
-        report = evaluate(model, dataset=dataset, data_root=None if data_root is None else str(data_root),
-                          download=download, suite=suite,
-                          perturbations=perturbations, n_images=None if all_images else n_images, batch_size=batch_size,
-                          device=device, seed=seed, out=out, resume=resume, baseline=baseline, surrogate=surrogate,
-                          model_id=model_id, arch=arch, trust_pickle=trust_pickle, progress=True, plots=not no_plots)
+        report = evaluate(
+            model,
+            dataset=dataset,
+            data_root=None if data_root is None else str(data_root),
+            download=download,
+            suite=suite,
+            perturbations=perturbations,
+            n_images=None if all_images else n_images,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            out=out,
+            resume=resume,
+            baseline=baseline,
+            surrogate=surrogate,
+            model_id=model_id,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            progress=True,
+            plots=not no_plots,
+        )
         if not distributed.world().is_main:
             return
     finally:
@@ -248,14 +403,23 @@ def evaluate_cmd(model: str, dataset: str, data_root: Path | None, download: boo
     rec = report.record
     from robench.report.tables import safe_text
 
-    click.echo(f"\nR = A_perturbed / A_clean  ({safe_text(rec['model']['id'])} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
-               f" clean accuracy {report.clean_accuracy:.4f})")
+    click.echo(
+        f"\nR = A_perturbed / A_clean  ({safe_text(rec['model']['id'])} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
+        f" clean accuracy {report.clean_accuracy:.4f})"
+    )
     base = rec.get("baseline")
-    click.echo(f"markers: +/- vs {safe_text(base['id'])} (rounded to 2 decimals)" if base else "markers: none (no baseline)")
+    click.echo(
+        f"markers: +/- vs {safe_text(base['id'])} (rounded to 2 decimals)"
+        if base
+        else "markers: none (no baseline)"
+    )
     click.echo(str(report))
     fam = rec["summary"].get("mean_R", {})
     if fam:
-        click.echo("mean R per family (never averaged across): " + ", ".join(f"{k} {v:.3f}" for k, v in fam.items()))
+        click.echo(
+            "mean R per family (never averaged across): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in fam.items())
+        )
     checks = rec.get("gradient_masking") or []
     failed = [c for c in checks if c.get("passed") is False]
     if checks:
@@ -277,40 +441,105 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command("train")
-@click.option("--defense", default="standard", show_default=True, help="A name from `robench list defenses`.")
+@click.option(
+    "--defense", default="standard", show_default=True, help="A name from `robench list defenses`."
+)
 @click.option("--dataset", default="shapes", show_default=True)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None)
-@click.option("--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network).")
-@click.option("--arch", default="small_cnn", show_default=True, help="A name from `robench list models`.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise.")
-@click.option("--train-images", type=click.IntRange(1), default=None, help="Train on the first N images only (quick runs).")
+@click.option(
+    "--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network)."
+)
+@click.option(
+    "--arch", default="small_cnn", show_default=True, help="A name from `robench list models`."
+)
+@click.option(
+    "--epochs", type=click.IntRange(1), default=None, help="Default: 6 on shapes, 30 otherwise."
+)
+@click.option(
+    "--train-images",
+    type=click.IntRange(1),
+    default=None,
+    help="Train on the first N images only (quick runs).",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.002, show_default=True, callback=_finite)
+@click.option(
+    "--lr",
+    type=click.FloatRange(0, min_open=True),
+    default=0.002,
+    show_default=True,
+    callback=_finite,
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint path (a .json card goes beside it).")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run.")
-@click.option("-o", "--option", "opts", multiple=True, help="Defense option key=value (repeatable).")
-@click.option("-a", "--arch-option", "arch_opts", multiple=True, help="Architecture option key=value, e.g. width=16.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint path (a .json card goes beside it).",
+)
+@click.option(
+    "--resume/--no-resume", default=True, show_default=True, help="Continue an interrupted run."
+)
+@click.option(
+    "-o", "--option", "opts", multiple=True, help="Defense option key=value (repeatable)."
+)
+@click.option(
+    "-a",
+    "--arch-option",
+    "arch_opts",
+    multiple=True,
+    help="Architecture option key=value, e.g. width=16.",
+)
 @_user_errors
-def train_cmd(defense: str, dataset: str, data_root: Path | None, download: bool, arch: str, epochs: int | None,
-              train_images: int | None, batch_size: int,
-              lr: float, seed: int, device: str, out: Path | None, resume: bool, opts: tuple[str, ...],
-              arch_opts: tuple[str, ...]) -> None:
+def train_cmd(
+    defense: str,
+    dataset: str,
+    data_root: Path | None,
+    download: bool,
+    arch: str,
+    epochs: int | None,
+    train_images: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str,
+    out: Path | None,
+    resume: bool,
+    opts: tuple[str, ...],
+    arch_opts: tuple[str, ...],
+) -> None:
     """Train a model with a defense; writes a robench checkpoint and its model card."""
     from robench import _distributed as distributed
     from robench.training.job import train
 
-    akw: dict[str, object] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()}
+    akw: dict[str, object] = {
+        k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in _options(arch_opts).items()
+    }
     _check_arch_options(arch, akw)
     from robench._io import writable_dir
 
-    writable_dir(out.parent if out is not None else Path("checkpoints"))  # fail now, not after hours of training
+    writable_dir(
+        out.parent if out is not None else Path("checkpoints")
+    )  # fail now, not after hours of training
     try:
-        path = train(defense, dataset=dataset, data_root=None if data_root is None else str(data_root), download=download,
-                     arch=arch,
-                     arch_kwargs=akw, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr, seed=seed, out=out, resume=resume,
-                     options=_options(opts), device=device, progress=True)
+        path = train(
+            defense,
+            dataset=dataset,
+            data_root=None if data_root is None else str(data_root),
+            download=download,
+            arch=arch,
+            arch_kwargs=akw,
+            epochs=epochs,
+            train_images=train_images,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            out=out,
+            resume=resume,
+            options=_options(opts),
+            device=device,
+            progress=True,
+        )
         main_rank = distributed.world().is_main
     finally:
         distributed.shutdown()
@@ -329,29 +558,57 @@ def _check_arch_options(arch: str, akw: dict[str, object]) -> None:
     try:
         with torch.device("meta"):
             model = create_model(arch, 10, **akw)
-    except (TypeError, ValueError, RuntimeError, IndexError) as exc:  # an unknown --arch is a KeyError: passes
+    except (
+        TypeError,
+        ValueError,
+        RuntimeError,
+        IndexError,
+    ) as exc:  # an unknown --arch is a KeyError: passes
         from robench._io import first_line
 
-        raise ValueError(f"--arch {arch} does not accept the options {akw}: {first_line(exc, 160)}") from None
+        raise ValueError(
+            f"--arch {arch} does not accept the options {akw}: {first_line(exc, 160)}"
+        ) from None
     if any(t.numel() == 0 for t in [*model.parameters(), *model.buffers()]):
         raise ValueError(f"--arch {arch} with options {akw} has layers of size 0")
 
 
 @main.command("leaderboard")
 @click.argument("result_dirs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboard/site"), show_default=True,
-              help="Site folder (index.html, models/, plots/, CSVs).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("leaderboard/site"),
+    show_default=True,
+    help="Site folder (index.html, models/, plots/, CSVs).",
+)
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
-@click.option("--examples/--no-examples", default=True, show_default=True, help="Write example images and the gallery.")
-@click.option("--attack-examples/--no-attack-examples", default=True, show_default=True,
-              help="Craft adversarial examples for checkpoints found with the hash their result states.")
+@click.option(
+    "--examples/--no-examples",
+    default=True,
+    show_default=True,
+    help="Write example images and the gallery.",
+)
+@click.option(
+    "--attack-examples/--no-attack-examples",
+    default=True,
+    show_default=True,
+    help="Craft adversarial examples for checkpoints found with the hash their result states.",
+)
 @_user_errors
-def leaderboard_cmd(result_dirs: tuple[Path, ...], out: Path, plots: bool, examples: bool, attack_examples: bool) -> None:
+def leaderboard_cmd(
+    result_dirs: tuple[Path, ...], out: Path, plots: bool, examples: bool, attack_examples: bool
+) -> None:
     """Build the static HTML leaderboard from result JSON files (default folder: leaderboard/)."""
     from robench import build_leaderboard
 
-    lb = build_leaderboard(result_dirs or (Path("leaderboard"),), out, plots=plots, examples=examples,
-                           attack_examples=attack_examples)
+    lb = build_leaderboard(
+        result_dirs or (Path("leaderboard"),),
+        out,
+        plots=plots,
+        examples=examples,
+        attack_examples=attack_examples,
+    )
     for problem in lb.problems:
         click.echo(f"skipped {problem}", err=True)
     click.echo(f"wrote {lb.index} ({len(lb.records)} results, {len(lb.problems)} files skipped)")

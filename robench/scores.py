@@ -12,8 +12,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "wilson_interval", "relative_robustness", "marker", "mcnemar_p", "pack_bits", "unpack_bits",
-    "corruption_error", "mce", "ALEXNET_ERRORS", "ALEXNET_CLEAN_ERROR", "FAMILY_GROUPS",
+    "wilson_interval",
+    "relative_robustness",
+    "marker",
+    "mcnemar_p",
+    "pack_bits",
+    "unpack_bits",
+    "corruption_error",
+    "mce",
+    "ALEXNET_ERRORS",
+    "ALEXNET_CLEAN_ERROR",
+    "FAMILY_GROUPS",
 ]
 
 # AlexNet's top-1 errors on ImageNet-C per corruption and severity (s1..s5), as published with the
@@ -39,9 +48,15 @@ ALEXNET_CLEAN_ERROR = 0.43478  # torchvision's AlexNet top-1 accuracy 56.522 %
 
 # Families are summarised separately, never averaged together (threat models differ).
 FAMILY_GROUPS: Mapping[str, str] = {
-    "noise": "corruption", "blur": "corruption", "weather": "corruption", "digital": "corruption",
-    "geometric": "corruption", "occlusion": "corruption", "color": "corruption",
-    "white-box": "white-box", "black-box": "transfer",
+    "noise": "corruption",
+    "blur": "corruption",
+    "weather": "corruption",
+    "digital": "corruption",
+    "geometric": "corruption",
+    "occlusion": "corruption",
+    "color": "corruption",
+    "white-box": "white-box",
+    "black-box": "transfer",
 }
 
 

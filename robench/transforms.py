@@ -46,7 +46,9 @@ class Corrupt(nn.Module):
         super().__init__()
         self.spec = P.get(name)
         if self.spec.kind != "corruption":
-            raise ValueError(f"{name!r} is an attack, not a corruption; Corrupt takes corruptions only")
+            raise ValueError(
+                f"{name!r} is an attack, not a corruption; Corrupt takes corruptions only"
+            )
         choices = (severity,) if isinstance(severity, int) else tuple(severity)
         for s in choices:
             self.spec.params(s, preset)  # validates severity and preset
@@ -73,7 +75,9 @@ class Corrupt(nn.Module):
         for k, sev in enumerate(self.choices):
             idx = (apply & (pick == k)).nonzero().flatten()
             if len(idx):
-                out[idx.to(out.device)] = self.spec(xf[idx.to(xf.device)], sev, generator=g, preset=self.preset)
+                out[idx.to(out.device)] = self.spec(
+                    xf[idx.to(xf.device)], sev, generator=g, preset=self.preset
+                )
         if is_uint8:
             out = (out * 255.0).round().to(torch.uint8)
         out = out[0] if single else out

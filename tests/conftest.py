@@ -37,7 +37,9 @@ class RngSnapshot:
         now = RngSnapshot()
         return (
             torch.equal(self.torch, now.torch)
-            and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(self.numpy, now.numpy))
+            and all(
+                np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(self.numpy, now.numpy)
+            )
             and self.py == now.py
         )
 
@@ -54,14 +56,18 @@ def tiny_trained() -> torch.nn.Module:
     from robench.data import load_dataset
     from robench.models import create_model
 
-    ds = load_dataset("shapes", "test")  # the 2000 test images are enough to learn something quickly
+    ds = load_dataset(
+        "shapes", "test"
+    )  # the 2000 test images are enough to learn something quickly
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model("small_cnn", 10, width=8)
         opt = torch.optim.Adam(model.parameters(), lr=0.005)
         g = torch.Generator().manual_seed(0)
         model.train()
-        for _ in range(250):  # ~5 s; reaches about 50 % on held-out images (60 steps stayed at chance)
+        for _ in range(
+            250
+        ):  # ~5 s; reaches about 50 % on held-out images (60 steps stayed at chance)
             idx = torch.randint(0, 1500, (64,), generator=g)
             x, y = ds.get_batch(idx)
             loss = torch.nn.functional.cross_entropy(model(x), y)

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench import evaluate
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
 XSS = "<img src=x onerror=alert(1)>"
 XSS_TITLE = "<img src=x onerror=\"document.title='pwned'\">"
@@ -27,9 +27,16 @@ def shared_results(tmp_path_factory: Any, trained: torch.nn.Module) -> dict[str,
 
 
 def _save(model: torch.nn.Module, path: Path, defense: str) -> Path:
-    meta = CheckpointMeta(arch="small_cnn", arch_kwargs={"width": 8}, num_classes=10, input_size=32,
-                          mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-                          dataset="shapes", defense=defense)
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        arch_kwargs={"width": 8},
+        num_classes=10,
+        input_size=32,
+        mean=tuple(model.normalize.mean.flatten().tolist()),
+        std=tuple(model.normalize.std.flatten().tolist()),
+        dataset="shapes",
+        defense=defense,
+    )
     save_checkpoint(model, path, meta)
     return path
 
@@ -47,30 +54,61 @@ def make_results(root: Path, trained: torch.nn.Module) -> dict[str, Any]:
         g = torch.Generator().manual_seed(5)
         for p in noisy.parameters():
             p.add_(0.08 * torch.randn(p.shape, generator=g))
-    ck = {"base": _save(trained, ckpts / "base.pt", "standard"), "noisy": _save(noisy, ckpts / "noisy.pt", "mixup")}
+    ck = {
+        "base": _save(trained, ckpts / "base.pt", "standard"),
+        "noisy": _save(noisy, ckpts / "noisy.pt", "mixup"),
+    }
     kw = {"n_images": N_IMAGES, "out": results, "surrogate": "none", "plots": False}
     base = evaluate(str(ck["base"]), model_id="base", baseline="none", perturbations=FAST, **kw)
     # no white-box attack for the second model: no gradient-masking checks either (they cost seconds)
-    other = evaluate(str(ck["noisy"]), model_id="noisy", baseline=str(base.paths["json"]), perturbations=FAST[:2], **kw)
+    other = evaluate(
+        str(ck["noisy"]),
+        model_id="noisy",
+        baseline=str(base.paths["json"]),
+        perturbations=FAST[:2],
+        **kw,
+    )
     xss = hostile_copy(other.record)
     xss_path = results / "xss.json"
     xss_path.write_text(json.dumps(xss))
-    return {"dir": results, "base": base.record, "noisy": other.record, "xss": xss, "ckpt": ck,
-            "paths": {"base": base.paths["json"], "noisy": other.paths["json"], "xss": xss_path}}
+    return {
+        "dir": results,
+        "base": base.record,
+        "noisy": other.record,
+        "xss": xss,
+        "ckpt": ck,
+        "paths": {"base": base.paths["json"], "noisy": other.paths["json"], "xss": xss_path},
+    }
 
 
 def hostile_copy(record: dict[str, Any]) -> dict[str, Any]:
     """A valid record whose every free-text field carries markup, on another dataset, flagged for masking."""
     rec = copy.deepcopy(record)
-    rec["model"].update(id=XSS, source=XSS_TITLE, meta=dict(rec["model"]["meta"], arch=XSS, defense=XSS_TITLE),
-                        card={"name": XSS, "command": XSS_TITLE, "notes": "<script>alert(2)</script>", "defense": XSS})
+    rec["model"].update(
+        id=XSS,
+        source=XSS_TITLE,
+        meta=dict(rec["model"]["meta"], arch=XSS, defense=XSS_TITLE),
+        card={
+            "name": XSS,
+            "command": XSS_TITLE,
+            "notes": "<script>alert(2)</script>",
+            "defense": XSS,
+        },
+    )
     rec["run_key"]["dataset"] = rec["dataset"]["name"] = "shapes-<b>bold</b>"
     rec["baseline"] = {"id": XSS_TITLE, "sha256": None, "source": XSS}
     rec["environment"]["device"] = "<script>alert(3)</script>"
     rec["config"]["suite"] = XSS
-    rec["gradient_masking"] = [{"name": "accuracy_falls_with_eps", "passed": False, "detail": "<b>rises</b> " + XSS_TITLE},
-                               {"name": "whitebox_below_transfer", "passed": None, "detail": XSS}]
-    rec["perturbations"][XSS] = {"kind": "corruption", "family": "noise", "status": "skipped", "reason": XSS_TITLE}
+    rec["gradient_masking"] = [
+        {"name": "accuracy_falls_with_eps", "passed": False, "detail": "<b>rises</b> " + XSS_TITLE},
+        {"name": "whitebox_below_transfer", "passed": None, "detail": XSS},
+    ]
+    rec["perturbations"][XSS] = {
+        "kind": "corruption",
+        "family": "noise",
+        "status": "skipped",
+        "reason": XSS_TITLE,
+    }
     rec["perturbations"]["contrast"]["severities"][0]["parameter"] = XSS
     return rec
 
@@ -88,5 +126,10 @@ def bad_files(folder: Path, good: dict[str, Any]) -> dict[str, str]:
     edited = copy.deepcopy(good)
     edited["perturbations"]["contrast"]["severities"][2]["accuracy"] = 0.99
     (folder / "edited.json").write_text(json.dumps(edited))
-    return {"truncated.json": "not a readable result file", "v2.json": "schema version 2", "card.json": "not a robench result",
-            "wrong-type.json": "accuracy", "edited.json": "0.99"}
+    return {
+        "truncated.json": "not a readable result file",
+        "v2.json": "schema version 2",
+        "card.json": "not a robench result",
+        "wrong-type.json": "accuracy",
+        "edited.json": "0.99",
+    }

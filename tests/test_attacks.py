@@ -406,7 +406,9 @@ def test_masking_checks_pass_an_ordinary_model(shapes_models: dict) -> None:
     m, s, x, y = (shapes_models[k] for k in ("target", "surrogate", "x", "y"))
     checks = A.gradient_masking_checks(m, x, y, surrogate=s, seed=0, max_images=32)
     assert [c.name for c in checks] == [
-        "whitebox_below_transfer", "accuracy_falls_with_eps", "accuracy_falls_with_steps",
+        "whitebox_below_transfer",
+        "accuracy_falls_with_eps",
+        "accuracy_falls_with_steps",
         "large_eps_reaches_zero",
     ]
     assert all(c.passed for c in checks), checks

@@ -23,14 +23,20 @@ def test_list_models_datasets_suites() -> None:
 def test_bad_names_give_one_line_errors() -> None:
     r = CliRunner()
     res = r.invoke(main, ["list", "perturbations", "--suite", "mtlat2"])
-    assert res.exit_code != 0 and "did you mean mtlat24" in res.output and "Traceback" not in res.output
+    assert (
+        res.exit_code != 0
+        and "did you mean mtlat24" in res.output
+        and "Traceback" not in res.output
+    )
     res = r.invoke(main, ["data", "preview", "--dataset", "shapez"])
     assert res.exit_code != 0 and "did you mean shapes" in res.output
 
 
 def test_data_preview_writes_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "p.png"
-    res = CliRunner().invoke(main, ["data", "preview", "--dataset", "shapes", "-n", "12", "--out", str(out)])
+    res = CliRunner().invoke(
+        main, ["data", "preview", "--dataset", "shapes", "-n", "12", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(out) in res.output

@@ -26,22 +26,38 @@ import torch
 from torch import nn
 
 from robench import _distributed as distributed
-from robench.models.checkpoint import CheckpointMeta, save_checkpoint
+from robench import evaluate
 from robench.data import SubsetDataset, load_dataset
 from robench.defenses import build_defense
-from robench import evaluate
-from robench.models import create_model
 from robench.evaluation.loop import _Batches
+from robench.models import create_model
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.training.loop import TrainConfig, fit
 
 HERE = Path(__file__).resolve()
-EVAL = ["--n-images", "60", "--batch-size", "16", "--baseline", "none", "--no-plots"]  # 4 batches: 16 16 16 12
+EVAL = [
+    "--n-images",
+    "60",
+    "--batch-size",
+    "16",
+    "--baseline",
+    "none",
+    "--no-plots",
+]  # 4 batches: 16 16 16 12
 FIT = TrainConfig(epochs=2, batch_size=32, lr=0.002, seed=3)
 
 
 def _torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *args,
+    ]
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res
@@ -50,8 +66,12 @@ def _torchrun(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
 # --- pure parts: sharding and reassembly -------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "bs", "world"), [(60, 16, 2), (5, 2, 3), (3, 4, 2), (17, 1, 4), (1, 8, 3)])
-def test_batches_cover_every_image_once_in_single_process_batches(n: int, bs: int, world: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "bs", "world"), [(60, 16, 2), (5, 2, 3), (3, 4, 2), (17, 1, 4), (1, 8, 3)]
+)
+def test_batches_cover_every_image_once_in_single_process_batches(
+    n: int, bs: int, world: int
+) -> None:
     ds = load_dataset("shapes", "test")
     idx = np.arange(100, 100 + n)
     alone = [list(b[0]) for b in _Batches(ds, idx, bs, "cpu")]
@@ -64,18 +84,25 @@ def test_batches_cover_every_image_once_in_single_process_batches(n: int, bs: in
 
 
 def test_assemble_refuses_missing_or_repeated_images() -> None:
-    ok = distributed.assemble([(np.array([2, 0]), np.array([True, False])), (np.array([1]), np.array([True]))], 3)
+    ok = distributed.assemble(
+        [(np.array([2, 0]), np.array([True, False])), (np.array([1]), np.array([True]))], 3
+    )
     assert ok.tolist() == [False, True, True]
     with pytest.raises(RuntimeError, match="1 images missing"):
         distributed.assemble([(np.array([0, 1]), np.array([1, 1]))], 3)
     with pytest.raises(RuntimeError, match="counted twice"):
-        distributed.assemble([(np.array([0, 1]), np.array([1, 1])), (np.array([1, 2]), np.array([1, 1]))], 3)
+        distributed.assemble(
+            [(np.array([0, 1]), np.array([1, 1])), (np.array([1, 2]), np.array([1, 1]))], 3
+        )
 
 
 def test_env_world_and_one_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.env_world() is None and distributed.world() == distributed.World()
-    assert distributed.broadcast({"a": 1}) == {"a": 1} and distributed.all_reduce_sum([1, 2.5]) == [1.0, 2.5]
+    assert distributed.broadcast({"a": 1}) == {"a": 1} and distributed.all_reduce_sum([1, 2.5]) == [
+        1.0,
+        2.5,
+    ]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -105,14 +132,29 @@ def _quick_surrogate() -> nn.Module:
 
 
 def _save(model: nn.Module, width: int, path: Path) -> Path:
-    mean, std = tuple(model.normalize.mean.flatten().tolist()), tuple(model.normalize.std.flatten().tolist())
-    save_checkpoint(model, path, CheckpointMeta(arch="small_cnn", arch_kwargs={"width": width}, num_classes=10,
-                                                input_size=32, mean=mean, std=std))
+    mean, std = (
+        tuple(model.normalize.mean.flatten().tolist()),
+        tuple(model.normalize.std.flatten().tolist()),
+    )
+    save_checkpoint(
+        model,
+        path,
+        CheckpointMeta(
+            arch="small_cnn",
+            arch_kwargs={"width": width},
+            num_classes=10,
+            input_size=32,
+            mean=mean,
+            std=std,
+        ),
+    )
     return path
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_trained: nn.Module) -> tuple[Path, Path]:
+def checkpoints(
+    tmp_path_factory: pytest.TempPathFactory, tiny_trained: nn.Module
+) -> tuple[Path, Path]:
     """A model well above chance (so perturbations flip images) and a transfer surrogate."""
     d = tmp_path_factory.mktemp("dist-models")
     return _save(tiny_trained, 8, d / "model.pt"), _save(_quick_surrogate(), 4, d / "surrogate.pt")
@@ -126,11 +168,21 @@ def _bits(rec: dict) -> dict[str, list[str]]:
 
 
 def _one_process(ckpt: Path, sur: Path, names: list[str], out: Path) -> dict:
-    return evaluate(str(ckpt), perturbations=names, n_images=60, batch_size=16, baseline="none", surrogate=str(sur),
-                    out=out, plots=False).record
+    return evaluate(
+        str(ckpt),
+        perturbations=names,
+        n_images=60,
+        batch_size=16,
+        baseline="none",
+        surrogate=str(sur),
+        out=out,
+        plots=False,
+    ).record
 
 
-def test_two_ranks_score_every_image_exactly_like_one_process(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+def test_two_ranks_score_every_image_exactly_like_one_process(
+    checkpoints: tuple[Path, Path], tmp_path: Path
+) -> None:
     ckpt, sur = checkpoints
     names = ["gaussian_noise", "pgd", "mi_fgsm_0.04"]
     transfer = Path(os.environ["ROBENCH_CACHE"]) / "transfer"
@@ -139,27 +191,62 @@ def test_two_ranks_score_every_image_exactly_like_one_process(checkpoints: tuple
     (cache,) = set(transfer.glob("*.pt")) - before  # the adversarials one process crafted
     adv_one = torch.load(cache, weights_only=True)["adv"]
     cache.unlink()  # the 2 ranks craft them again, each its own batches, and rank 0 writes the cache
-    res = _torchrun(["-m", "robench", "evaluate", str(ckpt), *sum((["-p", n] for n in names), []), *EVAL,
-                     "--surrogate", str(sur), "--out", str(tmp_path / "two")], tmp_path)
+    res = _torchrun(
+        [
+            "-m",
+            "robench",
+            "evaluate",
+            str(ckpt),
+            *sum((["-p", n] for n in names), []),
+            *EVAL,
+            "--surrogate",
+            str(sur),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        tmp_path,
+    )
     two = json.loads((tmp_path / "two" / "model__shapes__s0__n60.json").read_text())
     assert _bits(two) == _bits(one) and two["clean"]["n"] == 60
     accs = {k: [s["accuracy"] for s in e["severities"]] for k, e in one["perturbations"].items()}
-    assert accs == {k: [s["accuracy"] for s in e["severities"]] for k, e in two["perturbations"].items()}
-    assert len({a for v in accs.values() for a in v} | {one["clean"]["accuracy"]}) > 2  # the test can tell runs apart
+    assert accs == {
+        k: [s["accuracy"] for s in e["severities"]] for k, e in two["perturbations"].items()
+    }
+    assert (
+        len({a for v in accs.values() for a in v} | {one["clean"]["accuracy"]}) > 2
+    )  # the test can tell runs apart
     assert two["gradient_masking"] == one["gradient_masking"]
     assert torch.equal(torch.load(cache, weights_only=True)["adv"], adv_one)
     assert res.stdout.count("R = A_perturbed / A_clean") == 1  # rank 0 alone reports
     assert not list((tmp_path / "two").glob(".*.tmp"))  # no torn temporary files
 
 
-def test_two_ranks_resume_a_run_one_process_started(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+def test_two_ranks_resume_a_run_one_process_started(
+    checkpoints: tuple[Path, Path], tmp_path: Path
+) -> None:
     ckpt, sur = checkpoints
     first = _one_process(ckpt, sur, ["gaussian_noise"], tmp_path / "run")
     ref = _one_process(ckpt, sur, ["gaussian_noise", "brightness"], tmp_path / "ref")
-    _torchrun(["-m", "robench", "evaluate", str(ckpt), "-p", "gaussian_noise", "-p", "brightness", *EVAL,
-               "--out", str(tmp_path / "run")], tmp_path)
+    _torchrun(
+        [
+            "-m",
+            "robench",
+            "evaluate",
+            str(ckpt),
+            "-p",
+            "gaussian_noise",
+            "-p",
+            "brightness",
+            *EVAL,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        tmp_path,
+    )
     rec = json.loads((tmp_path / "run" / "model__shapes__s0__n60.json").read_text())
-    assert rec["perturbations"]["gaussian_noise"] == first["perturbations"]["gaussian_noise"]  # kept, timing included
+    assert (
+        rec["perturbations"]["gaussian_noise"] == first["perturbations"]["gaussian_noise"]
+    )  # kept, timing included
     assert _bits(rec) == _bits(ref)
 
 
@@ -170,7 +257,13 @@ def _plain_net() -> nn.Module:
     """No BatchNorm, no dropout: the per-rank gradient average is the full-batch gradient."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(512, 10))
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(4),
+            nn.Flatten(),
+            nn.Linear(512, 10),
+        )
 
 
 class _Stop(Exception):
@@ -208,8 +301,18 @@ def _worker(work: Path) -> None:
         pass
     stopped_partial = (work / "resumed.pt.partial").exists()
     resumed = _fit(work / "resumed.pt", build_defense("standard"))
-    torch.save({"full": full, "resumed": resumed, "partial_after_stop": stopped_partial}, work / f"rank{w.rank}.pt")
-    train("standard", epochs=1, train_images=128, batch_size=32, arch_kwargs={"width": 4}, out=work / "cli.pt")
+    torch.save(
+        {"full": full, "resumed": resumed, "partial_after_stop": stopped_partial},
+        work / f"rank{w.rank}.pt",
+    )
+    train(
+        "standard",
+        epochs=1,
+        train_images=128,
+        batch_size=32,
+        arch_kwargs={"width": 4},
+        out=work / "cli.pt",
+    )
     distributed.shutdown()
 
 
@@ -221,11 +324,19 @@ def test_data_parallel_training_matches_one_process_and_resumes_exactly(tmp_path
     one = _fit(tmp_path / "one.pt", build_defense("standard"))
     start = _plain_net().state_dict()
     for k in one:
-        assert torch.equal(r0["full"][k], r1["full"][k])  # averaged gradients keep the ranks identical
-        assert torch.equal(r0["resumed"][k], r0["full"][k])  # stop + resume == uninterrupted, bit for bit
+        assert torch.equal(
+            r0["full"][k], r1["full"][k]
+        )  # averaged gradients keep the ranks identical
+        assert torch.equal(
+            r0["resumed"][k], r0["full"][k]
+        )  # stop + resume == uninterrupted, bit for bit
         moved = float((one[k] - start[k]).abs().max())
         diff = float((r0["full"][k] - one[k]).abs().max())
-        assert moved > 1e-3 and diff < 1e-5, (k, moved, diff)  # summation order only (measured: <= 1e-7)
+        assert moved > 1e-3 and diff < 1e-5, (
+            k,
+            moved,
+            diff,
+        )  # summation order only (measured: <= 1e-7)
     assert (tmp_path / "cli.pt").exists() and (tmp_path / "cli.json").exists()
     assert not (tmp_path / "cli.pt.partial").exists()
     assert not list(tmp_path.glob(".*.tmp"))

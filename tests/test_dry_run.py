@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from robench import evaluate
 from robench.cli import main
 from robench.evaluation.plan import plan_evaluation
-from robench import evaluate
 
 RUN = {"n_images": 40, "batch_size": 16, "baseline": "none", "surrogate": "none"}
 
@@ -30,23 +30,38 @@ class _PassCounter:
             self.forward += args[0].shape[0]
 
 
-def test_counted_passes_equal_the_passes_of_the_real_run(tiny_trained: nn.Module, tmp_path: Path) -> None:
+def test_counted_passes_equal_the_passes_of_the_real_run(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
     names = ["gaussian_noise", "pgd", "cw_l2"]
     plan = plan_evaluation(tiny_trained, perturbations=names, out=tmp_path, **RUN)
     assert [c.what for c in plan.counts] == ["clean", *names, "gradient-masking checks"]
-    counter = _PassCounter(tiny_trained)  # after planning: the calibration's passes are not the run's
+    counter = _PassCounter(
+        tiny_trained
+    )  # after planning: the calibration's passes are not the run's
     evaluate(tiny_trained, perturbations=names, out=tmp_path, plots=False, **RUN)
     assert (plan.total("forward"), plan.total("gradient")) == (counter.forward, counter.gradient)
-    assert plan.total("gradient") == 40 * (10 + 40) + 16 * (10 + 10 + 10 + 40 + 10)  # PGD, C&W; masking on 16 images
+    assert plan.total("gradient") == 40 * (10 + 40) + 16 * (
+        10 + 10 + 10 + 40 + 10
+    )  # PGD, C&W; masking on 16 images
     assert plan.total("corrupted") == 5 * 40 and plan.seconds > 0
 
 
-def test_a_finished_run_costs_nothing_and_only_new_parts_are_counted(tiny_trained: nn.Module, tmp_path: Path) -> None:
+def test_a_finished_run_costs_nothing_and_only_new_parts_are_counted(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
     evaluate(tiny_trained, perturbations=["brightness"], out=tmp_path, plots=False, **RUN)
-    assert plan_evaluation(tiny_trained, perturbations=["brightness"], out=tmp_path, **RUN).counts == []
-    more = plan_evaluation(tiny_trained, perturbations=["brightness", "contrast"], out=tmp_path, **RUN)
+    assert (
+        plan_evaluation(tiny_trained, perturbations=["brightness"], out=tmp_path, **RUN).counts
+        == []
+    )
+    more = plan_evaluation(
+        tiny_trained, perturbations=["brightness", "contrast"], out=tmp_path, **RUN
+    )
     assert [(c.what, c.forward) for c in more.counts] == [("contrast", 5 * 40)]
-    fresh = plan_evaluation(tiny_trained, perturbations=["brightness"], out=tmp_path, resume=False, **RUN)
+    fresh = plan_evaluation(
+        tiny_trained, perturbations=["brightness"], out=tmp_path, resume=False, **RUN
+    )
     assert [c.what for c in fresh.counts] == ["clean", "brightness"]
 
 
@@ -55,14 +70,45 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
     model = create_model("small_cnn", 10, width=4)
-    mean, std = tuple(model.normalize.mean.flatten().tolist()), tuple(model.normalize.std.flatten().tolist())
-    save_checkpoint(model, tmp_path / "m.pt", CheckpointMeta(arch="small_cnn", arch_kwargs={"width": 4}, num_classes=10,
-                                                             input_size=32, mean=mean, std=std))
+    mean, std = (
+        tuple(model.normalize.mean.flatten().tolist()),
+        tuple(model.normalize.std.flatten().tolist()),
+    )
+    save_checkpoint(
+        model,
+        tmp_path / "m.pt",
+        CheckpointMeta(
+            arch="small_cnn",
+            arch_kwargs={"width": 4},
+            num_classes=10,
+            input_size=32,
+            mean=mean,
+            std=std,
+        ),
+    )
     out = tmp_path / "results"
-    res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.pt"), "-p", "pgd", "--n-images", "20", "--baseline",
-                                    "none", "--surrogate", "none", "--out", str(out), "--dry-run"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(tmp_path / "m.pt"),
+            "-p",
+            "pgd",
+            "--n-images",
+            "20",
+            "--baseline",
+            "none",
+            "--surrogate",
+            "none",
+            "--out",
+            str(out),
+            "--dry-run",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "pgd" in res.output and "200" in res.output and "estimated time" in res.output  # 20 images x 10 steps
+    assert (
+        "pgd" in res.output and "200" in res.output and "estimated time" in res.output
+    )  # 20 images x 10 steps
     assert not out.exists()
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.pt"), "-p", "nope", "--dry-run"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output and "nope" in bad.output

@@ -17,12 +17,24 @@ PACKAGE = Path(robench.__file__).parent
 
 # The rooms, lowest first; a module may import its own room or any room of a lower tier.
 TIERS: dict[str, int] = {
-    "_io": 0, "_registry": 0, "_seeding": 0, "_version": 0, "_distributed": 0,
-    "data": 1, "models": 1, "perturbations": 1, "scores": 1,
-    "attacks": 2, "defenses": 2,
-    "training": 3, "evaluation": 3, "transforms": 3,
+    "_io": 0,
+    "_registry": 0,
+    "_seeding": 0,
+    "_version": 0,
+    "_distributed": 0,
+    "data": 1,
+    "models": 1,
+    "perturbations": 1,
+    "scores": 1,
+    "attacks": 2,
+    "defenses": 2,
+    "training": 3,
+    "evaluation": 3,
+    "transforms": 3,
     "report": 4,
-    "__init__": 5, "cli": 6, "__main__": 7,
+    "__init__": 5,
+    "cli": 6,
+    "__main__": 7,
 }
 
 
@@ -121,13 +133,14 @@ def test_no_import_cycle() -> None:
             visit(m)
 
 
-
 def test_cycle_detector_finds_a_cycle() -> None:
     global GRAPH
     saved = GRAPH
     GRAPH = {"robench.a": {"robench.b"}, "robench.b": {"robench.c"}, "robench.c": {"robench.a"}}
     try:
-        with pytest.raises(AssertionError, match="robench.a -> robench.b -> robench.c -> robench.a"):
+        with pytest.raises(
+            AssertionError, match="robench.a -> robench.b -> robench.c -> robench.a"
+        ):
             test_no_import_cycle()
     finally:
         GRAPH = saved

@@ -17,10 +17,17 @@ from click.testing import CliRunner
 from leaderboard_data import XSS, XSS_TITLE, bad_files, shared_results
 
 from robench.cli import main
-from robench.report import TABLE1_COLUMNS
-from robench.report.leaderboard.build import build_leaderboard, leaderboard_tables, load_results, read_long_csv, read_wide_csv, validate_record
-from robench.report.leaderboard.plots import r_matrix
 from robench.evaluation.record import ResultError, correct_bits
+from robench.report import TABLE1_COLUMNS
+from robench.report.leaderboard.build import (
+    build_leaderboard,
+    leaderboard_tables,
+    load_results,
+    read_long_csv,
+    read_wide_csv,
+    validate_record,
+)
+from robench.report.leaderboard.plots import r_matrix
 
 
 class Page(HTMLParser):
@@ -69,7 +76,9 @@ def site(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The site of the three good results plus five bad files, without plots or images (fast)."""
     bad = tmp_path_factory.mktemp("bad")
     expected = bad_files(bad, data["noisy"])
-    lb = build_leaderboard([data["dir"], bad], tmp_path_factory.mktemp("site") / "site", plots=False, examples=False)
+    lb = build_leaderboard(
+        [data["dir"], bad], tmp_path_factory.mktemp("site") / "site", plots=False, examples=False
+    )
     return lb, expected
 
 
@@ -85,14 +94,23 @@ def test_bad_files_are_reported_by_name_and_skipped(site: Any) -> None:
     assert all(name in listed for name in expected)
 
 
-@pytest.mark.parametrize(("edit", "phrase"), [
-    (lambda r: r["model"].pop("kind"), "'kind' is a required property"),
-    (lambda r: r["model"].update(sha256="XYZ"), "model.sha256"),
-    (lambda r: r["perturbations"]["contrast"].update(status="maybe"), "perturbations.contrast.status"),
-    (lambda r: r["perturbations"]["contrast"].pop("severities"), "marked done but has no severities"),
-    (lambda r: r["clean"].update(correct="!!"), "unreadable per-image correctness"),
-    (lambda r: r["clean"].update(n_correct=r["clean"]["n_correct"] + 1), "disagree"),
-])
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (lambda r: r["model"].pop("kind"), "'kind' is a required property"),
+        (lambda r: r["model"].update(sha256="XYZ"), "model.sha256"),
+        (
+            lambda r: r["perturbations"]["contrast"].update(status="maybe"),
+            "perturbations.contrast.status",
+        ),
+        (
+            lambda r: r["perturbations"]["contrast"].pop("severities"),
+            "marked done but has no severities",
+        ),
+        (lambda r: r["clean"].update(correct="!!"), "unreadable per-image correctness"),
+        (lambda r: r["clean"].update(n_correct=r["clean"]["n_correct"] + 1), "disagree"),
+    ],
+)
 def test_validate_record_names_the_problem(data: dict[str, Any], edit: Any, phrase: str) -> None:
     rec = copy.deepcopy(data["noisy"])
     validate_record(rec, "ok.json")
@@ -110,15 +128,27 @@ def test_untrusted_text_is_shown_as_text_never_markup(site: Any, data: dict[str,
         for raw in ("<img src=x", "<script>alert", "<b>bold", "<b>rises"):
             assert raw not in html, (path.name, raw)
         parsed = Page(html)
-        assert not [a for t, a in parsed.tags if any(k.startswith("on") for k in a)], path.name  # no event handlers
+        assert not [a for t, a in parsed.tags if any(k.startswith("on") for k in a)], (
+            path.name
+        )  # no event handlers
         assert not [a for t, a in parsed.tags if t == "img" and "x" == a.get("src")]
         scripts = [t for t, _ in parsed.tags if t == "script"]
-        assert len(scripts) == (1 if path == lb.index else 0)  # only the site's own sorting/filter script
+        assert len(scripts) == (
+            1 if path == lb.index else 0
+        )  # only the site's own sorting/filter script
         hrefs = [a.get("href") or "" for t, a in parsed.tags if t == "a"]
-        assert not [h for h in hrefs if ":" in h and not h.startswith("data:")], path.name  # no javascript:, no external links
+        assert not [h for h in hrefs if ":" in h and not h.startswith("data:")], (
+            path.name
+        )  # no javascript:, no external links
     hostile = next(p for p in (lb.out / "models").glob("*.html") if "onerror" in p.name)
     text = "".join(Page(hostile.read_text()).text)
-    for shown in (XSS, XSS_TITLE, "<script>alert(2)</script>", "<script>alert(3)</script>", "shapes-<b>bold</b>"):
+    for shown in (
+        XSS,
+        XSS_TITLE,
+        "<script>alert(2)</script>",
+        "<script>alert(3)</script>",
+        "shapes-<b>bold</b>",
+    ):
         assert shown in text  # visible to the reader, as text
     index_text = "".join(Page(lb.index.read_text()).text)
     assert XSS in index_text and "<b>rises</b>" in index_text
@@ -130,12 +160,16 @@ def test_index_cells_show_r_markers_significance_and_clean(site: Any, data: dict
     lb, _ = site
     page = Page(lb.index.read_text())
     head = [c for c in page.tags if c[0] == "th"]
-    assert len(head) == 3 + len(TABLE1_COLUMNS) + 1 + 3 + 1  # model, dataset, clean, 24 (+ the hostile extra), 3 means, flags
+    assert (
+        len(head) == 3 + len(TABLE1_COLUMNS) + 1 + 3 + 1
+    )  # model, dataset, clean, 24 (+ the hostile extra), 3 means, flags
     rows = {r["attrs"]["data-name"]: r for r in page.rows}
     rec = data["noisy"]
     cells = rows["noisy"]["cells"]
     assert _cell_text(cells[2]).startswith(f"{rec['clean']['accuracy']:.2f}")
-    assert float(cells[2]["attrs"]["data-sort"]) == pytest.approx(rec["clean"]["accuracy"], abs=1e-6)
+    assert float(cells[2]["attrs"]["data-sort"]) == pytest.approx(
+        rec["clean"]["accuracy"], abs=1e-6
+    )
     for name in ("gaussian_noise", "contrast"):
         e = rec["perturbations"][name]
         cell = cells[3 + TABLE1_COLUMNS.index(name)]
@@ -145,11 +179,20 @@ def test_index_cells_show_r_markers_significance_and_clean(site: Any, data: dict
         assert f"accuracy {e['accuracy']:.3f}" in cell["attrs"]["title"]
     assert _cell_text(cells[3 + TABLE1_COLUMNS.index("shot_noise")]) == ""  # not evaluated
     fam = cells[-4:-1]  # the three family means, before the masking column
-    assert [_cell_text(c) for c in fam] == [f"{rec['summary']['mean_R']['corruption']:.2f}", "-", "-"]
+    assert [_cell_text(c) for c in fam] == [
+        f"{rec['summary']['mean_R']['corruption']:.2f}",
+        "-",
+        "-",
+    ]
     assert _cell_text(cells[-1]) == "not run" and "passed" in _cell_text(rows["base"]["cells"][-1])
     hostile = rows[XSS.lower()]["cells"]
-    assert "accuracy_falls_with_eps" in _cell_text(hostile[-1]) and XSS_TITLE in _cell_text(hostile[-1])
-    assert rows["base"]["attrs"]["data-defense"] == "standard" and rows["noisy"]["attrs"]["data-defense"] == "mixup"
+    assert "accuracy_falls_with_eps" in _cell_text(hostile[-1]) and XSS_TITLE in _cell_text(
+        hostile[-1]
+    )
+    assert (
+        rows["base"]["attrs"]["data-defense"] == "standard"
+        and rows["noisy"]["attrs"]["data-defense"] == "mixup"
+    )
 
 
 def test_wide_and_long_csv_round_trip_through_pandas(site: Any, data: dict[str, Any]) -> None:
@@ -161,12 +204,16 @@ def test_wide_and_long_csv_round_trip_through_pandas(site: Any, data: dict[str, 
     row = back[back["model"] == "noisy"].iloc[0]
     e = data["noisy"]["perturbations"]["contrast"]
     assert row["contrast"] == f"{e['R']:.2f}{e['marker']}"
-    assert row["mean_R_corruption"] == pytest.approx(data["noisy"]["summary"]["mean_R"]["corruption"])
+    assert row["mean_R_corruption"] == pytest.approx(
+        data["noisy"]["summary"]["mean_R"]["corruption"]
+    )
     assert np.isnan(row["mean_R_transfer"]) and np.isnan(row["mean_R_white-box"])
     assert "accuracy_falls_with_eps" in back[back["model"] == XSS].iloc[0]["gradient_masking"]
     long_back = read_long_csv(lb.files["long_csv"])
     pd.testing.assert_frame_equal(long_back, long)
-    assert len(long_back) == 3 * (1 + 5 + 5) + 1  # clean + 2 corruptions x 5 severities per result, + pgd of base
+    assert (
+        len(long_back) == 3 * (1 + 5 + 5) + 1
+    )  # clean + 2 corruptions x 5 severities per result, + pgd of base
     plain = pd.read_csv(lb.files["long_csv"])  # a pandas user's first try reads the same numbers
     np.testing.assert_allclose(plain["accuracy"], long["accuracy"])
 
@@ -178,7 +225,9 @@ def test_r_matrix_is_models_by_perturbations(data: dict[str, Any]) -> None:
     assert m.loc["b", "contrast"] == pytest.approx(data["noisy"]["perturbations"]["contrast"]["R"])
 
 
-def test_interrupted_run_gets_r_from_its_counts_and_duplicates_keep_one(data: dict[str, Any], tmp_path: Path) -> None:
+def test_interrupted_run_gets_r_from_its_counts_and_duplicates_keep_one(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
     rec = copy.deepcopy(data["base"])
     for e in rec["perturbations"].values():
         for k in ("R", "accuracy", "marker", "baseline_R", "p_value", "significant"):
@@ -197,7 +246,9 @@ def test_interrupted_run_gets_r_from_its_counts_and_duplicates_keep_one(data: di
     assert items[0][1]["_notes"]
 
 
-def test_model_page_has_plots_examples_card_and_provenance(data: dict[str, Any], tmp_path: Path) -> None:
+def test_model_page_has_plots_examples_card_and_provenance(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
     src = tmp_path / "results"
     shutil.copytree(data["dir"], src)
     (src / "xss.json").unlink()
@@ -210,14 +261,24 @@ def test_model_page_has_plots_examples_card_and_provenance(data: dict[str, Any],
     imgs = [a["src"] for t, a in parsed.tags if t == "img"]
     for s in imgs:
         assert (base_page.parent / s).resolve().is_file(), s
-    assert any(s.endswith("-R.png") for s in imgs) and any(s.endswith("-severity.png") for s in imgs)
-    assert any("/pgd-" in s for s in imgs)  # adversarial examples: the checkpoint was found with its hash
+    assert any(s.endswith("-R.png") for s in imgs) and any(
+        s.endswith("-severity.png") for s in imgs
+    )
+    assert any(
+        "/pgd-" in s for s in imgs
+    )  # adversarial examples: the checkpoint was found with its hash
     rec = data["base"]
     text = "".join(parsed.text)
-    for needle in (rec["model"]["sha256"], "evaluation seed", "robench evaluate", rec["environment"]["torch"], "small_cnn"):
+    for needle in (
+        rec["model"]["sha256"],
+        "evaluation seed",
+        "robench evaluate",
+        rec["environment"]["torch"],
+        "small_cnn",
+    ):
         assert needle in text
     first = correct_bits(rec["perturbations"]["contrast"]["severities"][2])[0]
-    tile = html[html.index('<div class="name">contrast</div>'):]
+    tile = html[html.index('<div class="name">contrast</div>') :]
     assert re.search(r'class="(right|wrong)"', tile).group(1) == ("right" if first else "wrong")  # type: ignore[union-attr]
     # a checkpoint that changed after the evaluation is not used for adversarial images
     ck = data["ckpt"]["base"]
@@ -235,27 +296,50 @@ def test_model_page_has_plots_examples_card_and_provenance(data: dict[str, Any],
 def test_cli_builds_the_site_and_reports_skips(data: dict[str, Any], tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad_files(bad, data["noisy"])
-    res = CliRunner().invoke(main, ["leaderboard", str(data["dir"]), str(bad), "--out", str(tmp_path / "s"),
-                                    "--no-plots", "--no-examples"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "leaderboard",
+            str(data["dir"]),
+            str(bad),
+            "--out",
+            str(tmp_path / "s"),
+            "--no-plots",
+            "--no-examples",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "3 results, 5 files skipped" in res.output
     assert "skipped " in res.output and "v2.json" in res.output
     assert (tmp_path / "s" / "index.html").is_file() and (tmp_path / "s" / "results.csv").is_file()
-    res = CliRunner().invoke(main, ["leaderboard", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")])
-    assert res.exit_code == 1 and "result folder or file not found" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(
+        main, ["leaderboard", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")]
+    )
+    assert (
+        res.exit_code == 1
+        and "result folder or file not found" in res.output
+        and "Traceback" not in res.output
+    )
     (tmp_path / "empty").mkdir()
-    res = CliRunner().invoke(main, ["leaderboard", str(tmp_path / "empty"), "--out", str(tmp_path / "t")])
+    res = CliRunner().invoke(
+        main, ["leaderboard", str(tmp_path / "empty"), "--out", str(tmp_path / "t")]
+    )
     assert res.exit_code == 1 and "no result files" in res.output
 
 
-def test_rebuild_deletes_only_the_pages_it_no_longer_writes(data: dict[str, Any], tmp_path: Path) -> None:
+def test_rebuild_deletes_only_the_pages_it_no_longer_writes(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
     out = tmp_path / "site"
-    build_leaderboard([data["paths"]["base"], data["paths"]["noisy"]], out, plots=False, examples=False)
+    build_leaderboard(
+        [data["paths"]["base"], data["paths"]["noisy"]], out, plots=False, examples=False
+    )
     assert len(list((out / "models").glob("*.html"))) == 2
     mine = out / "models" / "notes.html"
     mine.write_text("kept: not written by robench")
     lb = build_leaderboard([data["paths"]["base"]], out, plots=False, examples=False)
-    assert sorted(p.name for p in (out / "models").glob("*.html")) == sorted(["notes.html", lb.files[next(
-        k for k in lb.files if k.endswith(":html"))].name])
+    assert sorted(p.name for p in (out / "models").glob("*.html")) == sorted(
+        ["notes.html", lb.files[next(k for k in lb.files if k.endswith(":html"))].name]
+    )
     assert mine.read_text().startswith("kept")
     assert len(Page(lb.index.read_text()).rows) == 1

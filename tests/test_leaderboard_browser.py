@@ -16,7 +16,9 @@ from leaderboard_data import XSS, XSS_TITLE, bad_files, shared_results
 
 from robench.report.leaderboard.build import build_leaderboard
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
+)
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -26,8 +28,10 @@ from selenium.webdriver.support.ui import Select  # noqa: E402
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()):
-    pytest.skip("headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does it when it can)",
-                allow_module_level=True)
+    pytest.skip(
+        "headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does it when it can)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +54,17 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # with the driver's path below, Selenium Manager (network) is never used
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1440,1000"):
+    opts.binary_location = (
+        CHROMIUM  # with the driver's path below, Selenium Manager (network) is never used
+    )
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -64,7 +76,9 @@ def browser() -> Iterator[Any]:
 
 def _open(driver: Any, path: Path) -> None:
     driver.get(path.resolve().as_uri())
-    driver.get_log("browser")  # the log is drained per read; errors are checked after each interaction
+    driver.get_log(
+        "browser"
+    )  # the log is drained per read; errors are checked after each interaction
 
 
 def _errors(driver: Any) -> list[Any]:
@@ -78,7 +92,9 @@ def _visible_models(driver: Any) -> list[str]:
 
 def _column(driver: Any, index: int) -> list[float]:
     rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
-    return [float(r.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-sort")) for r in rows]
+    return [
+        float(r.find_elements(By.TAG_NAME, "td")[index].get_attribute("data-sort")) for r in rows
+    ]
 
 
 def _full_shot(driver: Any, path: Path, width: int = 1440) -> None:
@@ -88,7 +104,9 @@ def _full_shot(driver: Any, path: Path, width: int = 1440) -> None:
     driver.set_window_size(width, 1000)
 
 
-def test_index_sorts_filters_and_has_no_console_errors(site: dict[str, Any], browser: Any, shots: Path) -> None:
+def test_index_sorts_filters_and_has_no_console_errors(
+    site: dict[str, Any], browser: Any, shots: Path
+) -> None:
     lb = site["lb"]
     _open(browser, lb.index)
     assert _errors(browser) == []
@@ -98,7 +116,10 @@ def test_index_sorts_filters_and_has_no_console_errors(site: dict[str, Any], bro
     clean = next(i for i, h in enumerate(headers) if h.text.startswith("Clean"))
     headers[clean].find_element(By.TAG_NAME, "button").click()
     values = _column(browser, clean)
-    assert values == sorted(values, reverse=True) and headers[clean].get_attribute("aria-sort") == "descending"
+    assert (
+        values == sorted(values, reverse=True)
+        and headers[clean].get_attribute("aria-sort") == "descending"
+    )
     headers[clean].find_element(By.TAG_NAME, "button").click()
     assert _column(browser, clean) == sorted(values)
     contrast = next(i for i, h in enumerate(headers) if h.text == "Contr")
@@ -119,13 +140,19 @@ def test_index_sorts_filters_and_has_no_console_errors(site: dict[str, Any], bro
     _full_shot(browser, shots / "index-full.png")
 
 
-def test_model_pages_open_with_plots_and_images(site: dict[str, Any], browser: Any, shots: Path) -> None:
+def test_model_pages_open_with_plots_and_images(
+    site: dict[str, Any], browser: Any, shots: Path
+) -> None:
     _open(browser, site["lb"].index)
     browser.find_element(By.LINK_TEXT, "base").click()
     assert browser.find_element(By.TAG_NAME, "h1").text == "base"
     imgs = browser.find_elements(By.TAG_NAME, "img")
     assert len(imgs) >= 2 + 2 * 4  # R bars, severity curves, 2 images x (clean, 2 corruptions, pgd)
-    broken = [i.get_attribute("src") for i in imgs if not browser.execute_script("return arguments[0].naturalWidth > 0", i)]
+    broken = [
+        i.get_attribute("src")
+        for i in imgs
+        if not browser.execute_script("return arguments[0].naturalWidth > 0", i)
+    ]
     assert broken == []
     assert _errors(browser) == []
     _full_shot(browser, shots / "model-base.png")
@@ -144,6 +171,9 @@ def test_hostile_text_runs_nothing(site: dict[str, Any], browser: Any, shots: Pa
     assert browser.title != "pwned"
     body = browser.find_element(By.TAG_NAME, "body").text
     assert XSS_TITLE in body and "<script>alert(2)</script>" in body
-    assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], script').length") == 0
+    assert (
+        browser.execute_script("return document.querySelectorAll('img[src=\"x\"], script').length")
+        == 0
+    )
     assert _errors(browser) == []
     _full_shot(browser, shots / "model-hostile.png")

@@ -6,8 +6,14 @@ import pickle
 import pytest
 import torch
 
-from robench.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_checkpoint, save_checkpoint
 from robench.models import create_model, list_models
+from robench.models.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "allconv", "vgg11", "resnet18_cifar"])
@@ -27,7 +33,14 @@ def test_imagenet_models(name: str) -> None:
 
 
 def test_registry_lists_every_architecture_and_normalises_inside() -> None:
-    assert {"small_cnn", "allconv", "vgg11", "resnet18_cifar", "resnet50", "resnext50_32x4d"} <= set(list_models())
+    assert {
+        "small_cnn",
+        "allconv",
+        "vgg11",
+        "resnet18_cifar",
+        "resnet50",
+        "resnext50_32x4d",
+    } <= set(list_models())
     m = create_model("small_cnn", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(m.normalize(x), (x - 0.5) / 0.25)
@@ -39,9 +52,15 @@ def test_registry_lists_every_architecture_and_normalises_inside() -> None:
 
 def _meta(m: torch.nn.Module) -> CheckpointMeta:
     return CheckpointMeta(
-        arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 8},
-        mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()),
-        dataset="shapes", defense="standard", train_config={"epochs": 1, "seed": 0},
+        arch="small_cnn",
+        num_classes=10,
+        input_size=32,
+        arch_kwargs={"width": 8},
+        mean=tuple(m.normalize.mean.flatten().tolist()),
+        std=tuple(m.normalize.std.flatten().tolist()),
+        dataset="shapes",
+        defense="standard",
+        train_config={"epochs": 1, "seed": 0},
     )
 
 
@@ -57,7 +76,9 @@ def test_checkpoint_roundtrip_weights_only(tmp_path) -> None:  # type: ignore[no
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     assert meta.defense == "standard" and not m2.training
-    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # readable like any file, not tmp-private
+    assert oct(os.stat(path).st_mode & 0o777) != oct(
+        0o600
+    )  # readable like any file, not tmp-private
 
 
 def test_checkpoint_errors_are_one_sentence(tmp_path) -> None:  # type: ignore[no-untyped-def]

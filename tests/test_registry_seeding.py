@@ -34,11 +34,15 @@ def test_registry_miss_suggests_close_names() -> None:
 def test_derive_seed_is_stable_across_processes() -> None:
     here = derive_seed(7, "glass_blur", 3, 12)
     code = "from robench._seeding import derive_seed; print(derive_seed(7, 'glass_blur', 3, 12))"
-    other = int(subprocess.check_output([sys.executable, "-c", code], env={"PYTHONHASHSEED": "123"}).strip())
+    other = int(
+        subprocess.check_output([sys.executable, "-c", code], env={"PYTHONHASHSEED": "123"}).strip()
+    )
     assert here == other
     assert 0 <= here < 2**63
     assert derive_seed(7, "glass_blur", 3, 13) != here
-    assert derive_seed(7, "glass_blur", 31) != derive_seed(7, "glass_blur", 3, 1)  # keys are separated
+    assert derive_seed(7, "glass_blur", 31) != derive_seed(
+        7, "glass_blur", 3, 1
+    )  # keys are separated
 
 
 def test_make_generator_and_global_scope_restore_state() -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from robench.models.checkpoint import load_checkpoint
 from robench.cli import main
+from robench.models.checkpoint import load_checkpoint
 from robench.training.job import train
 
 TINY = ["--train-images", "512", "--batch-size", "64", "-a", "width=8"]
@@ -27,25 +27,48 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_cli_mtlat_one_epoch_writes_a_checkpoint_that_evaluate_accepts(tmp_path: Path) -> None:
     ckpt = tmp_path / "mtlat.pt"
-    res = CliRunner().invoke(main, ["train", "--defense", "mtlat", "--epochs", "1", *TINY, "--out", str(ckpt)])
+    res = CliRunner().invoke(
+        main, ["train", "--defense", "mtlat", "--epochs", "1", *TINY, "--out", str(ckpt)]
+    )
     assert res.exit_code == 0, res.output
     card = json.loads(ckpt.with_suffix(".json").read_text())
-    assert card["defense"] == "mtlat" and card["epochs"] == 1 and card["arch_kwargs"] == {"width": 8}
+    assert (
+        card["defense"] == "mtlat" and card["epochs"] == 1 and card["arch_kwargs"] == {"width": 8}
+    )
     assert 0.0 <= card["clean_accuracy"] <= 1.0 and len(card["sha256"]) == 64
     model, meta = load_checkpoint(ckpt)  # weights_only=True inside
     assert meta.defense == "mtlat" and meta.defense_config == {"alpha": 0.4, "eps_max": 0.025}
     assert not ckpt.with_name(ckpt.name + ".partial").exists()  # the resumable state is cleaned up
     out = tmp_path / "eval"
-    res = CliRunner().invoke(main, ["evaluate", str(ckpt), "--n-images", "20", "-p", "gaussian_noise", "-p", "brightness",
-                                    "--baseline", "none", "--out", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(ckpt),
+            "--n-images",
+            "20",
+            "-p",
+            "gaussian_noise",
+            "-p",
+            "brightness",
+            "--baseline",
+            "none",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert list(out.glob("*.json"))
 
 
 def test_unknown_defense_and_option_are_one_sentence(tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["train", "--defense", "mtlatt", "--out", str(tmp_path / "x.pt")])
+    res = CliRunner().invoke(
+        main, ["train", "--defense", "mtlatt", "--out", str(tmp_path / "x.pt")]
+    )
     assert res.exit_code != 0 and "mtlat" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["train", "--defense", "mixup", "-o", "beta=2", "--out", str(tmp_path / "x.pt")])
+    res = CliRunner().invoke(
+        main, ["train", "--defense", "mixup", "-o", "beta=2", "--out", str(tmp_path / "x.pt")]
+    )
     assert res.exit_code != 0 and "no option 'beta'" in res.output and "Traceback" not in res.output
 
 
@@ -71,7 +94,12 @@ def test_kill_9_during_training_then_rerun_gives_the_uninterrupted_weights(tmp_p
     args = ["train", "--defense", "tlat", "--epochs", "4", "--seed", "1", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole.pt"
-    subprocess.run([sys.executable, "-m", "robench", *args, "--out", str(whole)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "robench", *args, "--out", str(whole)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     killed = tmp_path / "killed.pt"
     cmd = [sys.executable, "-m", "robench", *args, "--out", str(killed)]
@@ -101,11 +129,15 @@ def test_a_second_training_into_the_same_checkpoint_stops_at_once(tmp_path: Path
         deadline = time.monotonic() + 300
         while _partial_epoch(partial) < 1 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert proc.poll() is None, "the first training ended before the second started: make it longer"
+        assert proc.poll() is None, (
+            "the first training ended before the second started: make it longer"
+        )
         started = time.monotonic()
         res = CliRunner().invoke(main, ["train", "--epochs", "20", *TINY, "--out", str(out)])
         assert res.exit_code != 0 and "already working on training into" in res.output
-        assert "Traceback" not in res.output and time.monotonic() - started < 60  # refused, not queued
+        assert (
+            "Traceback" not in res.output and time.monotonic() - started < 60
+        )  # refused, not queued
         assert proc.poll() is None  # the first one goes on
     finally:
         proc.kill()

@@ -10,16 +10,26 @@ import torch
 
 from robench.data import load_dataset
 from robench.defenses import DEFENSES
-from robench.models.loading import load_model
 from robench.evaluation.record import read_record
-from robench.training.loop import evaluate_accuracy
+from robench.models.loading import load_model
 from robench.models.zoo import read_card, resolve_zoo, zoo_root
+from robench.training.loop import evaluate_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "model_zoo" / "shapes"
 RESULTS = ROOT / "leaderboard" / "shapes"
 ENTRIES = sorted(p.stem for p in ZOO.glob("*.pt"))
-CARD_FIELDS = ("defense", "arch", "dataset", "command", "seed", "epochs", "wall_time_s", "clean_accuracy", "sha256")
+CARD_FIELDS = (
+    "defense",
+    "arch",
+    "dataset",
+    "command",
+    "seed",
+    "epochs",
+    "wall_time_s",
+    "clean_accuracy",
+    "sha256",
+)
 
 
 def test_the_tests_read_the_repository_zoo() -> None:
@@ -35,7 +45,10 @@ def test_entry_has_a_full_card_a_matching_hash_and_loads_without_pickle(name: st
     card = read_card(ZOO / f"{name}.json")
     raw = json.loads((ZOO / f"{name}.json").read_text())
     assert all(raw.get(k) not in (None, "") for k in CARD_FIELDS), name
-    assert card.command.startswith("robench train ") and f"--out model_zoo/shapes/{name}.pt" in card.command
+    assert (
+        card.command.startswith("robench train ")
+        and f"--out model_zoo/shapes/{name}.pt" in card.command
+    )
     assert card.dataset == "shapes" and card.name == name
     path, _ = resolve_zoo(f"zoo:{name}")  # verifies the SHA-256 the card states
     assert (ZOO / f"{name}.pt").stat().st_size <= 2.5 * 2**20, "zoo checkpoints stay small"
@@ -48,7 +61,9 @@ def test_card_accuracy_is_what_the_checkpoint_scores(name: str) -> None:
     card = read_card(ZOO / f"{name}.json")
     model = load_model(f"zoo:{name}").model.eval()
     acc = evaluate_accuracy(model, load_dataset("shapes", "test"))
-    assert acc == pytest.approx(card.clean_accuracy, abs=2 / 2000)  # float summation order may flip one image
+    assert acc == pytest.approx(
+        card.clean_accuracy, abs=2 / 2000
+    )  # float summation order may flip one image
 
 
 @pytest.mark.parametrize("name", [n for n in ENTRIES if n != "vgg_surrogate"])

@@ -53,10 +53,10 @@ __all__ = [
     "attack_mode",
     "AttackResult",
     "DongLinfMIFGSM",
-        "SeededLinfPGD",
+    "SeededLinfPGD",
     "attack_cost",
     "craft_transfer",
-        "judge_transfer",
+    "judge_transfer",
     "random_start",
     "resolve_attack",
     "run_attack",
@@ -130,7 +130,6 @@ class AttackResult:
     def accuracy(self) -> float:
         """Fraction of images still classified correctly (NaN for an empty batch)."""
         return float(self.correct.float().mean()) if self.correct.numel() else math.nan
-
 
 
 def resolve_attack(name_or_spec: str | AttackSpec) -> AttackSpec:
@@ -240,8 +239,15 @@ def _budget(
     return eps, n_steps
 
 
-def _linf(spec: AttackSpec, fmodel: Any, x: Tensor, criterion: Any, eps: float, steps: int,
-          start: Tensor | None) -> Tensor:
+def _linf(
+    spec: AttackSpec,
+    fmodel: Any,
+    x: Tensor,
+    criterion: Any,
+    eps: float,
+    steps: int,
+    start: Tensor | None,
+) -> Tensor:
     """PGD, PGD-LL or MI-FGSM through Foolbox's ``run``, then Foolbox's L-inf clipping."""
     kw: dict[str, Any] = {"abs_stepsize": spec.step_size(eps, steps), "steps": steps}
     if spec.algorithm == "mi_fgsm":
@@ -253,13 +259,16 @@ def _linf(spec: AttackSpec, fmodel: Any, x: Tensor, criterion: Any, eps: float, 
     return cast(Tensor, linf_distance.clip_perturbation(x, raw, eps)).clamp(0.0, 1.0)
 
 
-def _cw(spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float,
-        steps: int) -> tuple[Tensor, Tensor]:
+def _cw(
+    spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float, steps: int
+) -> tuple[Tensor, Tensor]:
     """C&W-L2 with robench's budget; adversarials projected onto the L2 ball, clean where none."""
     p = spec.params
     attack = L2CarliniWagnerAttack(
-        binary_search_steps=int(p.get("binary_search_steps", 1)), steps=steps,
-        stepsize=float(p.get("stepsize", 0.01)), confidence=float(p.get("confidence", 0.0)),
+        binary_search_steps=int(p.get("binary_search_steps", 1)),
+        steps=steps,
+        stepsize=float(p.get("stepsize", 0.01)),
+        confidence=float(p.get("confidence", 0.0)),
         initial_const=float(p.get("initial_const", 1.0)),
         abort_early=bool(p.get("abort_early", False)),
     )
@@ -270,9 +279,18 @@ def _cw(spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float,
     return torch.where(found.view(-1, 1, 1, 1), clipped, x), l2
 
 
-def _whitebox(spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, eps: float,
-              steps: int, seed: int, indices: Indices,
-              targets: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+def _whitebox(
+    spec: AttackSpec,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    clean: Tensor,
+    eps: float,
+    steps: int,
+    seed: int,
+    indices: Indices,
+    targets: Tensor | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Craft a white-box attack on the (prepared) model: adversarials and the result's extras."""
     fmodel = PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     if spec.algorithm == "cw_l2":
@@ -290,16 +308,30 @@ def _whitebox(spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, clean: T
     return _linf(spec, fmodel, x, Misclassification(y), eps, steps, start), {}
 
 
-def _judge(spec: AttackSpec, model: nn.Module, x0: Tensor, adv: Tensor, y: Tensor, clean: Tensor,
-           eps: float, extra: dict[str, Tensor]) -> AttackResult:
+def _judge(
+    spec: AttackSpec,
+    model: nn.Module,
+    x0: Tensor,
+    adv: Tensor,
+    y: Tensor,
+    clean: Tensor,
+    eps: float,
+    extra: dict[str, Tensor],
+) -> AttackResult:
     """Forward the adversarials once and apply Foolbox's criterion; results on ``x0``'s device."""
     logits = _logits(model, adv)
     tgt = extra.get("targets")
     crit = Misclassification(y) if tgt is None else TargetedMisclassification(tgt)
     success, pred, dev = crit(adv, logits), logits.argmax(1), x0.device
     return AttackResult(
-        spec.name, adv.to(device=dev, dtype=x0.dtype), success.to(dev), (pred == y).to(dev),
-        pred.to(dev), clean.argmax(1).to(dev), eps, **{k: v.to(dev) for k, v in extra.items()},
+        spec.name,
+        adv.to(device=dev, dtype=x0.dtype),
+        success.to(dev),
+        (pred == y).to(dev),
+        pred.to(dev),
+        clean.argmax(1).to(dev),
+        eps,
+        **{k: v.to(dev) for k, v in extra.items()},
     )
 
 

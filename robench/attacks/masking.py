@@ -8,10 +8,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from robench.attacks._foolbox import Indices, craft_transfer, judge_transfer, resolve_attack, run_attack
+from robench.attacks._foolbox import (
+    Indices,
+    craft_transfer,
+    judge_transfer,
+    resolve_attack,
+    run_attack,
+)
 from robench.perturbations.attack_specs import AttackCost, AttackSpec
 
 __all__ = ["MaskingCheck", "gradient_masking_checks", "masking_checks_cost"]
+
 
 @dataclass(frozen=True)
 class MaskingCheck:
@@ -90,16 +97,25 @@ def gradient_masking_checks(
     no_start = dataclasses.replace(pgd, params={**pgd.params, "random_start": False})
     large = _acc(no_start, model, x, y, seed, idx, epsilon=large_epsilon)  # gradients alone
     checks = [
-        _check("accuracy_falls_with_eps", half + tol >= at and at + tol >= double,
-               f"PGD accuracy {half:.3f} / {at:.3f} / {double:.3f}"
-               f" at eps {epsilon / 2:g} / {epsilon:g} / {2 * epsilon:g}",
-               "accuracy rises with eps"),
-        _check("accuracy_falls_with_steps", more <= at + tol,
-               f"PGD accuracy {at:.3f} with 10 steps, {more:.3f} with 40",
-               "accuracy rises with more steps"),
-        _check("large_eps_reaches_zero", large <= zero_threshold,
-               f"PGD accuracy {large:.3f} at eps {large_epsilon:g} (threshold {zero_threshold:g})",
-               "a large-eps PGD does not reach ~0%"),
+        _check(
+            "accuracy_falls_with_eps",
+            half + tol >= at and at + tol >= double,
+            f"PGD accuracy {half:.3f} / {at:.3f} / {double:.3f}"
+            f" at eps {epsilon / 2:g} / {epsilon:g} / {2 * epsilon:g}",
+            "accuracy rises with eps",
+        ),
+        _check(
+            "accuracy_falls_with_steps",
+            more <= at + tol,
+            f"PGD accuracy {at:.3f} with 10 steps, {more:.3f} with 40",
+            "accuracy rises with more steps",
+        ),
+        _check(
+            "large_eps_reaches_zero",
+            large <= zero_threshold,
+            f"PGD accuracy {large:.3f} at eps {large_epsilon:g} (threshold {zero_threshold:g})",
+            "a large-eps PGD does not reach ~0%",
+        ),
     ]
     if surrogate is None:
         return [
@@ -108,8 +124,11 @@ def gradient_masking_checks(
         ]
     adv = craft_transfer("mi_fgsm_0.04", surrogate, x, y, seed=seed, indices=idx, epsilon=epsilon)
     transfer = judge_transfer("mi_fgsm_0.04", model, x, adv, y, epsilon=epsilon).accuracy
-    first = _check("whitebox_below_transfer", at <= transfer + tol,
-                   f"white-box PGD accuracy {at:.3f}, transfer MI-FGSM accuracy {transfer:.3f}"
-                   f" at eps {epsilon:g}",
-                   "white-box accuracy exceeds black-box accuracy")
+    first = _check(
+        "whitebox_below_transfer",
+        at <= transfer + tol,
+        f"white-box PGD accuracy {at:.3f}, transfer MI-FGSM accuracy {transfer:.3f}"
+        f" at eps {epsilon:g}",
+        "white-box accuracy exceeds black-box accuracy",
+    )
     return [first, *checks]

@@ -6,11 +6,26 @@ import os
 from pathlib import Path
 
 from robench.data import real, shapes  # noqa: F401  (importing registers the datasets)
-from robench.data._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset, SubsetDataset
+from robench.data._base import (
+    DATASETS,
+    ArrayDataset,
+    DataError,
+    DatasetInfo,
+    DatasetSpec,
+    ImageDataset,
+    SubsetDataset,
+)
 
 __all__ = [
-    "load_dataset", "list_datasets", "DATASETS", "ArrayDataset", "DataError", "DatasetInfo",
-    "DatasetSpec", "ImageDataset", "SubsetDataset",
+    "load_dataset",
+    "list_datasets",
+    "DATASETS",
+    "ArrayDataset",
+    "DataError",
+    "DatasetInfo",
+    "DatasetSpec",
+    "ImageDataset",
+    "SubsetDataset",
 ]
 
 

@@ -13,7 +13,15 @@ from torch.utils.data import Dataset
 
 from robench._registry import Registry
 
-__all__ = ["DatasetInfo", "ImageDataset", "ArrayDataset", "SubsetDataset", "DatasetSpec", "DATASETS", "DataError"]
+__all__ = [
+    "DatasetInfo",
+    "ImageDataset",
+    "ArrayDataset",
+    "SubsetDataset",
+    "DatasetSpec",
+    "DATASETS",
+    "DataError",
+]
 
 
 class DataError(FileNotFoundError):
@@ -83,7 +91,9 @@ class ArrayDataset(ImageDataset):
         context: np.ndarray | None = None,
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

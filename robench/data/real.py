@@ -26,7 +26,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from robench.data._base import DATASETS, ArrayDataset, DataError, DatasetInfo, DatasetSpec, ImageDataset
+from robench.data._base import (
+    DATASETS,
+    ArrayDataset,
+    DataError,
+    DatasetInfo,
+    DatasetSpec,
+    ImageDataset,
+)
 
 try:
     from numpy._core import multiarray as _np_multiarray
@@ -36,8 +43,16 @@ except ImportError:  # numpy < 2 has no numpy._core
     from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
 
 __all__ = [
-    "IMG_EXTENSIONS", "ImageFolderDataset", "read_cifar_batch", "read_idx", "read_svhn",
-    "decode_image", "load_cifar", "load_mnist", "load_svhn", "load_imagefolder",
+    "IMG_EXTENSIONS",
+    "ImageFolderDataset",
+    "read_cifar_batch",
+    "read_idx",
+    "read_svhn",
+    "decode_image",
+    "load_cifar",
+    "load_mnist",
+    "load_svhn",
+    "load_imagefolder",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -129,8 +144,17 @@ def _unpickle(path: Path) -> dict[str | bytes, Any]:
         obj = _CifarUnpickler(io.BytesIO(_read_bytes(path)), path).load()
     except DataError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, RecursionError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
         raise DataError(f"{path} is truncated or not a CIFAR python batch: {exc}") from exc
     if not isinstance(obj, dict):
         kind = type(obj).__name__
@@ -217,38 +241,154 @@ def load_cifar(
     images, labels = zip(*(read_cifar_batch(f, variant.label_key) for f in files), strict=True)
     classes = _class_names(folder / variant.meta, variant.names_key, variant.classes)
     info = DatasetInfo(
-        name=variant.name, num_classes=len(classes), image_size=32, channels=3, preset="cifar",
-        classes=classes, split=split,
+        name=variant.name,
+        num_classes=len(classes),
+        image_size=32,
+        channels=3,
+        preset="cifar",
+        classes=classes,
+        split=split,
     )
     return ArrayDataset(np.concatenate(images), np.concatenate(labels), info)
 
 
 _CIFAR10_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 CIFAR10 = _Cifar(
-    name="cifar10", title="CIFAR-10", folder="cifar-10-batches-py",
-    train=tuple(f"data_batch_{i}" for i in range(1, 6)), test=("test_batch",), meta="batches.meta",
-    label_key="labels", names_key="label_names", classes=_CIFAR10_NAMES, tv_class="CIFAR10",
+    name="cifar10",
+    title="CIFAR-10",
+    folder="cifar-10-batches-py",
+    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test=("test_batch",),
+    meta="batches.meta",
+    label_key="labels",
+    names_key="label_names",
+    classes=_CIFAR10_NAMES,
+    tv_class="CIFAR10",
 )
 # The 'fine_label_names' of the meta file (alphabetical), used when the meta file is absent.
 _CIFAR100_NAMES = (
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar",
-    "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile",
-    "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster",
-    "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster",
-    "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
-    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
-    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
-    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
-    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
     "worm",
 )
 CIFAR100 = _Cifar(
-    name="cifar100", title="CIFAR-100", folder="cifar-100-python", train=("train",), test=("test",),
-    meta="meta", label_key="fine_labels", names_key="fine_label_names", classes=_CIFAR100_NAMES,
+    name="cifar100",
+    title="CIFAR-100",
+    folder="cifar-100-python",
+    train=("train",),
+    test=("test",),
+    meta="meta",
+    label_key="fine_labels",
+    names_key="fine_label_names",
+    classes=_CIFAR100_NAMES,
     tv_class="CIFAR100",
 )
 
@@ -268,8 +408,17 @@ def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         mat = scipy.io.loadmat(path, variable_names=("X", "y"))
-    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, NotImplementedError,
-            MatReadError, zlib.error) as exc:
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        EOFError,
+        NotImplementedError,
+        MatReadError,
+        zlib.error,
+    ) as exc:
         raise DataError(f"{path} is truncated or not an SVHN MATLAB v5 file: {exc}") from exc
     x, y = mat.get("X"), mat.get("y")
     if x is None or y is None:
@@ -295,8 +444,13 @@ def load_svhn(
         raise DataError(f"SVHN not found: {_SVHN_LAYOUT.replace('<root>', str(root))}")
     images, labels = read_svhn(path)
     info = DatasetInfo(
-        name="svhn", num_classes=10, image_size=images.shape[1], channels=3, preset="cifar",
-        classes=tuple(str(d) for d in range(10)), split=split,
+        name="svhn",
+        num_classes=10,
+        image_size=images.shape[1],
+        channels=3,
+        preset="cifar",
+        classes=tuple(str(d) for d in range(10)),
+        split=split,
     )
     return ArrayDataset(images, labels, info)
 
@@ -354,9 +508,13 @@ def load_mnist(
     if len(images) != len(labels):
         raise DataError(f"{paths[0]} has {len(images)} images but {paths[1]} {len(labels)} labels")
     info = DatasetInfo(
-        name="mnist", num_classes=10, image_size=images.shape[1],
-        channels=3 if channels == 3 else 1, preset="cifar",
-        classes=tuple(str(d) for d in range(10)), split=split,
+        name="mnist",
+        num_classes=10,
+        image_size=images.shape[1],
+        channels=3 if channels == 3 else 1,
+        preset="cifar",
+        classes=tuple(str(d) for d in range(10)),
+        split=split,
     )
     return ArrayDataset(images[..., None], labels, info)
 
@@ -449,8 +607,13 @@ def load_imagefolder(
     if not samples:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {folder}/<class>/")
     info = DatasetInfo(
-        name="imagefolder", num_classes=len(classes), image_size=224, channels=3, preset="imagenet",
-        classes=classes, split=split,
+        name="imagefolder",
+        num_classes=len(classes),
+        image_size=224,
+        channels=3,
+        preset="imagenet",
+        classes=classes,
+        split=split,
     )
     return ImageFolderDataset(samples, info)
 
@@ -471,22 +634,48 @@ for _v in (CIFAR10, CIFAR100):
     DATASETS.add(
         _v.name,
         DatasetSpec(
-            name=_v.name, loader=_cifar_loader(_v), image_size=32, preset="cifar",
-            num_classes=len(_v.classes), layout=_v.layout,
+            name=_v.name,
+            loader=_cifar_loader(_v),
+            image_size=32,
+            preset="cifar",
+            num_classes=len(_v.classes),
+            layout=_v.layout,
             description=f"{_v.title} (python version), 32 px, {len(_v.classes)} classes",
         ),
     )
-DATASETS.add("svhn", DatasetSpec(
-    name="svhn", loader=load_svhn, image_size=32, preset="cifar", num_classes=10,
-    layout=_SVHN_LAYOUT, description="SVHN cropped digits (format 2, .mat), 32 px, 10 classes",
-))
-DATASETS.add("mnist", DatasetSpec(
-    name="mnist", loader=load_mnist, image_size=28, preset="cifar", num_classes=10,
-    layout=_MNIST_LAYOUT,
-    description="MNIST digits (IDX files), 28 px grey (3 channels on request), 10 classes",
-))
-DATASETS.add("imagefolder", DatasetSpec(
-    name="imagefolder", loader=load_imagefolder, image_size=224, preset="imagenet",
-    num_classes=None, layout=_FOLDER_LAYOUT,
-    description="ImageNet-style class folders (train/, val/), resized 256, centre-cropped 224",
-))
+DATASETS.add(
+    "svhn",
+    DatasetSpec(
+        name="svhn",
+        loader=load_svhn,
+        image_size=32,
+        preset="cifar",
+        num_classes=10,
+        layout=_SVHN_LAYOUT,
+        description="SVHN cropped digits (format 2, .mat), 32 px, 10 classes",
+    ),
+)
+DATASETS.add(
+    "mnist",
+    DatasetSpec(
+        name="mnist",
+        loader=load_mnist,
+        image_size=28,
+        preset="cifar",
+        num_classes=10,
+        layout=_MNIST_LAYOUT,
+        description="MNIST digits (IDX files), 28 px grey (3 channels on request), 10 classes",
+    ),
+)
+DATASETS.add(
+    "imagefolder",
+    DatasetSpec(
+        name="imagefolder",
+        loader=load_imagefolder,
+        image_size=224,
+        preset="imagenet",
+        num_classes=None,
+        layout=_FOLDER_LAYOUT,
+        description="ImageNet-style class folders (train/, val/), resized 256, centre-cropped 224",
+    ),
+)

@@ -28,9 +28,29 @@ __all__ = ["CLASSES", "STYLES", "ShapesConfig", "render_shapes", "load_shapes", 
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "arrow", "frame")
+CLASSES = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "crescent",
+    "heart",
+    "arrow",
+    "frame",
+)
 STYLES = (
-    "flat", "h-stripes", "v-stripes", "diagonal", "checker", "dots", "gradient", "radial", "grid", "blobs",
+    "flat",
+    "h-stripes",
+    "v-stripes",
+    "diagonal",
+    "checker",
+    "dots",
+    "gradient",
+    "radial",
+    "grid",
+    "blobs",
 )
 FORMAT_VERSION = 1
 _CHUNK = 256
@@ -59,7 +79,9 @@ class ShapesConfig:
     @property
     def preset(self) -> str:
         """Corruption preset declared for this resolution."""
-        return {32: "cifar", 64: "tiny", 224: "imagenet"}.get(self.size, "cifar" if self.size <= 48 else "tiny" if self.size <= 128 else "imagenet")
+        return {32: "cifar", 64: "tiny", 224: "imagenet"}.get(
+            self.size, "cifar" if self.size <= 48 else "tiny" if self.size <= 128 else "imagenet"
+        )
 
     def key(self, split: str) -> str:
         """File name stem of a cached split."""
@@ -76,7 +98,6 @@ VARIANTS = {
 }
 
 
-
 # --- shape membership on local coordinates (u, v), shape radius 1 -------------------------------
 
 
@@ -90,7 +111,10 @@ def _halfplanes(u: np.ndarray, v: np.ndarray, pts: list[tuple[float, float]]) ->
 
 def _regular(n: int, radius: float, phase: float = 0.0) -> list[tuple[float, float]]:
     return [
-        (radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+        (
+            radius * math.cos(phase + 2 * math.pi * k / n),
+            radius * math.sin(phase + 2 * math.pi * k / n),
+        )
         for k in range(n)
     ]
 
@@ -131,7 +155,9 @@ def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if cls == 6:
         return (r2 <= 0.95) & ((u - 0.45) ** 2 + v * v >= 0.6)
     if cls == 7:
-        lobes = ((u + 0.42) ** 2 + (v - 0.35) ** 2 <= 0.25) | ((u - 0.42) ** 2 + (v - 0.35) ** 2 <= 0.25)
+        lobes = ((u + 0.42) ** 2 + (v - 0.35) ** 2 <= 0.25) | (
+            (u - 0.42) ** 2 + (v - 0.35) ** 2 <= 0.25
+        )
         return lobes | _halfplanes(u, v, [(-0.88, 0.22), (0.0, -0.95), (0.88, 0.22)])
     if cls == 8:
         shaft = (av <= 0.2) & (u >= -0.95) & (u <= 0.15)
@@ -171,7 +197,9 @@ def _pattern(style: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, size: int)
         return np.minimum(((x - cx) ** 2 + (y - cy) ** 2) / (0.8 * size) ** 2, 1.0)
     if style == 8:
         w = np.maximum(period / 6, 1.0)
-        return ((np.mod(x + phase, period) < w) | (np.mod(y + phase, period) < w)).astype(np.float64)
+        return ((np.mod(x + phase, period) < w) | (np.mod(y + phase, period) < w)).astype(
+            np.float64
+        )
     # blobs: a coarse 4x4 random grid, bilinearly interpolated
     grid = p[:, 4:20].reshape(-1, 4, 4)
     gx, gy = np.clip(x / size * 3, 0, 3), np.clip(y / size * 3, 0, 3)
@@ -219,7 +247,8 @@ def _render_chunk(
     img = np.clip(np.floor(img * 255 + 0.5), 0, 255).astype(np.uint8)
     rows, cols = cover.any(axis=2), cover.any(axis=1)
     boxes = np.stack(
-        [cols.argmax(1), rows.argmax(1), s - cols[:, ::-1].argmax(1), s - rows[:, ::-1].argmax(1)], axis=1
+        [cols.argmax(1), rows.argmax(1), s - cols[:, ::-1].argmax(1), s - rows[:, ::-1].argmax(1)],
+        axis=1,
     ).astype(np.float32)
     return img, boxes
 
@@ -256,7 +285,12 @@ def render_shapes(cfg: ShapesConfig, split: str) -> dict[str, np.ndarray]:
         m = sl.stop - sl.start
         noise = rng.uniform(-0.06, 0.06, (m, cfg.size, cfg.size, 1))
         images[sl], boxes[sl] = _render_chunk(cfg, labels[sl], styles[sl], params[sl], noise)
-    return {"images": images, "labels": labels.astype(np.int64), "boxes": boxes, "context": styles.astype(np.int64)}
+    return {
+        "images": images,
+        "labels": labels.astype(np.int64),
+        "boxes": boxes,
+        "context": styles.astype(np.int64),
+    }
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
@@ -269,7 +303,9 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     return data
 
 
-def load_shapes(cfg: ShapesConfig, split: str, *, name: str = "shapes", use_cache: bool = True) -> ArrayDataset:
+def load_shapes(
+    cfg: ShapesConfig, split: str, *, name: str = "shapes", use_cache: bool = True
+) -> ArrayDataset:
     """The ``split`` of a shapes rendering, from the cache or generated (and cached) now."""
     path = cache_dir() / f"{cfg.key(split)}.npz"
     data = _read_cache(path) if use_cache and path.exists() else None
@@ -285,14 +321,23 @@ def load_shapes(cfg: ShapesConfig, split: str, *, name: str = "shapes", use_cach
             except OSError as exc:  # a read-only cache still gives the data
                 log.warning("could not cache %s: %s", path, exc)
     info = DatasetInfo(
-        name=name, num_classes=len(CLASSES), image_size=cfg.size, channels=3, preset=cfg.preset,
-        classes=CLASSES, split=split,
+        name=name,
+        num_classes=len(CLASSES),
+        image_size=cfg.size,
+        channels=3,
+        preset=cfg.preset,
+        classes=CLASSES,
+        split=split,
     )
-    return ArrayDataset(data["images"], data["labels"], info, boxes=data["boxes"], context=data["context"])
+    return ArrayDataset(
+        data["images"], data["labels"], info, boxes=data["boxes"], context=data["context"]
+    )
 
 
 def _loader(cfg: ShapesConfig, name: str):  # type: ignore[no-untyped-def]
-    def load(*, split: str, root: Path | None, download: bool, channels: int | None) -> ImageDataset:
+    def load(
+        *, split: str, root: Path | None, download: bool, channels: int | None
+    ) -> ImageDataset:
         if channels == 1:
             raise ValueError(f"{name} has 3 channels; channels=1 is not supported")
         return load_shapes(cfg, split, name=name)
@@ -304,8 +349,12 @@ for _name, _cfg in VARIANTS.items():
     DATASETS.add(
         _name,
         DatasetSpec(
-            name=_name, loader=_loader(_cfg, _name),
+            name=_name,
+            loader=_loader(_cfg, _name),
             description=f"embedded procedural shapes, {_cfg.size} px, {_cfg.n_train}/{_cfg.n_test} train/test, 10 classes",
-            image_size=_cfg.size, preset=_cfg.preset, num_classes=len(CLASSES), needs_root=False,
+            image_size=_cfg.size,
+            preset=_cfg.preset,
+            num_classes=len(CLASSES),
+            needs_root=False,
         ),
     )

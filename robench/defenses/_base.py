@@ -12,7 +12,16 @@ from torch import Tensor, nn
 from robench._registry import Registry
 
 __all__ = [
-    "StepContext", "StepOutput", "SetupContext", "TrainConfig", "FitFn", "Setup", "Defense", "DEFENSES", "register_defense", "build_defense",
+    "StepContext",
+    "StepOutput",
+    "SetupContext",
+    "TrainConfig",
+    "FitFn",
+    "Setup",
+    "Defense",
+    "DEFENSES",
+    "register_defense",
+    "build_defense",
     "eval_mode",
 ]
 
@@ -33,6 +42,7 @@ class StepContext:
     context: Tensor | None = None
     epochs: int = 1
     seed: int = 0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -185,7 +195,9 @@ def build_defense(name: str, options: Mapping[str, str] | None = None) -> Any:
     kwargs: dict[str, Any] = {}
     for key, raw in (options or {}).items():
         if key not in known:
-            raise ValueError(f"defense {name!r} has no option {key!r} (options: {', '.join(known) or 'none'})")
+            raise ValueError(
+                f"defense {name!r} has no option {key!r} (options: {', '.join(known) or 'none'})"
+            )
         default = getattr(cls, key, None) if known[key].default is not None else None
         kwargs[key] = _convert(raw, default, key)
     return cls(**kwargs)
@@ -226,5 +238,7 @@ class eval_mode:
 def _loop_of(ctx: SetupContext) -> FitFn:
     """The training loop a setup was handed; one sentence when a caller forgot it."""
     if ctx.fit is None:
-        raise ValueError("this defense trains parts of its model in setup: pass SetupContext(fit=robench.training.fit)")
+        raise ValueError(
+            "this defense trains parts of its model in setup: pass SetupContext(fit=robench.training.fit)"
+        )
     return ctx.fit

@@ -13,8 +13,15 @@ from torch import Tensor, nn
 from robench.defenses._base import eval_mode
 
 __all__ = [
-    "one_hot", "soft_cross_entropy", "beta", "uniform", "random_targets", "mix", "fgsm",
-    "tlat_labels", "smooth_labels",
+    "one_hot",
+    "soft_cross_entropy",
+    "beta",
+    "uniform",
+    "random_targets",
+    "mix",
+    "fgsm",
+    "tlat_labels",
+    "smooth_labels",
 ]
 
 

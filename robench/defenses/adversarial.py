@@ -14,7 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from robench.defenses._base import StepContext, StepOutput, register_defense
-from robench.defenses._ops import beta, fgsm, mix, one_hot, random_targets, smooth_labels, soft_cross_entropy, tlat_labels, uniform
+from robench.defenses._ops import (
+    beta,
+    fgsm,
+    mix,
+    one_hot,
+    random_targets,
+    smooth_labels,
+    soft_cross_entropy,
+    tlat_labels,
+    uniform,
+)
 
 _SRC = "Laugros et al."
 
@@ -24,12 +34,18 @@ def _halves(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[:h], y[:h], x[h:], y[h:]
 
 
-def _two_losses(model: nn.Module, xa: Tensor, ta: Tensor, xb: Tensor, tb: Tensor, **metrics: float) -> StepOutput:
+def _two_losses(
+    model: nn.Module, xa: Tensor, ta: Tensor, xb: Tensor, tb: Tensor, **metrics: float
+) -> StepOutput:
     """loss = L(xa, ta) + L(xb, tb) with soft targets; logits of both halves, in order."""
     logits = model(torch.cat([xa, xb]))
     la, lb = logits[: xa.shape[0]], logits[xa.shape[0] :]
     loss1, loss2 = soft_cross_entropy(la, ta), soft_cross_entropy(lb, tb)
-    return StepOutput(loss1 + loss2, logits, {"loss1": float(loss1.detach()), "loss2": float(loss2.detach()), **metrics})
+    return StepOutput(
+        loss1 + loss2,
+        logits,
+        {"loss1": float(loss1.detach()), "loss2": float(loss2.detach()), **metrics},
+    )
 
 
 @register_defense("mixup", "Mixup with Beta(alpha, alpha) interpolation of images and labels", _SRC)
@@ -71,7 +87,9 @@ class _FGSMFamily:
         return _two_losses(model, xa, one_hot(ya, n), adv, label, eps=eps)
 
 
-@register_defense("fgsm", "FGSM adversarial training, eps ~ U[0, 0.025], clean + adversarial halves", _SRC)
+@register_defense(
+    "fgsm", "FGSM adversarial training, eps ~ U[0, 0.025], clean + adversarial halves", _SRC
+)
 @dataclass(frozen=True)
 class FGSMAT(_FGSMFamily):
     """Untargeted FGSM-AT."""
@@ -85,7 +103,9 @@ class TargetedFGSMAT(_FGSMFamily):
     targeted = True
 
 
-@register_defense("label_smoothing", "targeted FGSM-AT whose adversarial labels are smoothed by eps", _SRC)
+@register_defense(
+    "label_smoothing", "targeted FGSM-AT whose adversarial labels are smoothed by eps", _SRC
+)
 @dataclass(frozen=True)
 class LabelSmoothingAT(_FGSMFamily):
     """Targeted FGSM-AT with label smoothing of parameter eps on the adversarial half."""
@@ -107,7 +127,9 @@ class TLAT(_FGSMFamily):
         return tlat_labels(y_soft, target_soft, eps)
 
 
-@register_defense("mtlat", "M-TLAT, Algorithm 1: Mixup pair 1 clean + Mixup pair 2 with TLAT, loss1 + loss2", _SRC)
+@register_defense(
+    "mtlat", "M-TLAT, Algorithm 1: Mixup pair 1 clean + Mixup pair 2 with TLAT, loss1 + loss2", _SRC
+)
 @dataclass(frozen=True)
 class MTLAT:
     """Laugros et al. Algorithm 1, one step: (x1, x2) and (x3, x4) are pairs within each half of the batch."""
@@ -125,10 +147,16 @@ class MTLAT:
         tgt = random_targets(xb.shape[0], n, g, x.device)
         x_mtlat = fgsm(model, x_mix2, tgt, eps, targeted=True)
         y_mtlat = tlat_labels(y_mix2, one_hot(tgt, n), eps)
-        return _two_losses(model, x_mix1, y_mix1, x_mtlat, y_mtlat, eps=eps, lambda1=lam1, lambda2=lam2)
+        return _two_losses(
+            model, x_mix1, y_mix1, x_mtlat, y_mtlat, eps=eps, lambda1=lam1, lambda2=lam2
+        )
 
 
-@register_defense("iat", "Interpolated AT: FGSM first, then Mixup of the adversarials with Mixup labels", "Lamb et al. (Laugros et al. ref. 28)")
+@register_defense(
+    "iat",
+    "Interpolated AT: FGSM first, then Mixup of the adversarials with Mixup labels",
+    "Lamb et al. (Laugros et al. ref. 28)",
+)
 @dataclass(frozen=True)
 class IAT:
     """IAT: a Mixup half of clean images + a half made adversarial (untargeted FGSM) and then mixed."""

@@ -32,12 +32,25 @@ from torch import Tensor, nn
 from robench import perturbations
 from robench._io import atomic_write_text
 from robench._seeding import derive_seed, make_generator
+from robench.defenses._base import (
+    Setup,
+    SetupContext,
+    StepContext,
+    StepOutput,
+    eval_mode,
+    register_defense,
+)
 from robench.models import create_model
 from robench.models.deepcorrect import conv_positions, correction_units, layout_of, weight_layers
-from robench.defenses._base import Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
 
 __all__ = [
-    "Finetune", "DeepCorrect", "distort", "draw_distortions", "correction_priority", "top_filters", "ranking_set",
+    "Finetune",
+    "DeepCorrect",
+    "distort",
+    "draw_distortions",
+    "correction_priority",
+    "top_filters",
+    "ranking_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,8 +64,10 @@ def _names(text: str) -> tuple[str, ...]:
     for n in names:
         spec = perturbations.get(n) if n in perturbations.names(kind="corruption") else None
         if spec is None or spec.needs_boxes:
-            raise ValueError(f"distortions must name corruptions such as awgn,blur; {n!r} is not one "
-                             "(robench list perturbations)")
+            raise ValueError(
+                f"distortions must name corruptions such as awgn,blur; {n!r} is not one "
+                "(robench list perturbations)"
+            )
     if not names:
         raise ValueError("distortions must name at least one corruption, e.g. awgn,blur")
     return names
@@ -77,7 +92,14 @@ def draw_distortions(
 
 
 def distort(
-    x: Tensor, kinds: Tensor, levels: Tensor, *, names: tuple[str, ...], seed: int, indices: Tensor, preset: str
+    x: Tensor,
+    kinds: Tensor,
+    levels: Tensor,
+    *,
+    names: tuple[str, ...],
+    seed: int,
+    indices: Tensor,
+    preset: str,
 ) -> Tensor:
     """Image ``i`` distorted by ``names[kinds[i]]`` at severity ``levels[i]`` (kind -1: left clean).
 
@@ -114,7 +136,9 @@ class _HalfDistorted:
         preset = perturbations.preset_for_size(x.shape[-1])
         xd = distort(x, kinds, levels, names=names, seed=seed, indices=index, preset=preset)
         logits = model(xd)
-        return StepOutput(F.cross_entropy(logits, y), logits, {"distorted": float((kinds >= 0).float().mean())})
+        return StepOutput(
+            F.cross_entropy(logits, y), logits, {"distorted": float((kinds >= 0).float().mean())}
+        )
 
     def on_train(self, model: nn.Module) -> None:
         """Batch norms with no trainable parameter keep their pre-trained statistics (eval mode)."""
@@ -131,7 +155,11 @@ def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
     from robench.models.loading import load_model
 
     wrong = f"init {init!r} must be a robench checkpoint (from robench train, or zoo:NAME)"
-    if not init.startswith("zoo:") and Path(init).is_file() and read_checkpoint(init).get("format") != FORMAT:
+    if (
+        not init.startswith("zoo:")
+        and Path(init).is_file()
+        and read_checkpoint(init).get("format") != FORMAT
+    ):
         raise ValueError(wrong)
     loaded = load_model(init)
     meta = loaded.meta
@@ -139,8 +167,10 @@ def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
         raise ValueError(wrong)
     layout_of(meta.arch)
     if meta.num_classes != ctx.info.num_classes or meta.in_chans != ctx.info.channels:
-        raise ValueError(f"init {init!r} has {meta.num_classes} classes and {meta.in_chans} channels, "
-                         f"the data {ctx.info.num_classes} and {ctx.info.channels}")
+        raise ValueError(
+            f"init {init!r} has {meta.num_classes} classes and {meta.in_chans} channels, "
+            f"the data {ctx.info.num_classes} and {ctx.info.channels}"
+        )
     return loaded.model.cpu(), meta, str(loaded.sha256)
 
 
@@ -157,7 +187,9 @@ def _count(model: nn.Module) -> int:
 
 
 @register_defense(
-    "finetune", "Finetune-k: fine-tune the first k layers of a trained model on half-distorted batches", _SRC
+    "finetune",
+    "Finetune-k: fine-tune the first k layers of a trained model on half-distorted batches",
+    _SRC,
 )
 @dataclass(frozen=True)
 class Finetune(_HalfDistorted):
@@ -168,7 +200,9 @@ class Finetune(_HalfDistorted):
         model, meta, _ = _load_init(self.init, ctx)
         groups = weight_layers(model.backbone, meta.arch)
         if self.k > len(groups):
-            raise ValueError(f"k must be in 1..{len(groups)} (the weight layers of {meta.arch}), got {self.k}")
+            raise ValueError(
+                f"k must be in 1..{len(groups)} (the weight layers of {meta.arch}), got {self.k}"
+            )
         _train_only(model, [m for group in groups[: self.k] for m in group])
         notes = f"Finetune-{self.k} of {self.init}: {_count(model)} trainable parameters"
         return Setup(model, meta.arch, dict(meta.arch_kwargs), notes)
@@ -190,7 +224,11 @@ def ranking_set(
     index = torch.cat(idx)
     x, y = ds.get_batch(index)
     kinds, levels, noise_seed = draw_distortions(len(index), names, g, share=1.0)
-    return x, distort(x, kinds, levels, names=names, seed=noise_seed, indices=index, preset=preset), y
+    return (
+        x,
+        distort(x, kinds, levels, names=names, seed=noise_seed, indices=index, preset=preset),
+        y,
+    )
 
 
 def _score(logits: Tensor, y: Tensor, m: int) -> tuple[list[int], list[float]]:
@@ -220,7 +258,10 @@ def correction_priority(
         (hit_b,), (ce_b,) = _score(tail(bb, bb.features(a_dist)), y, m)
         layers, start = [], 0
         for p in conv_positions(bb)[:k]:
-            a_clean, a_dist = bb.features[start : p + 1](a_clean), bb.features[start : p + 1](a_dist)
+            a_clean, a_dist = (
+                bb.features[start : p + 1](a_clean),
+                bb.features[start : p + 1](a_dist),
+            )
             start, suffix, n = p + 1, bb.features[p + 1 :], a_dist.shape[1]
             hits, ces = [], []
             step = max(1, _MAX_ROWS // m)
@@ -246,7 +287,9 @@ def top_filters(tau: list[float], ce_gain: list[float], beta: float) -> list[int
 
 
 @register_defense(
-    "deepcorrect", "Deepcorr-k(c): correction units on the top-beta filters (Algorithm 1) of the first k layers", _SRC
+    "deepcorrect",
+    "Deepcorr-k(c): correction units on the top-beta filters (Algorithm 1) of the first k layers",
+    _SRC,
 )
 @dataclass(frozen=True)
 class DeepCorrect(_HalfDistorted):
@@ -271,14 +314,23 @@ class DeepCorrect(_HalfDistorted):
         if not 0.0 < self.beta <= 1.0:
             raise ValueError(f"beta must be in (0, 1], got {self.beta}")
         if self.rank_per_class < 1 or self.last_layers < 1:
-            raise ValueError(f"rank_per_class and last_layers must be at least 1, "
-                             f"got {self.rank_per_class} and {self.last_layers}")
+            raise ValueError(
+                f"rank_per_class and last_layers must be at least 1, "
+                f"got {self.rank_per_class} and {self.last_layers}"
+            )
 
     def _ranking(self, model: nn.Module, arch: str, sha: str, ctx: SetupContext) -> dict[str, Any]:
         """Algorithm 1's priorities, cached in the run's workdir (a rerun after a kill reuses them)."""
         preset = perturbations.preset_for_size(int(ctx.info.image_size))
-        key = {"init_sha256": sha, "k": self.k, "rank_per_class": self.rank_per_class, "distortions": self.distortions,
-               "seed": ctx.seed, "preset": preset, "train_images": len(ctx.train_ds)}
+        key = {
+            "init_sha256": sha,
+            "k": self.k,
+            "rank_per_class": self.rank_per_class,
+            "distortions": self.distortions,
+            "seed": ctx.seed,
+            "preset": preset,
+            "train_images": len(ctx.train_ds),
+        }
         path = Path(ctx.workdir) / _RANKING_FILE
         if path.is_file():
             try:
@@ -288,9 +340,13 @@ class DeepCorrect(_HalfDistorted):
             if cached.get("key") == key:
                 log.info("reusing the filter ranking in %s", path)
                 return dict(cached)
-        clean, dist, y = ranking_set(ctx.train_ds, self.rank_per_class, _names(self.distortions), ctx.seed, preset)
+        clean, dist, y = ranking_set(
+            ctx.train_ds, self.rank_per_class, _names(self.distortions), ctx.seed, preset
+        )
         dev = ctx.device
-        result = correction_priority(model.to(dev), arch, clean.to(dev), dist.to(dev), y.to(dev), self.k)
+        result = correction_priority(
+            model.to(dev), arch, clean.to(dev), dist.to(dev), y.to(dev), self.k
+        )
         model.cpu()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": key, **result}) + "\n")
@@ -299,26 +355,54 @@ class DeepCorrect(_HalfDistorted):
     def setup(self, ctx: SetupContext) -> Setup:
         """Rank the filters of ``init``, build the DeepCorrect model on it and freeze what is not trained."""
         base, meta, sha = _load_init(self.init, ctx)
-        n_conv, n_layers = len(conv_positions(base.backbone)), len(weight_layers(base.backbone, meta.arch))
+        n_conv, n_layers = (
+            len(conv_positions(base.backbone)),
+            len(weight_layers(base.backbone, meta.arch)),
+        )
         if self.k > n_conv:
-            raise ValueError(f"k must be in 1..{n_conv} (the conv layers of {meta.arch}), got {self.k}")
+            raise ValueError(
+                f"k must be in 1..{n_conv} (the conv layers of {meta.arch}), got {self.k}"
+            )
         if self.train_last and self.last_layers > n_layers:
-            raise ValueError(f"last_layers must be in 1..{n_layers} (the weight layers of {meta.arch}), got {self.last_layers}")
+            raise ValueError(
+                f"last_layers must be in 1..{n_layers} (the weight layers of {meta.arch}), got {self.last_layers}"
+            )
         ranking = self._ranking(base, meta.arch, sha, ctx)
         filters = [top_filters(lay["tau"], lay["ce_gain"], self.beta) for lay in ranking["layers"]]
-        kwargs = {"base": meta.arch, "base_kwargs": dict(meta.arch_kwargs), "k": self.k, "filters": filters,
-                  "unit_width": self.unit_width, "unit_kernel": self.unit_kernel, "unit_bn": self.unit_bn}
-        model = create_model("deepcorrect", meta.num_classes, in_chans=meta.in_chans, mean=meta.mean, std=meta.std,
-                             **kwargs)
+        kwargs = {
+            "base": meta.arch,
+            "base_kwargs": dict(meta.arch_kwargs),
+            "k": self.k,
+            "filters": filters,
+            "unit_width": self.unit_width,
+            "unit_kernel": self.unit_kernel,
+            "unit_bn": self.unit_bn,
+        }
+        model = create_model(
+            "deepcorrect",
+            meta.num_classes,
+            in_chans=meta.in_chans,
+            mean=meta.mean,
+            std=meta.std,
+            **kwargs,
+        )
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
         if unexpected or any(".unit." not in name for name in missing):
-            raise RuntimeError(f"the base weights do not fit the DeepCorrect model ({unexpected or missing})")
+            raise RuntimeError(
+                f"the base weights do not fit the DeepCorrect model ({unexpected or missing})"
+            )
         trained = correction_units(model)
         if self.train_last:
-            trained += [m for group in weight_layers(model.backbone, meta.arch)[-self.last_layers :] for m in group]
+            trained += [
+                m
+                for group in weight_layers(model.backbone, meta.arch)[-self.last_layers :]
+                for m in group
+            ]
         _train_only(model, trained)
         variant = f"Deepcorr-{self.k}{'c' if self.train_last else ''}"
-        notes = (f"{variant} of {self.init}: corrected filters per layer {[len(f) for f in filters]}, "
-                 f"p_b {ranking['p_b']:.3f} on {ranking['images']} distorted images, "
-                 f"{_count(model)} trainable parameters")
+        notes = (
+            f"{variant} of {self.init}: corrected filters per layer {[len(f) for f in filters]}, "
+            f"p_b {ranking['p_b']:.3f} on {ranking['images']} distorted images, "
+            f"{_count(model)} trainable parameters"
+        )
         return Setup(model, "deepcorrect", kwargs, notes)

@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench._seeding import derive_seed
-from robench.defenses._base import TrainConfig, _loop_of, Setup, SetupContext, StepContext, StepOutput, register_defense
+from robench.defenses._base import (
+    Setup,
+    SetupContext,
+    StepContext,
+    StepOutput,
+    TrainConfig,
+    _loop_of,
+    register_defense,
+)
 from robench.defenses.standard import Standard
 
 __all__ = ["Fusion", "ContextCE", "fusion_loss"]
@@ -57,7 +65,9 @@ class ContextCE:
         return StepOutput(F.cross_entropy(logits, ctx.context), logits)
 
 
-def fusion_loss(logits: Tensor, y: Tensor, object_weight: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+def fusion_loss(
+    logits: Tensor, y: Tensor, object_weight: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Akumalla et al.'s loss (section 3.4) divided by the batch size ``B``:
     ``mean CE(logits, y) + alpha / B * ||object_weight||^2``.
 
@@ -69,7 +79,11 @@ def fusion_loss(logits: Tensor, y: Tensor, object_weight: Tensor, alpha: float) 
     return ce + alpha / logits.shape[0] * sq, ce, sq
 
 
-@register_defense("fusion", "object + context networks, joint linear classifier, L2 penalty alpha on the object weights", _SRC)
+@register_defense(
+    "fusion",
+    "object + context networks, joint linear classifier, L2 penalty alpha on the object weights",
+    _SRC,
+)
 @dataclass(frozen=True)
 class Fusion:
     """Contextual fusion; options: ``alpha``, ``init``, ``context_width``, ``pre_epochs``."""
@@ -112,9 +126,16 @@ class Fusion:
         obj, base, base_kwargs, note = self._object_network(ctx)
         mean, std = obj.normalize.mean.flatten().tolist(), obj.normalize.std.flatten().tolist()
         cnet, context_kwargs = self._context_network(ctx, mean, std, n_ctx)
-        kwargs: dict[str, Any] = {"base": base, "base_kwargs": base_kwargs, "context_base": ctx.arch,
-                                  "context_kwargs": context_kwargs, "context_classes": n_ctx}
-        model = create_model("fusion", ctx.info.num_classes, in_chans=ctx.info.channels, mean=mean, std=std, **kwargs)
+        kwargs: dict[str, Any] = {
+            "base": base,
+            "base_kwargs": base_kwargs,
+            "context_base": ctx.arch,
+            "context_kwargs": context_kwargs,
+            "context_classes": n_ctx,
+        }
+        model = create_model(
+            "fusion", ctx.info.num_classes, in_chans=ctx.info.channels, mean=mean, std=std, **kwargs
+        )
         net = fusion_net(model)
         net.object.load_backbone_state(obj.backbone.state_dict())
         net.context.load_backbone_state(cnet.backbone.state_dict())
@@ -125,30 +146,56 @@ class Fusion:
         return Setup(model, "fusion", kwargs, notes)
 
     def _object_network(self, ctx: SetupContext) -> tuple[nn.Module, str, dict[str, Any], str]:
-        from robench.models.loading import load_model
         from robench.models import create_model
+        from robench.models.loading import load_model
 
         if self.init and self.init.lower() != "none":
             loaded = load_model(self.init)
             meta = loaded.meta
             if meta is None:
-                raise ValueError(f"fusion init {self.init!r} must be a robench checkpoint (its architecture is needed)")
-            if meta.arch == "fusion" or meta.num_classes != ctx.info.num_classes or meta.in_chans != ctx.info.channels:
-                raise ValueError(f"fusion init {self.init!r} is not a plain {ctx.info.num_classes}-class classifier of this data")
-            return loaded.model.cpu().eval(), meta.arch, dict(meta.arch_kwargs), f"{self.init} ({meta.arch})"
-        model = create_model(ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs))
+                raise ValueError(
+                    f"fusion init {self.init!r} must be a robench checkpoint (its architecture is needed)"
+                )
+            if (
+                meta.arch == "fusion"
+                or meta.num_classes != ctx.info.num_classes
+                or meta.in_chans != ctx.info.channels
+            ):
+                raise ValueError(
+                    f"fusion init {self.init!r} is not a plain {ctx.info.num_classes}-class classifier of this data"
+                )
+            return (
+                loaded.model.cpu().eval(),
+                meta.arch,
+                dict(meta.arch_kwargs),
+                f"{self.init} ({meta.arch})",
+            )
+        model = create_model(
+            ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs)
+        )
         _pretrain(model, Standard(), ctx, "object", self.pre_epochs)
-        return model, ctx.arch, dict(ctx.arch_kwargs), f"{ctx.arch} trained here for {self.pre_epochs} epochs"
+        return (
+            model,
+            ctx.arch,
+            dict(ctx.arch_kwargs),
+            f"{ctx.arch} trained here for {self.pre_epochs} epochs",
+        )
 
-    def _context_network(self, ctx: SetupContext, mean: list[float], std: list[float], n_ctx: int) -> tuple[nn.Module, dict[str, Any]]:
+    def _context_network(
+        self, ctx: SetupContext, mean: list[float], std: list[float], n_ctx: int
+    ) -> tuple[nn.Module, dict[str, Any]]:
         from robench.models import MODELS, create_model
 
         kwargs = dict(ctx.arch_kwargs)
         if self.context_width:
             if "width" not in inspect.signature(MODELS.get(ctx.arch).build).parameters:
-                raise ValueError(f"architecture {ctx.arch!r} has no width option; pass -o context_width=0")
+                raise ValueError(
+                    f"architecture {ctx.arch!r} has no width option; pass -o context_width=0"
+                )
             kwargs["width"] = self.context_width
-        model = create_model(ctx.arch, n_ctx, in_chans=ctx.info.channels, mean=mean, std=std, **kwargs)
+        model = create_model(
+            ctx.arch, n_ctx, in_chans=ctx.info.channels, mean=mean, std=std, **kwargs
+        )
         _pretrain(model, ContextCE(), ctx, "context", self.pre_epochs)
         return model, kwargs
 
@@ -166,9 +213,23 @@ def _pretrain(model: nn.Module, defense: Any, ctx: SetupContext, stage: str, epo
 
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(epochs=epochs, batch_size=ctx.batch_size, lr=ctx.lr, seed=derive_seed(ctx.seed, "fusion", stage), device=ctx.device)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=ctx.batch_size,
+        lr=ctx.lr,
+        seed=derive_seed(ctx.seed, "fusion", stage),
+        device=ctx.device,
+    )
     fingerprint = {"stage": stage, "train_images": len(ctx.train_ds), "model": repr(model)}
-    fit(model, defense, ctx.train_ds, cfg, out=workdir / f"{stage}.pt", progress=ctx.progress, fingerprint=fingerprint)
+    fit(
+        model,
+        defense,
+        ctx.train_ds,
+        cfg,
+        out=workdir / f"{stage}.pt",
+        progress=ctx.progress,
+        fingerprint=fingerprint,
+    )
     model.cpu().eval()
 
 

@@ -32,20 +32,38 @@ from torch import Tensor, nn
 from robench._io import atomic_write_text
 from robench._seeding import derive_seed, make_generator
 from robench.data import ImageDataset
+from robench.defenses._base import (
+    Setup,
+    SetupContext,
+    StepContext,
+    StepOutput,
+    TrainConfig,
+    _loop_of,
+    eval_mode,
+    register_defense,
+)
+from robench.defenses.standard import Standard
 from robench.models import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, create_model
 from robench.models.mat import ParallelMAT, branch_view
-from robench.defenses._base import TrainConfig, _loop_of, Setup, SetupContext, StepContext, StepOutput, eval_mode, register_defense
-from robench.defenses.standard import Standard
 
-__all__ = ["MATMixed", "MATParallel", "fgsm_strengths", "accuracy_matrix", "transition_matrix", "random_walk_select",
-           "walk_score"]
+__all__ = [
+    "MATMixed",
+    "MATParallel",
+    "fgsm_strengths",
+    "accuracy_matrix",
+    "transition_matrix",
+    "random_walk_select",
+    "walk_score",
+]
 
 log = logging.getLogger(__name__)
 _SRC = "Song et al."
 CANDIDATES = (0.01, 0.02, 0.04, 0.06, 0.08)
 
 
-def fgsm_strengths(model: nn.Module, x: Tensor, y: Tensor, strengths: Sequence[float]) -> list[Tensor]:
+def fgsm_strengths(
+    model: nn.Module, x: Tensor, y: Tensor, strengths: Sequence[float]
+) -> list[Tensor]:
     """Untargeted FGSM at several strengths from one gradient (crafted in eval mode), clipped to [0, 1].
 
     ``x + s * sign(grad_x CE(model(x), y))`` for every ``s``: the gradient does not depend on ``s``.
@@ -71,7 +89,9 @@ def transition_matrix(acc: Tensor) -> Tensor:
     """
     a = acc.double()
     am = a / a.sum(1, keepdim=True).clamp_min(1e-12)
-    gain = (am.unsqueeze(0) - am.unsqueeze(1)).clamp_min(0).sum(2)  # gain[i, j] = sum_c max(am[j,c] - am[i,c], 0)
+    gain = (
+        (am.unsqueeze(0) - am.unsqueeze(1)).clamp_min(0).sum(2)
+    )  # gain[i, j] = sum_c max(am[j,c] - am[i,c], 0)
     n = a.shape[0]
     off = 1.0 - torch.eye(n, dtype=a.dtype)
     w = (gain + 1e-3 / max(n, 1)) * off
@@ -88,8 +108,15 @@ def walk_score(acc: Tensor, chosen: Sequence[int], penalty: float) -> float:
     return float(acc[list(chosen)].max(0).values.mean()) - penalty * len(chosen)
 
 
-def random_walk_select(acc: Tensor, *, generator: torch.Generator, num_strengths: int = 0, penalty: float = 0.01,
-                       steps: int = 0, trials: int = 200) -> list[int]:
+def random_walk_select(
+    acc: Tensor,
+    *,
+    generator: torch.Generator,
+    num_strengths: int = 0,
+    penalty: float = 0.01,
+    steps: int = 0,
+    trials: int = 200,
+) -> list[int]:
     """Choose strengths (row indices of ``acc``) by ``trials`` random walks of ``steps`` moves.
 
     Each walk starts at a strength drawn in proportion to its model's mean accuracy, moves with
@@ -110,7 +137,9 @@ def random_walk_select(acc: Tensor, *, generator: torch.Generator, num_strengths
     """
     n = acc.shape[0]
     if not 0 <= num_strengths <= n:
-        raise ValueError(f"num_strengths must be in 0..{n} (the number of candidates), got {num_strengths}")
+        raise ValueError(
+            f"num_strengths must be in 0..{n} (the number of candidates), got {num_strengths}"
+        )
     p = transition_matrix(acc)
     start = acc.double().mean(1).clamp_min(1e-12)
     steps = steps or 2 * n
@@ -150,7 +179,9 @@ class _Slice(ImageDataset):
         return self.base.get_batch(torch.as_tensor(indices, dtype=torch.long) + self.start)
 
 
-def _fgsm_accuracies(model: nn.Module, ds: ImageDataset, strengths: Sequence[float], device: str) -> list[float]:
+def _fgsm_accuracies(
+    model: nn.Module, ds: ImageDataset, strengths: Sequence[float], device: str
+) -> list[float]:
     """Accuracy of ``model`` on ``ds`` under white-box FGSM at each strength."""
     correct = [0] * len(strengths)
     model.eval()
@@ -182,9 +213,19 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
     n_val = min(d.walk_val, max(1, n_all // 5))
     n_train = min(d.walk_images, n_all - n_val)
     train, val = _Slice(ctx.train_ds, 0, n_train), _Slice(ctx.train_ds, n_train, n_val)
-    key = {"candidates": cands, "arch": ctx.arch, "arch_kwargs": dict(ctx.arch_kwargs), "seed": ctx.seed,
-           "pretrain": d.walk_pretrain_epochs, "epochs": d.walk_epochs, "train": n_train, "val": n_val,
-           "batch": d.walk_batch_size, "lr": ctx.lr, "data": ctx.info.name}
+    key = {
+        "candidates": cands,
+        "arch": ctx.arch,
+        "arch_kwargs": dict(ctx.arch_kwargs),
+        "seed": ctx.seed,
+        "pretrain": d.walk_pretrain_epochs,
+        "epochs": d.walk_epochs,
+        "train": n_train,
+        "val": n_val,
+        "batch": d.walk_batch_size,
+        "lr": ctx.lr,
+        "data": ctx.info.name,
+    }
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "mat_walk.json"
@@ -199,19 +240,41 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
         return rows
 
     def cfg(epochs: int, *keys: object) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=min(d.walk_batch_size, n_train), lr=ctx.lr, milestones=(),
-                           seed=derive_seed(ctx.seed, "mat-walk", *keys), device=ctx.device)
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=min(d.walk_batch_size, n_train),
+            lr=ctx.lr,
+            milestones=(),
+            seed=derive_seed(ctx.seed, "mat-walk", *keys),
+            device=ctx.device,
+        )
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.seed, "mat-walk-init"))
-        start = create_model(ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs))
+        start = create_model(
+            ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs)
+        )
     if d.walk_pretrain_epochs > 0:
-        fit(start, Standard(), train, cfg(d.walk_pretrain_epochs, "start"),
-            out=workdir / "walk_start.pt", progress=ctx.progress, fingerprint={"mat_walk": key})
+        fit(
+            start,
+            Standard(),
+            train,
+            cfg(d.walk_pretrain_epochs, "start"),
+            out=workdir / "walk_start.pt",
+            progress=ctx.progress,
+            fingerprint={"mat_walk": key},
+        )
     for i in range(len(rows), len(cands)):
         model = copy.deepcopy(start)
-        fit(model, MATMixed(strengths=(cands[i],)), train, cfg(d.walk_epochs, cands[i]), out=workdir / f"walk_{i}.pt",
-            progress=ctx.progress, fingerprint={"mat_walk": key, "strength": cands[i]})
+        fit(
+            model,
+            MATMixed(strengths=(cands[i],)),
+            train,
+            cfg(d.walk_epochs, cands[i]),
+            out=workdir / f"walk_{i}.pt",
+            progress=ctx.progress,
+            fingerprint={"mat_walk": key, "strength": cands[i]},
+        )
         rows.append(_fgsm_accuracies(model, val, cands, ctx.device))
         atomic_write_text(cache, json.dumps({"key": key, "rows": rows}))
         log.info("mat walk: trained at %g -> FGSM accuracies %s", cands[i], rows[-1])
@@ -255,38 +318,53 @@ class _MAT:
         for name in ("strengths", "candidates"):
             bad = [s for s in getattr(self, name) if not 0.0 < float(s) <= 1.0]
             if bad:
-                raise ValueError(f"MAT {name} must be in (0, 1] (pixel units of [0, 1] images), got {bad}")
+                raise ValueError(
+                    f"MAT {name} must be in (0, 1] (pixel units of [0, 1] images), got {bad}"
+                )
         if not self.candidates:
             raise ValueError("MAT needs at least one candidate strength")
         if not 0 <= self.num_strengths <= len(self.candidates):
             n = len(self.candidates)
-            raise ValueError(f"num_strengths must be in 0..{n} (the number of candidates), got {self.num_strengths}")
+            raise ValueError(
+                f"num_strengths must be in 0..{n} (the number of candidates), got {self.num_strengths}"
+            )
         for name in ("walk_trials", "walk_epochs", "walk_images", "walk_val", "walk_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MAT option {name} must be at least 1, got {getattr(self, name)}")
         if self.walk_penalty < 0 or self.walk_steps < 0 or self.walk_pretrain_epochs < 0:
-            raise ValueError("MAT options walk_penalty, walk_steps and walk_pretrain_epochs must not be negative")
+            raise ValueError(
+                "MAT options walk_penalty, walk_steps and walk_pretrain_epochs must not be negative"
+            )
 
     def _resolve(self, ctx: SetupContext) -> str:
         """Fill ``strengths`` (by the random walk when empty) and return the model card's note."""
         if self.strengths:
             return f"strengths {_fmt(self.strengths)} (given)"
         acc = torch.tensor(accuracy_matrix(ctx, self), dtype=torch.float64)
-        idx = random_walk_select(acc, generator=make_generator(derive_seed(ctx.seed, "mat-random-walk")),
-                                 num_strengths=self.num_strengths, penalty=self.walk_penalty, steps=self.walk_steps,
-                                 trials=self.walk_trials)
+        idx = random_walk_select(
+            acc,
+            generator=make_generator(derive_seed(ctx.seed, "mat-random-walk")),
+            num_strengths=self.num_strengths,
+            penalty=self.walk_penalty,
+            steps=self.walk_steps,
+            trials=self.walk_trials,
+        )
         chosen = tuple(float(self.candidates[i]) for i in idx)
         # setup completes the configuration once, before training: the card and the resume check record it
         object.__setattr__(self, "strengths", chosen)
         rows = "; ".join(" ".join(f"{v:.2f}" for v in r) for r in acc.tolist())
-        return (f"strengths {_fmt(chosen)} chosen by random walk over {_fmt(self.candidates)}; "
-                f"FGSM val accuracy matrix (row: trained at, col: attacked at): {rows}")
+        return (
+            f"strengths {_fmt(chosen)} chosen by random walk over {_fmt(self.candidates)}; "
+            f"FGSM val accuracy matrix (row: trained at, col: attacked at): {rows}"
+        )
 
     def _need_strengths(self) -> tuple[float, ...]:
         if not self.strengths:
             name = type(self).name  # type: ignore[attr-defined]
-            raise ValueError(f"{name} has no strengths: give -o strengths=a,b,... or train it with robench train, "
-                             "whose setup selects them by random walk")
+            raise ValueError(
+                f"{name} has no strengths: give -o strengths=a,b,... or train it with robench train, "
+                "whose setup selects them by random walk"
+            )
         return self.strengths
 
 
@@ -294,7 +372,9 @@ def _fmt(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-@register_defense("mat_mixed", "mixed MAT: clean + FGSM at S strengths in one model, summed losses (eq. 2)", _SRC)
+@register_defense(
+    "mat_mixed", "mixed MAT: clean + FGSM at S strengths in one model, summed losses (eq. 2)", _SRC
+)
 @dataclass(frozen=True)
 class MATMixed(_MAT):
     """Mixed MAT (eq. 2)."""
@@ -304,7 +384,9 @@ class MATMixed(_MAT):
         notes = self._resolve(ctx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "init", ctx.arch))
-            model = create_model(ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs))
+            model = create_model(
+                ctx.arch, ctx.info.num_classes, in_chans=ctx.info.channels, **dict(ctx.arch_kwargs)
+            )
         return Setup(model, ctx.arch, dict(ctx.arch_kwargs), notes)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
@@ -312,12 +394,18 @@ class MATMixed(_MAT):
         advs = fgsm_strengths(model, x, y, strengths)
         parts = model(torch.cat([x, *advs])).split(x.shape[0])
         losses = [F.cross_entropy(p, y) for p in parts]
-        metrics = {"loss_clean": float(losses[0].detach()), "loss_adv": float(torch.stack(losses[1:]).detach().mean())}
+        metrics = {
+            "loss_clean": float(losses[0].detach()),
+            "loss_adv": float(torch.stack(losses[1:]).detach().mean()),
+        }
         return StepOutput(torch.stack(losses).sum(), parts[0], metrics)
 
 
-@register_defense("mat_parallel", "parallel MAT: S sub-networks, each clean + one FGSM strength, learned vote (eq. 3-4)",
-                  _SRC)
+@register_defense(
+    "mat_parallel",
+    "parallel MAT: S sub-networks, each clean + one FGSM strength, learned vote (eq. 3-4)",
+    _SRC,
+)
 @dataclass(frozen=True)
 class MATParallel(_MAT):
     """Parallel MAT (eq. 3-4) on the ``mat_parallel`` composite built over ``--arch``."""
@@ -325,26 +413,47 @@ class MATParallel(_MAT):
     def setup(self, ctx: SetupContext) -> Setup:
         """Select the strengths (unless given) and build one ``--arch`` branch per strength plus the vote."""
         if ctx.arch == "mat_parallel":
-            raise ValueError("mat_parallel builds its own composite: give the sub-network with --arch (e.g. small_cnn)")
+            raise ValueError(
+                "mat_parallel builds its own composite: give the sub-network with --arch (e.g. small_cnn)"
+            )
         notes = self._resolve(ctx)
-        kw = {"base": ctx.arch, "base_kwargs": dict(ctx.arch_kwargs), "branches": len(self.strengths),
-              "strengths": list(self.strengths)}
-        big = MODELS.get(ctx.arch).input_size >= 128  # the base's normalisation, as create_model would pick it
+        kw = {
+            "base": ctx.arch,
+            "base_kwargs": dict(ctx.arch_kwargs),
+            "branches": len(self.strengths),
+            "strengths": list(self.strengths),
+        }
+        big = (
+            MODELS.get(ctx.arch).input_size >= 128
+        )  # the base's normalisation, as create_model would pick it
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if big else (CIFAR_MEAN, CIFAR_STD)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "init", "mat_parallel", ctx.arch))
-            model = create_model("mat_parallel", ctx.info.num_classes, in_chans=ctx.info.channels, mean=mean, std=std, **kw)
+            model = create_model(
+                "mat_parallel",
+                ctx.info.num_classes,
+                in_chans=ctx.info.channels,
+                mean=mean,
+                std=std,
+                **kw,
+            )
         return Setup(model, "mat_parallel", kw, notes)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         net = getattr(model, "backbone", None)
         if not isinstance(net, ParallelMAT):
-            raise ValueError("mat_parallel trains the 'mat_parallel' composite its setup builds, not a plain model")
+            raise ValueError(
+                "mat_parallel trains the 'mat_parallel' composite its setup builds, not a plain model"
+            )
         strengths = net.strengths or self._need_strengths()
         if len(strengths) != len(net.branches):
-            raise ValueError(f"mat_parallel model has {len(net.branches)} branches but {len(strengths)} strengths")
+            raise ValueError(
+                f"mat_parallel model has {len(net.branches)} branches but {len(strengths)} strengths"
+            )
         b, branch_losses, advs = x.shape[0], [], []
-        for k, s in enumerate(strengths):  # eq. 3 per branch, examples crafted against the branch itself
+        for k, s in enumerate(
+            strengths
+        ):  # eq. 3 per branch, examples crafted against the branch itself
             view = branch_view(model, k)
             adv = fgsm_strengths(view, x, y, [s])[0]
             z = view(torch.cat([x, adv]))
@@ -356,5 +465,8 @@ class MATParallel(_MAT):
         voted = net.combine(zs)  # eq. 4; only the voting unit gets this term's gradient
         vote_loss = F.nll_loss(voted, ys)
         branch = torch.stack(branch_losses)
-        metrics = {"branch_loss": float(branch.detach().mean()), "vote_loss": float(vote_loss.detach())}
+        metrics = {
+            "branch_loss": float(branch.detach().mean()),
+            "vote_loss": float(vote_loss.detach()),
+        }
         return StepOutput(branch.sum() + vote_loss, voted[:b].detach(), metrics)

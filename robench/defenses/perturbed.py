@@ -29,10 +29,17 @@ from torch import Tensor, nn
 
 from robench import perturbations
 from robench._seeding import derive_seed
-from robench.perturbations import preset_for_size
 from robench.defenses._base import Setup, SetupContext, StepContext, StepOutput, register_defense
+from robench.perturbations import preset_for_size
 
-__all__ = ["Constant", "Incremental", "Transfer", "perturb_images", "image_levels", "perturbed_share"]
+__all__ = [
+    "Constant",
+    "Incremental",
+    "Transfer",
+    "perturb_images",
+    "image_levels",
+    "perturbed_share",
+]
 
 _SRC = "Cavey et al., section VI"
 
@@ -43,7 +50,9 @@ def image_levels(seed: int, indices: Tensor, severities: tuple[int, ...]) -> Ten
     return torch.tensor([severities[p] for p in picks], dtype=torch.int64)
 
 
-def perturb_images(x: Tensor, name: str, severity: int, *, seed: int, indices: Tensor | None = None) -> Tensor:
+def perturb_images(
+    x: Tensor, name: str, severity: int, *, seed: int, indices: Tensor | None = None
+) -> Tensor:
     """Perturb each image of ``x`` with its own reproducible draw.
 
     Args:
@@ -66,7 +75,9 @@ def perturb_images(x: Tensor, name: str, severity: int, *, seed: int, indices: T
         out = x.clone()
         for level in levels.unique().tolist():
             mask = levels == level
-            out[mask.to(x.device)] = spec(x[mask.to(x.device)], int(level), seed=seed, indices=idx[mask], preset=preset)
+            out[mask.to(x.device)] = spec(
+                x[mask.to(x.device)], int(level), seed=seed, indices=idx[mask], preset=preset
+            )
         return out
 
 
@@ -89,12 +100,18 @@ class _PerturbedData:
     def __post_init__(self) -> None:
         spec = perturbations.get(self.perturbation)
         if spec.kind != "corruption":
-            raise ValueError(f"perturbation must be a corruption, got the attack {self.perturbation!r}")
+            raise ValueError(
+                f"perturbation must be a corruption, got the attack {self.perturbation!r}"
+            )
         if spec.needs_boxes:
-            raise ValueError(f"{self.perturbation} needs bounding boxes, which training batches do not carry")
+            raise ValueError(
+                f"{self.perturbation} needs bounding boxes, which training batches do not carry"
+            )
         if self.severity != 0 and self.severity not in spec.severities:
             levels = f"{spec.severities[0]}..{spec.severities[-1]}"
-            raise ValueError(f"severity must be in {levels} for {self.perturbation} (or 0: random per image), got {self.severity}")
+            raise ValueError(
+                f"severity must be in {levels} for {self.perturbation} (or 0: random per image), got {self.severity}"
+            )
 
     def data_seed(self, ctx: StepContext) -> int:
         """Seed of the perturbed data: the run's (fixed data) or the epoch's (``resample``)."""
@@ -105,7 +122,9 @@ class _PerturbedData:
     def perturb(self, x: Tensor, ctx: StepContext, indices: Tensor | None = None) -> Tensor:
         """The perturbed version of ``x`` (dataset positions ``indices``, default ``ctx.index``)."""
         idx = ctx.index if indices is None else indices
-        return perturb_images(x, self.perturbation, self.severity, seed=self.data_seed(ctx), indices=idx)
+        return perturb_images(
+            x, self.perturbation, self.severity, seed=self.data_seed(ctx), indices=idx
+        )
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         """Cross-entropy on the fully perturbed batch."""
@@ -113,13 +132,21 @@ class _PerturbedData:
         return StepOutput(F.cross_entropy(logits, y), logits)
 
 
-@register_defense("constant", "constant learning: train on perturbed images only (any registered corruption)", _SRC)
+@register_defense(
+    "constant",
+    "constant learning: train on perturbed images only (any registered corruption)",
+    _SRC,
+)
 @dataclass(frozen=True)
 class Constant(_PerturbedData):
     """Constant learning (VI-A): every training image is perturbed."""
 
 
-@register_defense("incremental", "incremental learning: the share of perturbed images rises per epoch from 5% to 100%", _SRC)
+@register_defense(
+    "incremental",
+    "incremental learning: the share of perturbed images rises per epoch from 5% to 100%",
+    _SRC,
+)
 @dataclass(frozen=True)
 class Incremental(_PerturbedData):
     """Incremental learning (VI-B): ``round(share * B)`` images of each batch are perturbed.
@@ -135,7 +162,9 @@ class Incremental(_PerturbedData):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (0.0 <= self.start <= 1.0 and 0.0 <= self.end <= 1.0):
-            raise ValueError(f"start and end must be shares in [0, 1], got start={self.start}, end={self.end}")
+            raise ValueError(
+                f"start and end must be shares in [0, 1], got start={self.start}, end={self.end}"
+            )
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         """Cross-entropy on the batch whose first ``round(share * B)`` images are perturbed."""
@@ -146,10 +175,16 @@ class Incremental(_PerturbedData):
             xs = x.clone()
             xs[:k] = self.perturb(x[:k], ctx, None if ctx.index is None else ctx.index[:k])
         logits = model(xs)
-        return StepOutput(F.cross_entropy(logits, y), logits, {"share": share, "perturbed": float(k)})
+        return StepOutput(
+            F.cross_entropy(logits, y), logits, {"share": share, "perturbed": float(k)}
+        )
 
 
-@register_defense("transfer", "transfer learning: new FC layers (256, 512) on a trained model, fine-tuned on perturbed images", _SRC)
+@register_defense(
+    "transfer",
+    "transfer learning: new FC layers (256, 512) on a trained model, fine-tuned on perturbed images",
+    _SRC,
+)
 @dataclass(frozen=True)
 class Transfer(_PerturbedData):
     """Transfer learning (VI-C): replace the output layer of ``init`` by new FC layers, fine-tune.
@@ -165,28 +200,47 @@ class Transfer(_PerturbedData):
 
     def setup(self, ctx: SetupContext) -> Setup:
         """Load ``init``, swap its output layer for the new head, copy every other weight."""
-        from robench.models.loading import load_model
         from robench.models import create_model
+        from robench.models.loading import load_model
         from robench.models.transfer import check_hidden, last_linear
 
         loaded = load_model(self.init)
         meta = loaded.meta
         if meta is None:
-            raise ValueError(f"transfer init {self.init!r} must be a robench checkpoint (its architecture is needed)")
+            raise ValueError(
+                f"transfer init {self.init!r} must be a robench checkpoint (its architecture is needed)"
+            )
         if meta.arch == "transfer_mlp":
-            raise ValueError(f"transfer init {self.init!r} is already a transfer model; give the original network")
+            raise ValueError(
+                f"transfer init {self.init!r} is already a transfer model; give the original network"
+            )
         if meta.in_chans != ctx.info.channels:
-            raise ValueError(f"transfer init has {meta.in_chans} input channels, the data has {ctx.info.channels}")
+            raise ValueError(
+                f"transfer init has {meta.in_chans} input channels, the data has {ctx.info.channels}"
+            )
         old = loaded.model
         head = last_linear(old.backbone)[2]
         head_name = next(n for n, m in old.backbone.named_modules() if m is head)
         prefix = f"backbone.{head_name}."
-        kwargs: dict[str, Any] = {"base": meta.arch, "base_kwargs": dict(meta.arch_kwargs), "hidden": check_hidden(self.hidden)}
-        model = create_model("transfer_mlp", ctx.info.num_classes, in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **kwargs)
+        kwargs: dict[str, Any] = {
+            "base": meta.arch,
+            "base_kwargs": dict(meta.arch_kwargs),
+            "hidden": check_hidden(self.hidden),
+        }
+        model = create_model(
+            "transfer_mlp",
+            ctx.info.num_classes,
+            in_chans=meta.in_chans,
+            mean=meta.mean,
+            std=meta.std,
+            **kwargs,
+        )
         kept = {k: v for k, v in old.state_dict().items() if not k.startswith(prefix)}
         missing, unexpected = model.load_state_dict(kept, strict=False)
         if unexpected or any(not k.startswith(prefix) for k in missing):
-            raise ValueError(f"transfer init {self.init!r} does not fit {meta.arch} with a new head")
+            raise ValueError(
+                f"transfer init {self.init!r} does not fit {meta.arch} with a new head"
+            )
         for name, p in model.named_parameters():
             p.requires_grad_(not self.freeze or name.startswith(prefix))
         what = "new layers only (rest frozen)" if self.freeze else "all layers"
@@ -198,5 +252,7 @@ class Transfer(_PerturbedData):
         if not self.freeze:
             return
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()
+            ):
                 m.eval()

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
-
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from robench import _distributed as distributed
-from robench._io import atomic_torch_save, first_line
+from robench._io import atomic_torch_save, cache_dir, first_line
 from robench.data import DatasetInfo
-from robench._io import cache_dir
-from robench.models.loading import LoadedModel, load_model
 from robench.evaluation.record import accuracy_entry
+from robench.models.loading import LoadedModel, load_model
 
 __all__ = ["attack_entry", "masking_entry", "resolve_surrogate"]
 
@@ -62,7 +61,9 @@ def _cached_advs(path: Any, n: int) -> torch.Tensor | None:
     return None
 
 
-def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Callable[[int], None]) -> torch.Tensor:
+def _transfer_advs(
+    spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Callable[[int], None]
+) -> torch.Tensor:
     """Adversarials of this process's images (in the order it meets them), cached for the whole run.
 
     The cache holds every image of the run. Under torchrun each rank crafts its own batches and,
@@ -70,7 +71,11 @@ def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Ca
     """
     from robench.attacks import craft_transfer
 
-    path = cache_dir() / "transfer" / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, batches.indices)}.pt"
+    path = (
+        cache_dir()
+        / "transfer"
+        / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, batches.indices)}.pt"
+    )
     full, pos = _cached_advs(path, len(batches.indices)), batches.positions()
     if full is not None:
         local = full[torch.from_numpy(pos)]
@@ -79,7 +84,9 @@ def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Ca
         parts = []
         surrogate = sur.model.to(batches.device).eval()
         for idx, x, y, _ in batches:
-            parts.append(craft_transfer(spec, surrogate, x, y, seed=cfg.seed, indices=idx.tolist()).cpu())
+            parts.append(
+                craft_transfer(spec, surrogate, x, y, seed=cfg.seed, indices=idx.tolist()).cpu()
+            )
             tick(1)
         local = torch.cat(parts) if parts else torch.zeros(0)
     if distributed.broadcast(full is None):
@@ -90,19 +97,33 @@ def _transfer_advs(spec: Any, sur: LoadedModel, batches: Any, cfg: Any, tick: Ca
     return local
 
 
-def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: DatasetInfo,
-                 tick: Callable[[int], None], record: dict[str, Any]) -> dict[str, Any]:
+def attack_entry(
+    spec: Any,
+    model: nn.Module,
+    batches: Any,
+    cfg: Any,
+    info: DatasetInfo,
+    tick: Callable[[int], None],
+    record: dict[str, Any],
+) -> dict[str, Any]:
     """Accuracy under one attack (one 'severity'), in the record's per-perturbation format."""
     from robench.attacks import run_attack
 
-    entry: dict[str, Any] = {"kind": "attack", "family": spec.family, "mode": spec.mode,
-                             "params": {k: v for k, v in spec.params.items()}}
+    entry: dict[str, Any] = {
+        "kind": "attack",
+        "family": spec.family,
+        "mode": spec.mode,
+        "params": {k: v for k, v in spec.params.items()},
+    }
     correct: list[np.ndarray] = []
     if spec.mode == "transfer":
         sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
         if sur is None:
             tick(len(batches))
-            return entry | {"status": "skipped", "reason": f"no surrogate for {cfg.dataset} (pass --surrogate)"}
+            return entry | {
+                "status": "skipped",
+                "reason": f"no surrogate for {cfg.dataset} (pass --surrogate)",
+            }
         entry["surrogate"] = {"id": sur.model_id, "source": sur.source, "sha256": sur.sha256}
         from robench.attacks import judge_transfer
 
@@ -111,7 +132,9 @@ def attack_entry(spec: Any, model: nn.Module, batches: Any, cfg: Any, info: Data
         for _, x, y, _ in batches:
             xa = adv[start : start + len(y)].to(x.device)
             start += len(y)
-            correct.append(judge_transfer(spec, model, x, xa, y).correct.cpu().numpy())  # checks the eps budget
+            correct.append(
+                judge_transfer(spec, model, x, xa, y).correct.cpu().numpy()
+            )  # checks the eps budget
             tick(1)
     else:
         for idx, x, y, _ in batches:
@@ -129,8 +152,12 @@ def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> list[dict[str, An
 
     idx, x, y, _ = next(iter(batches))
     sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
-    checks = gradient_masking_checks(model, x, y, seed=cfg.seed, indices=idx.tolist(),
-                                     surrogate=None if sur is None else sur.model.to(batches.device).eval())
+    checks = gradient_masking_checks(
+        model,
+        x,
+        y,
+        seed=cfg.seed,
+        indices=idx.tolist(),
+        surrogate=None if sur is None else sur.model.to(batches.device).eval(),
+    )
     return [asdict(c) for c in checks]
-
-

@@ -45,7 +45,9 @@ def load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module:
         ExampleUnavailable: not a robench checkpoint, no hash stated, unreadable, or another hash.
     """
     if kind != "robench-checkpoint":
-        raise ExampleUnavailable(f"the model is a {kind} file, not a robench checkpoint", of_model=True)
+        raise ExampleUnavailable(
+            f"the model is a {kind} file, not a robench checkpoint", of_model=True
+        )
     if not sha256:
         raise ExampleUnavailable("the result states no checkpoint hash", of_model=True)
     try:
@@ -59,12 +61,18 @@ def load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module:
             data = path.read_bytes()  # one read: the hash and the weights come from the same bytes
             digest = hashlib.sha256(data).hexdigest()
             if digest != sha256:
-                raise ExampleUnavailable(f"checkpoint {ref} has another hash than the result states", of_model=True)
+                raise ExampleUnavailable(
+                    f"checkpoint {ref} has another hash than the result states", of_model=True
+                )
             model = model_from_checkpoint(read_checkpoint_bytes(data, ref), ref)[0]
     except _LOAD_ERRORS as exc:
-        raise ExampleUnavailable(f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})", of_model=True) from None
+        raise ExampleUnavailable(
+            f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})", of_model=True
+        ) from None
     if digest != sha256:
-        raise ExampleUnavailable(f"checkpoint {ref} has another hash than the result states", of_model=True)
+        raise ExampleUnavailable(
+            f"checkpoint {ref} has another hash than the result states", of_model=True
+        )
     return model.eval()
 
 
@@ -98,8 +106,16 @@ class CheckpointAdversary:
             raise got
         return got
 
-    def craft(self, rec: Mapping[str, Any], name: str, x: Tensor, y: Tensor, *, indices: Sequence[int],
-              seed: int) -> Tensor:
+    def craft(
+        self,
+        rec: Mapping[str, Any],
+        name: str,
+        x: Tensor,
+        y: Tensor,
+        *,
+        indices: Sequence[int],
+        seed: int,
+    ) -> Tensor:
         """Adversarial images of attack ``name`` for the model of ``rec``.
 
         Raises:
@@ -111,9 +127,13 @@ class CheckpointAdversary:
         if PERTURBATIONS.get(name).mode == "transfer":
             sur = rec["perturbations"][name].get("surrogate") or {}
             try:
-                surrogate = self._load((str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint"), keep=True)
+                surrogate = self._load(
+                    (str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint"), keep=True
+                )
             except ExampleUnavailable as exc:
                 raise ExampleUnavailable(f"surrogate: {exc.reason}", of_model=False) from None
         from robench.attacks import run_attack  # Foolbox loads on first use, not with robench
 
-        return run_attack(name, model, x, y, seed=seed, indices=list(indices), surrogate=surrogate).adv
+        return run_attack(
+            name, model, x, y, seed=seed, indices=list(indices), surrogate=surrogate
+        ).adv

@@ -41,11 +41,17 @@ class EvalRun:
     record: dict[str, Any]
     paths: dict[str, Path]
 
+
 log = logging.getLogger(__name__)
 
 
-def _as_loaded(model: nn.Module | str | Path | LoadedModel, *, model_id: str | None, arch: str | None,
-               trust_pickle: bool) -> LoadedModel:
+def _as_loaded(
+    model: nn.Module | str | Path | LoadedModel,
+    *,
+    model_id: str | None,
+    arch: str | None,
+    trust_pickle: bool,
+) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
@@ -55,7 +61,6 @@ def _as_loaded(model: nn.Module | str | Path | LoadedModel, *, model_id: str | N
     if model_id:
         loaded.model_id = model_id
     return loaded
-
 
 
 def resolve_baseline(baseline: str | None, dataset: str) -> str | None:
@@ -78,7 +83,9 @@ def _is_result_file(baseline: str) -> bool:
     return not baseline.startswith("zoo:") and baseline.endswith(".json")
 
 
-def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool) -> dict[str, Any] | None:
+def _baseline_record(
+    baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool
+) -> dict[str, Any] | None:
     """The baseline's finished record for the same images, evaluating it first when needed."""
     baseline = resolve_baseline(baseline, cfg.dataset)
     if baseline is None:
@@ -88,16 +95,22 @@ def _baseline_record(baseline: str | None, loaded: LoadedModel, cfg: EvalConfig,
         if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
         if rec["robench_version"] != __version__:
-            raise ResultError(f"baseline {baseline} was computed by robench {rec['robench_version']}, not {__version__}; "
-                              "evaluate the baseline again (or pass --baseline none)")
+            raise ResultError(
+                f"baseline {baseline} was computed by robench {rec['robench_version']}, not {__version__}; "
+                "evaluate the baseline again (or pass --baseline none)"
+            )
         if rec.get("clean") is None:
             raise ResultError(f"baseline {baseline} is an unfinished run (no clean accuracy yet)")
-        return finalize(rec, None, cfg.names())  # R from its raw counts, whatever state it was left in
+        return finalize(
+            rec, None, cfg.names()
+        )  # R from its raw counts, whatever state it was left in
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
     with run_lock(out, base.model_id, enabled=distributed.world().is_main):
-        rec, path = evaluate_record(base, cfg, out=out, progress=progress, attack_runner=attack_entry)
+        rec, path = evaluate_record(
+            base, cfg, out=out, progress=progress, attack_runner=attack_entry
+        )
         finalize(rec, None, cfg.names())
         if distributed.world().is_main:
             write_record(rec, path)
@@ -113,7 +126,9 @@ def _check_baseline_ref(baseline: str | None) -> None:
     elif _is_result_file(baseline):
         read_record(baseline)
     elif not Path(baseline).is_file():
-        raise FileNotFoundError(f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a result .json or none)")
+        raise FileNotFoundError(
+            f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a result .json or none)"
+        )
     else:
         load_model(baseline)  # an unreadable or unsafe checkpoint is refused before any work
 
@@ -134,8 +149,10 @@ def _same_images(record: dict[str, Any], base: dict[str, Any]) -> None:
     """Markers compare image by image: the baseline must have seen exactly the same images."""
     mine, theirs = record["dataset"], base["dataset"]
     if (mine["n_images"], mine.get("indices")) != (theirs["n_images"], theirs.get("indices")):
-        raise ResultError(f"baseline {base['model']['id']!r} was evaluated on other images ({theirs['n_images']} vs "
-                          f"{mine['n_images']}, or another subset); markers need the same images")
+        raise ResultError(
+            f"baseline {base['model']['id']!r} was evaluated on other images ({theirs['n_images']} vs "
+            f"{mine['n_images']}, or another subset); markers need the same images"
+        )
 
 
 def evaluate(
@@ -188,8 +205,18 @@ def evaluate(
         The record and the written files (under torchrun, only rank 0 lists them: the other ranks
         compute their share and write nothing).
     """
-    cfg = EvalConfig(dataset=dataset, data_root=data_root, download=download, suite=suite, perturbations=tuple(perturbations),
-                     n_images=n_images, batch_size=batch_size, device=device, seed=seed, surrogate=surrogate)
+    cfg = EvalConfig(
+        dataset=dataset,
+        data_root=data_root,
+        download=download,
+        suite=suite,
+        perturbations=tuple(perturbations),
+        n_images=n_images,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        surrogate=surrogate,
+    )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out)
@@ -198,15 +225,26 @@ def evaluate(
     _check_baseline_ref(baseline)
     world = distributed.setup(resolve_device(device))
     if world.is_main:
-        writable_dir(out)  # a read-only or impossible --out fails now, not after the first perturbation
+        writable_dir(
+            out
+        )  # a read-only or impossible --out fails now, not after the first perturbation
     loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
     with run_lock(out, loaded.model_id, enabled=world.is_main):  # held until every file is written
-        record, path = evaluate_record(loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=attack_entry)
+        record, path = evaluate_record(
+            loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=attack_entry
+        )
         base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
         if base is not None:
             _same_images(record, base)
-        record["baseline"] = None if base is None else {"id": base["model"]["id"], "sha256": base["model"]["sha256"],
-                                                         "source": base["model"]["source"]}
+        record["baseline"] = (
+            None
+            if base is None
+            else {
+                "id": base["model"]["id"],
+                "sha256": base["model"]["sha256"],
+                "source": base["model"]["source"],
+            }
+        )
         # R, markers and summary over everything the file holds, not only this call's perturbations
         finalize(record, base, list(dict.fromkeys([*cfg.names(), *record["perturbations"]])))
         if not world.is_main:
@@ -216,4 +254,3 @@ def evaluate(
         paths = {"json": path, **(write_outputs(record, path) if write_outputs else {})}
         distributed.barrier()
         return EvalRun(record, paths)
-

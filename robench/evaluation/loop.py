@@ -20,16 +20,30 @@ import torch
 from torch import Tensor, nn
 
 from robench import _distributed as distributed
-from robench._distributed import resolve_device
 from robench import perturbations as P
+from robench._distributed import resolve_device
 from robench._io import first_line
 from robench._seeding import derive_seed
-from robench.data import ImageDataset, load_dataset
-from robench.models.loading import LoadedModel
 from robench._version import __version__
-from robench.evaluation.record import ResultError, accuracy_entry, entry_complete, new_record, read_record, write_record
+from robench.data import ImageDataset, load_dataset
+from robench.evaluation.record import (
+    ResultError,
+    accuracy_entry,
+    entry_complete,
+    new_record,
+    read_record,
+    write_record,
+)
+from robench.models.loading import LoadedModel
 
-__all__ = ["EvalConfig", "evaluate_record", "select_indices", "resolve_device", "run_stem", "predict"]
+__all__ = [
+    "EvalConfig",
+    "evaluate_record",
+    "select_indices",
+    "resolve_device",
+    "run_stem",
+    "predict",
+]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -70,8 +84,9 @@ class EvalConfig:
             return members
         for n in self.perturbations:
             P.get(n)  # unknown names fail here with close matches
-        return [n for n in members if n in self.perturbations] + [n for n in self.perturbations if n not in members]
-
+        return [n for n in members if n in self.perturbations] + [
+            n for n in self.perturbations if n not in members
+        ]
 
 
 def select_indices(n_total: int, n_images: int | None, seed: int, dataset: str) -> np.ndarray:
@@ -111,7 +126,9 @@ def check_logits(logits: Any, n: int, num_classes: int) -> Tensor:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"the model must return N x classes logits, got {shape}")
     if logits.shape[1] != num_classes:
-        raise ValueError(f"the model outputs {logits.shape[1]} classes but the dataset has {num_classes}")
+        raise ValueError(
+            f"the model outputs {logits.shape[1]} classes but the dataset has {num_classes}"
+        )
     if not logits.is_floating_point() or not bool(torch.isfinite(logits.detach()).all()):
         raise ValueError(f"the model produced NaN, Inf or non-float logits (dtype {logits.dtype})")
     return logits
@@ -139,8 +156,15 @@ class _Batches:
     of ``size`` makes batches ``r, r + size, ...`` (``indices`` stays the whole run's).
     """
 
-    def __init__(self, ds: ImageDataset, indices: np.ndarray, batch_size: int, device: str, rank: int = 0,
-                 size: int = 1) -> None:
+    def __init__(
+        self,
+        ds: ImageDataset,
+        indices: np.ndarray,
+        batch_size: int,
+        device: str,
+        rank: int = 0,
+        size: int = 1,
+    ) -> None:
         self.ds, self.indices, self.bs, self.device = ds, indices, batch_size, device
         self.ids = range(rank, (len(indices) + batch_size - 1) // batch_size, size)
 
@@ -151,13 +175,20 @@ class _Batches:
         for b in self.ids:
             idx = self.indices[b * self.bs : (b + 1) * self.bs]
             x, y = self.ds.get_batch(torch.from_numpy(idx))
-            boxes = None if self.ds.boxes is None else self.ds.boxes[torch.from_numpy(idx)].to(self.device)
+            boxes = (
+                None
+                if self.ds.boxes is None
+                else self.ds.boxes[torch.from_numpy(idx)].to(self.device)
+            )
             yield idx, x.to(self.device), y.to(self.device), boxes
 
     def positions(self) -> np.ndarray:
         """Positions in the run of this process's images, in the order it meets them."""
         n = len(self.indices)
-        return np.concatenate([np.arange(b * self.bs, min((b + 1) * self.bs, n)) for b in self.ids] or [np.zeros(0, int)])
+        return np.concatenate(
+            [np.arange(b * self.bs, min((b + 1) * self.bs, n)) for b in self.ids]
+            or [np.zeros(0, int)]
+        )
 
     def gather(self, parts: list[np.ndarray]) -> np.ndarray:
         """The whole run's per-image results in run order, from this process's per-batch ``parts``."""
@@ -165,14 +196,23 @@ class _Batches:
         return distributed.gather_rows(self.positions(), rows, len(self.indices))
 
 
-def _corruption_entry(spec: Any, model: nn.Module, batches: _Batches, cfg: EvalConfig, preset: str,
-                      num_classes: int, tick: Progress) -> dict[str, Any]:
+def _corruption_entry(
+    spec: Any,
+    model: nn.Module,
+    batches: _Batches,
+    cfg: EvalConfig,
+    preset: str,
+    num_classes: int,
+    tick: Progress,
+) -> dict[str, Any]:
     sevs = []
     for s in spec.severities:
         correct = []
         for idx, x, y, boxes in batches:
             if spec.needs_boxes and boxes is None:
-                raise ValueError(f"{spec.name} needs bounding boxes, which dataset {cfg.dataset!r} does not provide")
+                raise ValueError(
+                    f"{spec.name} needs bounding boxes, which dataset {cfg.dataset!r} does not provide"
+                )
             xc = spec(x, s, seed=cfg.seed, indices=idx.tolist(), preset=preset, boxes=boxes)
             correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
             tick(1)
@@ -201,39 +241,66 @@ def evaluate_record(
     model = _CheckedModel(loaded.model.to(device), info.num_classes).eval()
     world = distributed.world()
     batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
-    run_key = {"model_sha256": loaded.sha256, "dataset": cfg.dataset, "n_images": int(len(indices)),
-               "seed": cfg.seed, "preset": info.preset}
+    run_key = {
+        "model_sha256": loaded.sha256,
+        "dataset": cfg.dataset,
+        "n_images": int(len(indices)),
+        "seed": cfg.seed,
+        "preset": info.preset,
+    }
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
     record = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
-        _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device) if world.is_main else None
+        _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device)
+        if world.is_main
+        else None
     )
     save = write_record if world.is_main else (lambda rec, p: p)
-    pending = [n for n in names if not entry_complete(record["perturbations"].get(n), len(indices), P.get(n).severities)]
-    total = len(batches) * (int(record["clean"] is None) + sum(len(P.get(n).severities) for n in pending))
+    pending = [
+        n
+        for n in names
+        if not entry_complete(record["perturbations"].get(n), len(indices), P.get(n).severities)
+    ]
+    total = len(batches) * (
+        int(record["clean"] is None) + sum(len(P.get(n).severities) for n in pending)
+    )
     with _progress(total, progress and world.is_main) as tick:
         if record["clean"] is None:
-            correct = [(predict(model, x, info.num_classes) == y).cpu().numpy() for _, x, y, _ in _ticking(batches, tick)]
+            correct = [
+                (predict(model, x, info.num_classes) == y).cpu().numpy()
+                for _, x, y, _ in _ticking(batches, tick)
+            ]
             record["clean"] = accuracy_entry(batches.gather(correct))
             save(record, path)
         for name in pending:
             spec = P.get(name)
             t0 = _now()
             if spec.kind == "corruption":
-                entry = _corruption_entry(spec, model, batches, cfg, info.preset, info.num_classes, tick)
+                entry = _corruption_entry(
+                    spec, model, batches, cfg, info.preset, info.num_classes, tick
+                )
             elif attack_runner is None:
-                entry = {"kind": "attack", "family": spec.family, "status": "skipped", "reason": "attacks unavailable"}
+                entry = {
+                    "kind": "attack",
+                    "family": spec.family,
+                    "status": "skipped",
+                    "reason": "attacks unavailable",
+                }
             else:
                 entry = attack_runner(spec, model, batches, cfg, info, tick, record)
             entry.setdefault("status", "done")
             entry["seconds"] = round(_now() - t0, 3)
             record["perturbations"][name] = entry
-            record["config"]["perturbations"] = sorted(set(record["config"].get("perturbations", [])) | {name})
+            record["config"]["perturbations"] = sorted(
+                set(record["config"].get("perturbations", [])) | {name}
+            )
             save(record, path)
         if attack_runner is not None and _wants_masking(record, names):
             from robench.evaluation.attack_step import masking_entry
 
             # on the run's first batch, which rank 0 holds; the others wait for its result
-            record["gradient_masking"] = distributed.broadcast(masking_entry(model, batches, cfg) if world.is_main else None)
+            record["gradient_masking"] = distributed.broadcast(
+                masking_entry(model, batches, cfg) if world.is_main else None
+            )
             save(record, path)
     return record, path
 
@@ -242,7 +309,8 @@ def _wants_masking(record: dict[str, Any], names: list[str]) -> bool:
     """Run the gradient-masking checks once, when the run scored a white-box attack."""
     done = record["perturbations"]
     return record.get("gradient_masking") is None and any(
-        done.get(n, {}).get("status") == "done" and done[n].get("family") == "white-box" for n in names
+        done.get(n, {}).get("status") == "done" and done[n].get("family") == "white-box"
+        for n in names
     )
 
 
@@ -252,13 +320,17 @@ def _check_fit(loaded: LoadedModel, info: Any) -> None:
     if meta is None:
         return
     if meta.num_classes != info.num_classes:
-        raise ValueError(f"{loaded.source} has {meta.num_classes} classes but dataset {info.name!r} has {info.num_classes}")
+        raise ValueError(
+            f"{loaded.source} has {meta.num_classes} classes but dataset {info.name!r} has {info.num_classes}"
+        )
     if meta.input_size != info.image_size:
         raise ValueError(
             f"{loaded.source} takes {meta.input_size} px images but dataset {info.name!r} has {info.image_size} px images"
         )
     if meta.in_chans != info.channels:
-        raise ValueError(f"{loaded.source} takes {meta.in_chans}-channel images but dataset {info.name!r} has {info.channels}")
+        raise ValueError(
+            f"{loaded.source} takes {meta.in_chans}-channel images but dataset {info.name!r} has {info.channels}"
+        )
 
 
 def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
@@ -267,35 +339,74 @@ def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
         tick(1)
 
 
-def _resume_or_new(path: Path, resume: bool, run_key: dict[str, Any], loaded: LoadedModel, cfg: EvalConfig,
-                   ds: ImageDataset, indices: np.ndarray, device: str) -> dict[str, Any]:
+def _resume_or_new(
+    path: Path,
+    resume: bool,
+    run_key: dict[str, Any],
+    loaded: LoadedModel,
+    cfg: EvalConfig,
+    ds: ImageDataset,
+    indices: np.ndarray,
+    device: str,
+) -> dict[str, Any]:
     if resume and path.exists():
         try:
             old = read_record(path)
         except ResultError as exc:
-            log.warning("%s; starting this run again (the damaged file is kept as %s)", exc, _set_aside(path).name)
+            log.warning(
+                "%s; starting this run again (the damaged file is kept as %s)",
+                exc,
+                _set_aside(path).name,
+            )
         else:
             if old["run_key"] == run_key and old["robench_version"] == __version__:
                 log.info("resuming %s (%d perturbations done)", path, len(old["perturbations"]))
                 return old
-            why = "another robench version" if old["run_key"] == run_key else "other settings or another checkpoint"
-            log.warning("%s was computed with %s; starting again (the old file is kept as %s)", path, why,
-                        _set_aside(path).name)
-    model_info = {"id": loaded.model_id, "source": loaded.source, "sha256": loaded.sha256, "kind": loaded.kind,
-                  "meta": None if loaded.meta is None else loaded.meta.to_dict(), "card": loaded.card}
-    dataset_info = {"name": cfg.dataset, "split": "test", "size": len(ds), "n_images": int(len(indices)),
-                    "preset": ds.info.preset, "image_size": ds.info.image_size, "num_classes": ds.info.num_classes,
-                    "indices_seed": None if len(indices) == len(ds) else derive_seed(cfg.seed, "subset", cfg.dataset),
-                    "indices": None if len(indices) == len(ds) else indices.tolist()}
+            why = (
+                "another robench version"
+                if old["run_key"] == run_key
+                else "other settings or another checkpoint"
+            )
+            log.warning(
+                "%s was computed with %s; starting again (the old file is kept as %s)",
+                path,
+                why,
+                _set_aside(path).name,
+            )
+    model_info = {
+        "id": loaded.model_id,
+        "source": loaded.source,
+        "sha256": loaded.sha256,
+        "kind": loaded.kind,
+        "meta": None if loaded.meta is None else loaded.meta.to_dict(),
+        "card": loaded.card,
+    }
+    dataset_info = {
+        "name": cfg.dataset,
+        "split": "test",
+        "size": len(ds),
+        "n_images": int(len(indices)),
+        "preset": ds.info.preset,
+        "image_size": ds.info.image_size,
+        "num_classes": ds.info.num_classes,
+        "indices_seed": None
+        if len(indices) == len(ds)
+        else derive_seed(cfg.seed, "subset", cfg.dataset),
+        "indices": None if len(indices) == len(ds) else indices.tolist(),
+    }
     config = asdict(cfg) | {"perturbations": [], "device": device}
-    return new_record(run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device)
+    return new_record(
+        run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device
+    )
 
 
 def _set_aside(path: Path) -> Path:
     """Rename a record that will not be resumed to ``<name>.<time>.old``: never overwrite finished work."""
     import time
 
-    aside = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.old")
+    aside = path.with_name(
+        f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}.old"
+    )
     path.replace(aside)
     return aside
 
@@ -323,4 +434,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
-

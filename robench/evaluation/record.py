@@ -18,13 +18,35 @@ from typing import Any
 
 import numpy as np
 
-from robench._version import __version__
 from robench._io import atomic_write_text
-from robench.scores import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, FAMILY_GROUPS, marker, mce, mcnemar_p, pack_bits, relative_robustness, unpack_bits, wilson_interval
+from robench._version import __version__
+from robench.scores import (
+    ALEXNET_CLEAN_ERROR,
+    ALEXNET_ERRORS,
+    FAMILY_GROUPS,
+    marker,
+    mce,
+    mcnemar_p,
+    pack_bits,
+    relative_robustness,
+    unpack_bits,
+    wilson_interval,
+)
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "ResultError", "new_record", "accuracy_entry", "read_record", "write_record",
-    "finalize", "environment", "correct_bits", "check_record", "check_accuracy_entry", "entry_complete",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "ResultError",
+    "new_record",
+    "accuracy_entry",
+    "read_record",
+    "write_record",
+    "finalize",
+    "environment",
+    "correct_bits",
+    "check_record",
+    "check_accuracy_entry",
+    "entry_complete",
 ]
 
 SCHEMA = "robench-result"
@@ -41,14 +63,20 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
-        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-        "torch": torch.__version__, "numpy": np.__version__, "device": device,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": device,
     }
     from importlib.metadata import PackageNotFoundError, version
 
     for mod in ("torchvision", "foolbox"):
         try:
-            env[mod] = version(mod)  # from the metadata: importing torchvision costs seconds (it loads torch._dynamo)
+            env[mod] = version(
+                mod
+            )  # from the metadata: importing torchvision costs seconds (it loads torch._dynamo)
         except PackageNotFoundError:  # pragma: no cover
             env[mod] = None
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -60,7 +88,13 @@ def accuracy_entry(correct: np.ndarray) -> dict[str, Any]:
     """Counts, accuracy, 95 % interval and packed per-image correctness of one evaluation."""
     n, k = int(correct.shape[0]), int(correct.sum())
     lo, hi = wilson_interval(k, n)
-    return {"n": n, "n_correct": k, "accuracy": k / n if n else float("nan"), "ci95": [lo, hi], "correct": pack_bits(correct)}
+    return {
+        "n": n,
+        "n_correct": k,
+        "accuracy": k / n if n else float("nan"),
+        "ci95": [lo, hi],
+        "correct": pack_bits(correct),
+    }
 
 
 def correct_bits(entry: Mapping[str, Any]) -> np.ndarray:
@@ -68,15 +102,32 @@ def correct_bits(entry: Mapping[str, Any]) -> np.ndarray:
     return unpack_bits(entry["correct"], int(entry["n"]))
 
 
-def new_record(*, run_key: Mapping[str, Any], model: Mapping[str, Any], dataset: Mapping[str, Any],
-               config: Mapping[str, Any], device: str) -> dict[str, Any]:
+def new_record(
+    *,
+    run_key: Mapping[str, Any],
+    model: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    config: Mapping[str, Any],
+    device: str,
+) -> dict[str, Any]:
     """An empty record for a run (nothing computed yet)."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "robench_version": __version__,
-        "run_key": dict(run_key), "created": now, "updated": now, "model": dict(model), "dataset": dict(dataset),
-        "config": dict(config), "environment": environment(device), "clean": None, "perturbations": {},
-        "summary": {}, "baseline": None, "gradient_masking": None,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "robench_version": __version__,
+        "run_key": dict(run_key),
+        "created": now,
+        "updated": now,
+        "model": dict(model),
+        "dataset": dict(dataset),
+        "config": dict(config),
+        "environment": environment(device),
+        "clean": None,
+        "perturbations": {},
+        "summary": {},
+        "baseline": None,
+        "gradient_masking": None,
     }
 
 
@@ -105,11 +156,15 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultError(f"{p} is not a readable result file (truncated or corrupt?): {exc}") from None
+        raise ResultError(
+            f"{p} is not a readable result file (truncated or corrupt?): {exc}"
+        ) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ResultError(f"{p} is not a robench result file")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise ResultError(f"{p} has schema version {data.get('schema_version')!r}; this robench reads version {SCHEMA_VERSION}")
+        raise ResultError(
+            f"{p} has schema version {data.get('schema_version')!r}; this robench reads version {SCHEMA_VERSION}"
+        )
     for key in ("run_key", "model", "dataset", "config", "perturbations"):
         if not isinstance(data.get(key), dict):
             raise ResultError(f"{p} lacks its {key!r} section")
@@ -134,18 +189,33 @@ def check_accuracy_entry(entry: Any, where: str, n: int | None = None) -> None:
     """Counts, accuracy, interval and per-image bits of an :func:`accuracy_entry` agree (else ResultError)."""
     _need(isinstance(entry, dict), where, "is not an accuracy entry")
     k, m = entry.get("n_correct"), entry.get("n")
-    _need(_is_int(m) and m >= 1 and _is_int(k) and 0 <= k <= m, where, f"has impossible counts ({k!r} of {m!r})")
+    _need(
+        _is_int(m) and m >= 1 and _is_int(k) and 0 <= k <= m,
+        where,
+        f"has impossible counts ({k!r} of {m!r})",
+    )
     _need(n is None or m == n, where, f"counts {m} images but the run has {n}")
-    _need(_is_num(entry.get("accuracy")) and abs(entry["accuracy"] - k / m) < 1e-9, where,
-          f"accuracy {entry.get('accuracy')!r} is not {k}/{m}")
+    _need(
+        _is_num(entry.get("accuracy")) and abs(entry["accuracy"] - k / m) < 1e-9,
+        where,
+        f"accuracy {entry.get('accuracy')!r} is not {k}/{m}",
+    )
     ci = entry.get("ci95")
-    _need(isinstance(ci, list) and len(ci) == 2 and all(_is_num(v) for v in ci), where, "has a malformed ci95")
+    _need(
+        isinstance(ci, list) and len(ci) == 2 and all(_is_num(v) for v in ci),
+        where,
+        "has a malformed ci95",
+    )
     _need(isinstance(entry.get("correct"), str), where, "lacks its per-image correctness")
     try:
         bits = unpack_bits(entry["correct"], m)
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         raise ResultError(f"{where}: unreadable per-image correctness ({exc})") from None
-    _need(int(bits.sum()) == k, where, f"per-image correctness ({int(bits.sum())} correct) disagrees with n_correct {k}")
+    _need(
+        int(bits.sum()) == k,
+        where,
+        f"per-image correctness ({int(bits.sum())} correct) disagrees with n_correct {k}",
+    )
     for key in ("severity",):
         _need(key not in entry or _is_int(entry[key]), where, f"{key} must be an integer")
     for key in ("parameter", "marker"):
@@ -161,7 +231,9 @@ def entry_complete(entry: Any, n: int, severities: Sequence[int] | None = None) 
     sevs = entry.get("severities")
     if not isinstance(sevs, list) or not sevs:
         return False
-    if severities is not None and [s.get("severity") if isinstance(s, dict) else None for s in sevs] != list(severities):
+    if severities is not None and [
+        s.get("severity") if isinstance(s, dict) else None for s in sevs
+    ] != list(severities):
         return False
     try:
         for i, s in enumerate(sevs):
@@ -179,41 +251,76 @@ def check_record(data: Mapping[str, Any], where: str = "result") -> None:
     """
     _need(isinstance(data.get("robench_version"), str), where, "lacks its robench_version")
     model, ds, cfg = data["model"], data["dataset"], data["config"]
-    _need(isinstance(model.get("id"), str) and model["id"] != "", where, "model.id must be non-empty text")
+    _need(
+        isinstance(model.get("id"), str) and model["id"] != "",
+        where,
+        "model.id must be non-empty text",
+    )
     for key in ("source", "sha256", "kind"):
-        _need(model.get(key) is None or isinstance(model[key], str), where, f"model.{key} must be text")
+        _need(
+            model.get(key) is None or isinstance(model[key], str),
+            where,
+            f"model.{key} must be text",
+        )
     n = ds.get("n_images")
     _need(_is_int(n) and n >= 1, where, "dataset.n_images must be a positive integer")
     for key in ("name", "preset"):
         _need(isinstance(ds.get(key), str), where, f"dataset.{key} must be text")
     idx = ds.get("indices")
-    _need(idx is None or (isinstance(idx, list) and len(idx) == n and all(_is_int(i) and i >= 0 for i in idx)),
-          where, "dataset.indices must be null or one non-negative integer per image")
+    _need(
+        idx is None
+        or (isinstance(idx, list) and len(idx) == n and all(_is_int(i) and i >= 0 for i in idx)),
+        where,
+        "dataset.indices must be null or one non-negative integer per image",
+    )
     _need(_is_int(cfg.get("seed")), where, "config.seed must be an integer")
-    _need(cfg.get("suite") is None or isinstance(cfg["suite"], str), where, "config.suite must be text")
+    _need(
+        cfg.get("suite") is None or isinstance(cfg["suite"], str),
+        where,
+        "config.suite must be text",
+    )
     if data.get("clean") is not None:
         check_accuracy_entry(data["clean"], f"{where}: clean", n)
     for name, e in data["perturbations"].items():
         at = f"{where}: perturbation {name!r}"
         _need(isinstance(e, dict), at, "is not an object")
-        _need(e.get("kind") in ("corruption", "attack") and isinstance(e.get("family"), str), at, "lacks kind/family")
+        _need(
+            e.get("kind") in ("corruption", "attack") and isinstance(e.get("family"), str),
+            at,
+            "lacks kind/family",
+        )
         _need(e.get("status") in ("done", "skipped"), at, f"has unknown status {e.get('status')!r}")
         for key in ("R", "baseline_R", "accuracy", "p_value", "seconds"):
             _need(e.get(key) is None or _is_num(e[key]), at, f"{key} must be a number")
         _need(e.get("marker") is None or isinstance(e["marker"], str), at, "marker must be text")
         if e["status"] == "done":
             sevs = e.get("severities")
-            _need(isinstance(sevs, list) and len(sevs) > 0, at, "is marked done but has no severities")
+            _need(
+                isinstance(sevs, list) and len(sevs) > 0, at, "is marked done but has no severities"
+            )
             for i, s in enumerate(sevs):
                 check_accuracy_entry(s, f"{at} severity {i + 1}", n)
                 _need(_is_int(s.get("severity")), at, f"severity {i + 1} lacks its severity level")
     masking = data.get("gradient_masking")
-    _need(masking is None or (isinstance(masking, list) and all(
-        isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("detail"), str)
-        and (c.get("passed") is None or isinstance(c["passed"], bool)) for c in masking)),
-        where, "gradient_masking must be a list of {name, passed, detail}")
+    _need(
+        masking is None
+        or (
+            isinstance(masking, list)
+            and all(
+                isinstance(c, dict)
+                and isinstance(c.get("name"), str)
+                and isinstance(c.get("detail"), str)
+                and (c.get("passed") is None or isinstance(c["passed"], bool))
+                for c in masking
+            )
+        ),
+        where,
+        "gradient_masking must be a list of {name, passed, detail}",
+    )
     for key in ("summary", "baseline"):
-        _need(data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object")
+        _need(
+            data.get(key) is None or isinstance(data[key], dict), where, f"{key} must be an object"
+        )
 
 
 def _pert_correct(entry: Mapping[str, Any]) -> np.ndarray:
@@ -226,7 +333,9 @@ def _compare(entry: dict[str, Any], base: Mapping[str, Any] | None) -> None:
         entry.update(baseline_R=None, marker="", p_value=None, significant=None)
         return
     entry["baseline_R"] = base["R"]
-    entry["marker"] = "" if entry["R"] is None or base["R"] is None else marker(entry["R"], base["R"])
+    entry["marker"] = (
+        "" if entry["R"] is None or base["R"] is None else marker(entry["R"], base["R"])
+    )
     a, b = _pert_correct(entry), _pert_correct(base)
     if a.shape == b.shape:
         p = mcnemar_p(a, b)
@@ -235,7 +344,9 @@ def _compare(entry: dict[str, Any], base: Mapping[str, Any] | None) -> None:
         entry.update(p_value=None, significant=None)
 
 
-def finalize(record: dict[str, Any], baseline: Mapping[str, Any] | None, order: Sequence[str]) -> dict[str, Any]:
+def finalize(
+    record: dict[str, Any], baseline: Mapping[str, Any] | None, order: Sequence[str]
+) -> dict[str, Any]:
     """Fill R, markers, significance, family means and mCE from the raw counts (idempotent)."""
     clean = record["clean"]
     a_clean = clean["accuracy"]
@@ -254,9 +365,14 @@ def finalize(record: dict[str, Any], baseline: Mapping[str, Any] | None, order: 
         entry["accuracy"] = float(np.mean(accs))
         r = relative_robustness(entry["accuracy"], a_clean)
         entry["R"] = None if np.isnan(r) else r  # JSON has no NaN: R is undefined when A_clean = 0
-        _compare(entry, base_perts.get(name) if base_perts.get(name, {}).get("status") == "done" else None)
+        _compare(
+            entry,
+            base_perts.get(name) if base_perts.get(name, {}).get("status") == "done" else None,
+        )
         if entry["R"] is not None:
-            families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(entry["R"])
+            families.setdefault(FAMILY_GROUPS.get(entry["family"], entry["family"]), []).append(
+                entry["R"]
+            )
     # fsum is exactly rounded: the mean does not depend on the order the perturbations were run in
     summary: dict[str, Any] = {"mean_R": {k: math.fsum(v) / len(v) for k, v in families.items()}}
     summary.update(_mce_summary(record, baseline))
@@ -282,10 +398,16 @@ def _mce_summary(record: Mapping[str, Any], baseline: Mapping[str, Any] | None) 
         base = _errors(baseline, names)
         base_clean = 1.0 - baseline["clean"]["accuracy"]
         out["mce_vs_baseline"] = mce(errs, base)
-        out["relative_mce_vs_baseline"] = mce(errs, base, clean_error=clean_err, reference_clean_error=base_clean)
+        out["relative_mce_vs_baseline"] = mce(
+            errs, base, clean_error=clean_err, reference_clean_error=base_clean
+        )
     if record["dataset"].get("preset") == "imagenet":
         out["mce_vs_alexnet"] = mce(errs, ALEXNET_ERRORS)
-        out["relative_mce_vs_alexnet"] = mce(errs, ALEXNET_ERRORS, clean_error=clean_err, reference_clean_error=ALEXNET_CLEAN_ERROR)
+        out["relative_mce_vs_alexnet"] = mce(
+            errs, ALEXNET_ERRORS, clean_error=clean_err, reference_clean_error=ALEXNET_CLEAN_ERROR
+        )
     else:
-        out["mce_vs_alexnet"] = None  # AlexNet's errors are ImageNet-C's; meaningless at other resolutions
+        out["mce_vs_alexnet"] = (
+            None  # AlexNet's errors are ImageNet-C's; meaningless at other resolutions
+        )
     return out

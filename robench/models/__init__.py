@@ -7,7 +7,19 @@ attack epsilons are in pixel units and checkpoints carry their own mean/std.
 from __future__ import annotations
 
 from robench.models import architectures, deepcorrect, fusion, mat, transfer  # noqa: F401  (registers the architectures)
-from robench.models._base import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, ImageClassifier, ModelSpec, Normalize, create_model, list_models, register_model
+from robench.models._base import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    ImageClassifier,
+    ModelSpec,
+    Normalize,
+    create_model,
+    list_models,
+    register_model,
+)
 
 __all__ = [
     "CIFAR_MEAN",

@@ -15,7 +15,15 @@ from torch import Tensor, nn
 
 from robench._registry import Registry
 
-__all__ = ["create_model", "list_models", "register_model", "ModelSpec", "MODELS", "Normalize", "ImageClassifier"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "ModelSpec",
+    "MODELS",
+    "Normalize",
+    "ImageClassifier",
+]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -45,7 +53,9 @@ class ModelSpec:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def register_model(name: str, *, input_size: int, description: str, source: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str, *, input_size: int, description: str, source: str
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a backbone builder."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -60,7 +70,9 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,4 +137,3 @@ def create_model(
         raise ValueError(f"mean/std need {in_chans} values, got {len(mean)} and {len(std)}")
     backbone = spec.build(num_classes=num_classes, in_chans=in_chans, **kwargs)
     return ImageClassifier(backbone, mean, std)
-

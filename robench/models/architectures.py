@@ -10,7 +10,11 @@ __all__ = ["SmallCNN", "AllConvNet", "VGG", "resnet18_cifar"]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Module):
@@ -24,7 +28,14 @@ class SmallCNN(nn.Module):
         dropout: dropout after each pool.
     """
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, blocks: int = 3, dropout: float = 0.2):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: int = 32,
+        blocks: int = 3,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
@@ -53,9 +64,14 @@ class AllConvNet(nn.Module):
         super().__init__()
         w1, w2 = width, 2 * width
         self.features = nn.Sequential(
-            *_conv_bn(in_chans, w1), *_conv_bn(w1, w1), *_conv_bn(w1, w1, stride=2),
-            *_conv_bn(w1, w2), *_conv_bn(w2, w2), *_conv_bn(w2, w2, stride=2),
-            *_conv_bn(w2, w2), *_conv_bn(w2, w2, k=1),
+            *_conv_bn(in_chans, w1),
+            *_conv_bn(w1, w1),
+            *_conv_bn(w1, w1, stride=2),
+            *_conv_bn(w1, w2),
+            *_conv_bn(w2, w2),
+            *_conv_bn(w2, w2, stride=2),
+            *_conv_bn(w2, w2),
+            *_conv_bn(w2, w2, k=1),
         )
         self.classifier = nn.Conv2d(w2, num_classes, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -95,25 +111,47 @@ class VGG(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
-@register_model("small_cnn", input_size=32, description="Cavey et al.'s CIFAR CNN (3 conv blocks, BN, dropout)", source="Cavey et al.")
-def small_cnn(num_classes: int = 10, in_chans: int = 3, width: int = 32, blocks: int = 3, dropout: float = 0.2) -> nn.Module:
+@register_model(
+    "small_cnn",
+    input_size=32,
+    description="Cavey et al.'s CIFAR CNN (3 conv blocks, BN, dropout)",
+    source="Cavey et al.",
+)
+def small_cnn(
+    num_classes: int = 10, in_chans: int = 3, width: int = 32, blocks: int = 3, dropout: float = 0.2
+) -> nn.Module:
     """Build :class:`SmallCNN`."""
     return SmallCNN(num_classes, in_chans, width, blocks, dropout)
 
 
-@register_model("allconv", input_size=32, description="All-Convolutional Net with batch norm", source="Springenberg et al.; DeepCorrect (Borkar and Karam)")
+@register_model(
+    "allconv",
+    input_size=32,
+    description="All-Convolutional Net with batch norm",
+    source="Springenberg et al.; DeepCorrect (Borkar and Karam)",
+)
 def allconv(num_classes: int = 10, in_chans: int = 3, width: int = 96) -> nn.Module:
     """Build :class:`AllConvNet`."""
     return AllConvNet(num_classes, in_chans, width)
 
 
-@register_model("vgg11", input_size=32, description="VGG-11 with BN for small images (black-box surrogate)", source="Simonyan & Zisserman; M-TLAT (Laugros et al.)")
+@register_model(
+    "vgg11",
+    input_size=32,
+    description="VGG-11 with BN for small images (black-box surrogate)",
+    source="Simonyan & Zisserman; M-TLAT (Laugros et al.)",
+)
 def vgg11(num_classes: int = 10, in_chans: int = 3, width_div: int = 1) -> nn.Module:
     """Build :class:`VGG` (VGG-11)."""
     return VGG(num_classes, in_chans, width_div)
 
 
-@register_model("resnet18_cifar", input_size=32, description="ResNet-18 with a CIFAR stem (3x3 conv, no max-pool)", source="He et al.; torchvision")
+@register_model(
+    "resnet18_cifar",
+    input_size=32,
+    description="ResNet-18 with a CIFAR stem (3x3 conv, no max-pool)",
+    source="He et al.; torchvision",
+)
 def resnet18_cifar(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
     """torchvision's ResNet-18 with the 7x7/2 stem and max-pool replaced by a 3x3/1 conv."""
     from torchvision.models import resnet18
@@ -133,13 +171,23 @@ def _torchvision(fn_name: str, num_classes: int, in_chans: int) -> nn.Module:
     return m
 
 
-@register_model("resnet50", input_size=224, description="torchvision ResNet-50 (224 px)", source="He et al.; torchvision")
+@register_model(
+    "resnet50",
+    input_size=224,
+    description="torchvision ResNet-50 (224 px)",
+    source="He et al.; torchvision",
+)
 def resnet50(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """torchvision ResNet-50, random weights."""
     return _torchvision("resnet50", num_classes, in_chans)
 
 
-@register_model("resnext50_32x4d", input_size=224, description="torchvision ResNeXt-50 32x4d (224 px)", source="Xie et al.; torchvision")
+@register_model(
+    "resnext50_32x4d",
+    input_size=224,
+    description="torchvision ResNeXt-50 32x4d (224 px)",
+    source="Xie et al.; torchvision",
+)
 def resnext50_32x4d(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """torchvision ResNeXt-50 32x4d, random weights."""
     return _torchvision("resnext50_32x4d", num_classes, in_chans)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench._version import __version__
 from robench._io import atomic_torch_save, first_line, sha256_file
+from robench._version import __version__
 from robench.models._base import ImageClassifier, create_model
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 FORMAT = "robench-checkpoint"
-FORMAT_VERSION = 2  # 2: a content digest (torch does not check its zip CRCs, so bit rot loaded silently)
+FORMAT_VERSION = (
+    2  # 2: a content digest (torch does not check its zip CRCs, so bit rot loaded silently)
+)
 
 
 class CheckpointError(ValueError):
@@ -80,11 +82,19 @@ class CheckpointMeta:
     def to_dict(self) -> dict[str, Any]:
         """Plain, ``weights_only``-safe representation."""
         return {
-            "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs), "num_classes": int(self.num_classes),
-            "in_chans": int(self.in_chans), "input_size": int(self.input_size), "mean": list(self.mean),
-            "std": list(self.std), "dataset": self.dataset, "defense": self.defense,
-            "defense_config": dict(self.defense_config), "train_config": dict(self.train_config),
-            "robench_version": self.robench_version, "extra": dict(self.extra),
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "num_classes": int(self.num_classes),
+            "in_chans": int(self.in_chans),
+            "input_size": int(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "dataset": self.dataset,
+            "defense": self.defense,
+            "defense_config": dict(self.defense_config),
+            "train_config": dict(self.train_config),
+            "robench_version": self.robench_version,
+            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -92,15 +102,24 @@ class CheckpointMeta:
         """Inverse of :meth:`to_dict`, tolerant of unknown keys."""
         try:
             return cls(
-                arch=str(d["arch"]), num_classes=int(d["num_classes"]), input_size=int(d["input_size"]),
-                mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
-                arch_kwargs=dict(d.get("arch_kwargs", {})), in_chans=int(d.get("in_chans", 3)),
-                dataset=str(d.get("dataset", "")), defense=str(d.get("defense", "standard")),
-                defense_config=dict(d.get("defense_config", {})), train_config=dict(d.get("train_config", {})),
-                robench_version=str(d.get("robench_version", "")), extra=dict(d.get("extra", {})),
+                arch=str(d["arch"]),
+                num_classes=int(d["num_classes"]),
+                input_size=int(d["input_size"]),
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+                arch_kwargs=dict(d.get("arch_kwargs", {})),
+                in_chans=int(d.get("in_chans", 3)),
+                dataset=str(d.get("dataset", "")),
+                defense=str(d.get("defense", "standard")),
+                defense_config=dict(d.get("defense_config", {})),
+                train_config=dict(d.get("train_config", {})),
+                robench_version=str(d.get("robench_version", "")),
+                extra=dict(d.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint metadata is incomplete or malformed ({exc})") from None
+            raise CheckpointError(
+                f"checkpoint metadata is incomplete or malformed ({exc})"
+            ) from None
 
 
 def _normalize_of(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
@@ -116,8 +135,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
         raise CheckpointError("meta.mean does not match the model's normalisation")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     meta_d = meta.to_dict()
-    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_d, "state_dict": state,
-           "content_sha256": content_digest(meta_d, state)}
+    obj = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": meta_d,
+        "state_dict": state,
+        "content_sha256": content_digest(meta_d, state),
+    }
     atomic_torch_save(obj, path)
     return sha256_file(path)
 
@@ -145,8 +169,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
     """:func:`read_checkpoint` on bytes already read (hash and load the very same bytes)."""
     p = name
-    if not (data[:2] == b"PK" or data[:1] == b"\x80"):  # a torch.save zip archive or a legacy pickle
-        raise CheckpointError(f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    if not (
+        data[:2] == b"PK" or data[:1] == b"\x80"
+    ):  # a torch.save zip archive or a legacy pickle
+        raise CheckpointError(
+            f"{p} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+        )
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -156,10 +184,26 @@ def read_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
                 f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
                 "refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file)"
             ) from None
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as exc:  # torch raises all of these on torn files
-        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}") from None
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeDecodeError,
+        MemoryError,
+        OverflowError,
+    ) as exc:  # torch raises all of these on torn files
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p} does not hold a dict of weights (got {type(obj).__name__})")
     return obj
@@ -191,16 +235,26 @@ def model_from_checkpoint(
         )
     version = obj.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer robench (format {version!r}); upgrade robench")
+        raise CheckpointError(
+            f"{path} was written by a newer robench (format {version!r}); upgrade robench"
+        )
     raw_meta, state = obj.get("meta", {}), obj.get("state_dict")
     if not isinstance(raw_meta, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path} lacks its metadata or weights")
     try:
         intact = version < 2 or obj.get("content_sha256") == content_digest(raw_meta, state)
-    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. sparse or quantized tensors where weights belong
-        raise CheckpointError(f"{path} holds weights of an unexpected kind ({str(exc)[:120]})") from None
+    except (
+        RuntimeError,
+        TypeError,
+        ValueError,
+    ) as exc:  # e.g. sparse or quantized tensors where weights belong
+        raise CheckpointError(
+            f"{path} holds weights of an unexpected kind ({str(exc)[:120]})"
+        ) from None
     if not intact:
-        raise CheckpointError(f"{path} is corrupted or was modified: its content does not match the digest it was saved with")
+        raise CheckpointError(
+            f"{path} is corrupted or was modified: its content does not match the digest it was saved with"
+        )
     meta = CheckpointMeta.from_dict(raw_meta)
     kwargs = dict(in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **dict(meta.arch_kwargs))
     try:
@@ -209,16 +263,22 @@ def model_from_checkpoint(
     except KeyError as exc:  # an unknown architecture: the registry's message names close matches
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: cannot build architecture {meta.arch!r} with {dict(meta.arch_kwargs)}: "
-                              f"{first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path}: cannot build architecture {meta.arch!r} with {dict(meta.arch_kwargs)}: "
+            f"{first_line(exc)}"
+        ) from None
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()), key=str)[:2]
-        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r} (first differences: {diff})")
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta.arch!r} (first differences: {diff})"
+        )
     model = create_model(meta.arch, meta.num_classes, **kwargs)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r}: {first_line(exc, 160)}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta.arch!r}: {first_line(exc, 160)}"
+        ) from None
     return model.to(map_location).eval(), meta

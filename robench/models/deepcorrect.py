@@ -28,8 +28,14 @@ from torch import Tensor, nn
 from robench.models._base import MODELS, register_model
 
 __all__ = [
-    "BaseLayout", "LAYOUTS", "CorrectionUnit", "CorrectedConv2d", "layout_of", "conv_positions",
-    "weight_layers", "correction_units",
+    "BaseLayout",
+    "LAYOUTS",
+    "CorrectionUnit",
+    "CorrectedConv2d",
+    "layout_of",
+    "conv_positions",
+    "weight_layers",
+    "correction_units",
 ]
 
 
@@ -57,7 +63,9 @@ def layout_of(arch: str) -> BaseLayout:
     """The layout of a supported base architecture (``ValueError`` in one sentence otherwise)."""
     if arch not in LAYOUTS:
         known = ", ".join(sorted(LAYOUTS))
-        raise ValueError(f"DeepCorrect and Finetune-k support the architectures {known}, not {arch!r}")
+        raise ValueError(
+            f"DeepCorrect and Finetune-k support the architectures {known}, not {arch!r}"
+        )
     return LAYOUTS[arch]
 
 
@@ -72,7 +80,9 @@ def weight_layers(backbone: nn.Module, arch: str) -> list[list[nn.Module]]:
     groups: list[list[nn.Module]] = []
     for p in conv_positions(backbone):
         nxt = feats[p + 1] if p + 1 < len(feats) else None
-        groups.append([feats[p]] + ([nxt] if isinstance(nxt, nn.modules.batchnorm._BatchNorm) else []))
+        groups.append(
+            [feats[p]] + ([nxt] if isinstance(nxt, nn.modules.batchnorm._BatchNorm) else [])
+        )
     groups.append([getattr(backbone, layout_of(arch).head)])
     return groups
 
@@ -112,10 +122,19 @@ class CorrectedConv2d(nn.Conv2d):
 
     def __init__(self, conv: nn.Conv2d, indices: Sequence[int], unit: nn.Module) -> None:
         super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,  # type: ignore[arg-type]
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,  # type: ignore[arg-type]
         )
-        self.register_buffer("corrected", torch.tensor(list(indices), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "corrected", torch.tensor(list(indices), dtype=torch.long), persistent=False
+        )
         self.unit = unit
 
     def forward(self, x: Tensor) -> Tensor:
@@ -130,7 +149,9 @@ def correction_units(model: nn.Module) -> list[nn.Module]:
 
 def _check_filters(filters: Any, k: int, widths: list[int]) -> list[list[int]]:
     if not isinstance(filters, (list, tuple)) or len(filters) != k:
-        raise ValueError(f"filters must list the corrected filter indices of each of the k={k} layers")
+        raise ValueError(
+            f"filters must list the corrected filter indices of each of the k={k} layers"
+        )
     out = []
     for i, (idx, n) in enumerate(zip(filters, widths)):
         idx = [int(j) for j in idx]
@@ -172,12 +193,16 @@ def deepcorrect(
         unit_bn: batch norm inside the units.
     """
     layout_of(base)
-    backbone = MODELS.get(base).build(num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {}))
+    backbone = MODELS.get(base).build(
+        num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {})
+    )
     pos = conv_positions(backbone)
     if not 1 <= k <= len(pos):
         raise ValueError(f"k must be in 1..{len(pos)} (the conv layers of {base}), got {k}")
     if unit_kernel < 1 or unit_kernel % 2 == 0 or unit_width < 0:
-        raise ValueError(f"unit_kernel must be odd and unit_width >= 0, got {unit_kernel} and {unit_width}")
+        raise ValueError(
+            f"unit_kernel must be odd and unit_width >= 0, got {unit_kernel} and {unit_width}"
+        )
     chosen = _check_filters(filters, k, [backbone.features[p].out_channels for p in pos[:k]])
     for p, idx in zip(pos[:k], chosen):
         unit = CorrectionUnit(len(idx), unit_width, unit_kernel, unit_bn)

@@ -51,7 +51,9 @@ class Branch(nn.Module):
         """Load the state_dict of the uncut backbone (e.g. a trained ``small_cnn``'s ``backbone``)."""
         prefix = self.head_name + "."
         self.body.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
-        self.head.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        self.head.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
 
 
 class FusionNet(nn.Module):
@@ -109,9 +111,13 @@ def fusion(
     """
     if base == "fusion" or context_base == "fusion":
         raise ValueError("a fusion branch cannot itself be a fusion model")
-    obj = MODELS.get(base).build(num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {}))
+    obj = MODELS.get(base).build(
+        num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {})
+    )
     ctx_kwargs = dict(base_kwargs or {}) if context_kwargs is None else dict(context_kwargs)
-    ctx = MODELS.get(context_base or base).build(num_classes=context_classes, in_chans=in_chans, **ctx_kwargs)
+    ctx = MODELS.get(context_base or base).build(
+        num_classes=context_classes, in_chans=in_chans, **ctx_kwargs
+    )
     return FusionNet(obj, ctx, num_classes)
 
 

@@ -23,8 +23,13 @@ import torch
 from torch import nn
 
 from robench._io import first_line
-from robench.models.checkpoint import CheckpointError, CheckpointMeta, model_from_checkpoint, read_checkpoint_bytes
 from robench.models._base import create_model
+from robench.models.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    model_from_checkpoint,
+    read_checkpoint_bytes,
+)
 
 __all__ = ["LoadedModel", "check_graph", "check_torchscript_code", "load_model"]
 
@@ -80,11 +85,28 @@ def _is_torchscript(data: bytes) -> bool:
 # Operators that reach outside the process (files), and the operator namespaces a classifier may use.
 # TorchScript and torch.export files are programs: robench reads them before running anything and
 # refuses one that calls anything else (``--trust-pickle`` overrides, for files you trust).
-_DENIED_OPS = frozenset({"from_file", "save", "load", "read_file", "write_file", "_load_for_lite_interpreter"})
-_ALLOWED_NS = frozenset({
-    "aten", "prim", "prims", "quantized", "_quantized", "quantization", "torchvision", "mkldnn",
-    "mkldnn_prepacked", "onednn", "sparse", "rngprims", "xnnpack", "_nnapi", "higher_order",
-})
+_DENIED_OPS = frozenset(
+    {"from_file", "save", "load", "read_file", "write_file", "_load_for_lite_interpreter"}
+)
+_ALLOWED_NS = frozenset(
+    {
+        "aten",
+        "prim",
+        "prims",
+        "quantized",
+        "_quantized",
+        "quantization",
+        "torchvision",
+        "mkldnn",
+        "mkldnn_prepacked",
+        "onednn",
+        "sparse",
+        "rngprims",
+        "xnnpack",
+        "_nnapi",
+        "higher_order",
+    }
+)
 
 
 def _dotted(node: ast.AST) -> list[str]:
@@ -113,7 +135,9 @@ def check_torchscript_code(data: bytes, name: str) -> None:
             try:
                 tree = ast.parse(z.read(member).decode("utf-8"))
             except (SyntaxError, UnicodeDecodeError, ValueError):
-                raise CheckpointError(f"{name}: TorchScript code {member} cannot be checked; {hint}") from None
+                raise CheckpointError(
+                    f"{name}: TorchScript code {member} cannot be checked; {hint}"
+                ) from None
             for node in ast.walk(tree):
                 chain = _dotted(node) if isinstance(node, (ast.Attribute, ast.Name)) else []
                 bad = [c for c in chain if c in _DENIED_OPS]
@@ -121,8 +145,10 @@ def check_torchscript_code(data: bytes, name: str) -> None:
                     if part in ("ops", "classes") and chain[i + 1] not in _ALLOWED_NS:
                         bad.append(f"{part}.{chain[i + 1]}")
                 if bad:
-                    raise CheckpointError(f"{name}: its TorchScript code calls {'.'.join(chain)} (file access or an "
-                                          f"unknown operator library); {hint}")
+                    raise CheckpointError(
+                        f"{name}: its TorchScript code calls {'.'.join(chain)} (file access or an "
+                        f"unknown operator library); {hint}"
+                    )
 
 
 def check_graph(module: nn.Module, name: str) -> None:
@@ -139,7 +165,12 @@ def check_graph(module: nn.Module, name: str) -> None:
     for sub in module.modules():
         graph = getattr(sub, "graph", None)
         for node in getattr(graph, "nodes", ()):
-            if node.op in ("placeholder", "output", "get_attr", "call_module"):  # a called module is walked itself
+            if node.op in (
+                "placeholder",
+                "output",
+                "get_attr",
+                "call_module",
+            ):  # a called module is walked itself
                 continue
             target = node.target
             ok = False
@@ -150,13 +181,19 @@ def check_graph(module: nn.Module, name: str) -> None:
                 elif isinstance(target, torch._ops.HigherOrderOperator):
                     ok = True
                 else:
-                    ok = getattr(target, "__module__", None) in ("_operator", "operator", "math") and (
+                    ok = getattr(target, "__module__", None) in (
+                        "_operator",
+                        "operator",
+                        "math",
+                    ) and (
                         getattr(operator, getattr(target, "__name__", ""), None) is target
                         or getattr(math, getattr(target, "__name__", ""), None) is target
                     )
             if not ok:
-                raise CheckpointError(f"{name}: its graph calls {target!r} ({node.op}), which is not an allowed operator; "
-                                      "refusing it (pass --trust-pickle only if you trust the file)")
+                raise CheckpointError(
+                    f"{name}: its graph calls {target!r} ({node.op}), which is not an allowed operator; "
+                    "refusing it (pass --trust-pickle only if you trust the file)"
+                )
 
 
 class _NoCodeUnpickler(pickle.Unpickler):
@@ -182,14 +219,21 @@ def _load_export(data: bytes, name: str, device: str | torch.device) -> nn.Modul
         kwargs["weights_only"] = True
         return real_load(f, *args, **kwargs)
 
-    with _EXPORT_GUARD, mock.patch.object(torch, "load", weights_only_load), \
-            mock.patch.object(pickle, "loads", _inert_pickle_loads), \
-            mock.patch.object(torch._C, "_pickle_load_obj", _refuse):
+    with (
+        _EXPORT_GUARD,
+        mock.patch.object(torch, "load", weights_only_load),
+        mock.patch.object(pickle, "loads", _inert_pickle_loads),
+        mock.patch.object(torch._C, "_pickle_load_obj", _refuse),
+    ):
         try:
             program = torch.export.load(io.BytesIO(data))
         except Exception as exc:  # noqa: BLE001  (torch.export raises many types on bad files)
-            raise CheckpointError(f"{name} is not a readable (or a safe) torch.export program: {first_line(exc)}") from None
-    check_graph(program.graph_module, name)  # the file's graph; .module() only adds torch's own guard code
+            raise CheckpointError(
+                f"{name} is not a readable (or a safe) torch.export program: {first_line(exc)}"
+            ) from None
+    check_graph(
+        program.graph_module, name
+    )  # the file's graph; .module() only adds torch's own guard code
     return ExportedModel(program.module()).to(device)
 
 
@@ -208,8 +252,10 @@ def _card_beside(path: Path, digest: str) -> dict[str, Any] | None:
     if not isinstance(card, dict) or not isinstance(card.get("sha256"), str) or "arch" not in card:
         return None
     if card["sha256"] != digest:
-        raise CheckpointError(f"{path} does not match its model card {card_path.name} (sha256 {digest[:12]}... != "
-                              f"{card['sha256'][:12]}...); refusing a tampered or corrupted checkpoint")
+        raise CheckpointError(
+            f"{path} does not match its model card {card_path.name} (sha256 {digest[:12]}... != "
+            f"{card['sha256'][:12]}...); refusing a tampered or corrupted checkpoint"
+        )
     return card
 
 
@@ -249,11 +295,22 @@ def load_model(
         data = _read(path)
         digest = hashlib.sha256(data).hexdigest()
         if zcard is not None and zcard.sha256 != digest:
-            raise CheckpointError(f"{path} does not match its model card (sha256 {digest[:12]}... != "
-                                  f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file")
-        model, meta = model_from_checkpoint(read_checkpoint_bytes(data, str(path)), str(path), map_location=device)
-        return LoadedModel(model, zoo_model_id(text), text, digest,
-                           "robench-checkpoint", meta, None if zcard is None else asdict(zcard))
+            raise CheckpointError(
+                f"{path} does not match its model card (sha256 {digest[:12]}... != "
+                f"{zcard.sha256[:12]}...); refusing a tampered or corrupted zoo file"
+            )
+        model, meta = model_from_checkpoint(
+            read_checkpoint_bytes(data, str(path)), str(path), map_location=device
+        )
+        return LoadedModel(
+            model,
+            zoo_model_id(text),
+            text,
+            digest,
+            "robench-checkpoint",
+            meta,
+            None if zcard is None else asdict(zcard),
+        )
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -262,8 +319,11 @@ def load_model(
     card = _card_beside(path, digest)
     model_id = path.stem
     if path.suffix == ".pt2":
-        module = (ExportedModel(torch.export.load(io.BytesIO(data)).module()).to(device) if trust_pickle
-                  else _load_export(data, text, device))
+        module = (
+            ExportedModel(torch.export.load(io.BytesIO(data)).module()).to(device)
+            if trust_pickle
+            else _load_export(data, text, device)
+        )
         return LoadedModel(module, model_id, text, digest, "export", card=card)
     if _is_torchscript(data):
         if not trust_pickle:
@@ -271,10 +331,20 @@ def load_model(
         try:
             module = torch.jit.load(io.BytesIO(data), map_location=device)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}") from None
+            raise CheckpointError(
+                f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}"
+            ) from None
         return LoadedModel(module.eval(), model_id, text, digest, "torchscript", card=card)
-    loaded = _load_torch_file(path, data, digest, arch=arch, num_classes=num_classes, arch_kwargs=arch_kwargs,
-                              trust_pickle=trust_pickle, device=device)
+    loaded = _load_torch_file(
+        path,
+        data,
+        digest,
+        arch=arch,
+        num_classes=num_classes,
+        arch_kwargs=arch_kwargs,
+        trust_pickle=trust_pickle,
+        device=device,
+    )
     loaded.card = card
     return loaded
 
@@ -287,33 +357,52 @@ def _read(path: Path) -> bytes:
 
 
 def _load_torch_file(
-    path: Path, data: bytes, digest: str, *, arch: str | None, num_classes: int | None,
-    arch_kwargs: dict[str, Any] | None, trust_pickle: bool, device: str | torch.device,
+    path: Path,
+    data: bytes,
+    digest: str,
+    *,
+    arch: str | None,
+    num_classes: int | None,
+    arch_kwargs: dict[str, Any] | None,
+    trust_pickle: bool,
+    device: str | torch.device,
 ) -> LoadedModel:
     try:
         obj = read_checkpoint_bytes(data, str(path))
     except CheckpointError:
         if not trust_pickle:
             raise
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # the user vouched for this file
+        obj = torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=False
+        )  # the user vouched for this file
         if not isinstance(obj, nn.Module):
-            raise CheckpointError(f"{path} unpickled to a {type(obj).__name__}, not an nn.Module") from None
+            raise CheckpointError(
+                f"{path} unpickled to a {type(obj).__name__}, not an nn.Module"
+            ) from None
         return LoadedModel(obj.to(device).eval(), path.stem, str(path), digest, "pickle")
     if obj.get("format") == "robench-checkpoint":
         model, meta = model_from_checkpoint(obj, str(path), map_location=device)
         return LoadedModel(model, path.stem, str(path), digest, "robench-checkpoint", meta)
     state = obj.get("state_dict", obj)
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise CheckpointError(f"{path} is neither a robench checkpoint nor a state_dict of tensors")
     if arch is None:
-        raise CheckpointError(f"{path} is a raw state_dict; say which architecture it is with --arch (see `robench list models`)")
+        raise CheckpointError(
+            f"{path} is a raw state_dict; say which architecture it is with --arch (see `robench list models`)"
+        )
     n = num_classes or _infer_classes(state)
     model = create_model(arch, n, **(arch_kwargs or {}))
     target = model if any(k.startswith("normalize.") for k in state) else model.backbone
     try:
         target.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit --arch {arch}: {first_line(exc, 200)}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit --arch {arch}: {first_line(exc, 200)}"
+        ) from None
     return LoadedModel(model.to(device).eval(), path.stem, str(path), digest, "state_dict")
 
 

@@ -33,9 +33,15 @@ class ParallelMAT(nn.Module):
         strengths: the FGSM strength each branch is trained at (recorded; ``len == branches``).
     """
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, base: str = "small_cnn",
-                 base_kwargs: Mapping[str, Any] | None = None, branches: int = 2,
-                 strengths: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        base: str = "small_cnn",
+        base_kwargs: Mapping[str, Any] | None = None,
+        branches: int = 2,
+        strengths: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if base == "mat_parallel":
             raise ValueError("mat_parallel cannot be the base of its own branches")
@@ -46,7 +52,8 @@ class ParallelMAT(nn.Module):
         spec = MODELS.get(base)
         kw = dict(base_kwargs or {})
         self.branches = nn.ModuleList(
-            spec.build(num_classes=num_classes, in_chans=in_chans, **kw) for _ in range(int(branches))
+            spec.build(num_classes=num_classes, in_chans=in_chans, **kw)
+            for _ in range(int(branches))
         )
         self.strengths = [float(s) for s in strengths] if strengths is not None else None
         # zero init: every a_k starts at 1/S, a plain average of the branches' probabilities
@@ -79,8 +86,12 @@ def branch_view(model: ImageClassifier, k: int) -> nn.Module:
     return view
 
 
-@register_model("mat_parallel", input_size=32, source="Song et al.",
-                description="parallel MAT: S copies of a base architecture + a learned voting unit")
+@register_model(
+    "mat_parallel",
+    input_size=32,
+    source="Song et al.",
+    description="parallel MAT: S copies of a base architecture + a learned voting unit",
+)
 def mat_parallel(num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
     """Parallel-MAT composite (kwargs: base, base_kwargs, branches, strengths)."""
     return ParallelMAT(num_classes, in_chans, **kwargs)

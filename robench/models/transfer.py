@@ -105,7 +105,9 @@ def transfer_mlp(
     """
     if base == "transfer_mlp":
         raise ValueError("transfer_mlp cannot wrap itself; give the original backbone as base")
-    net = MODELS.get(base).build(num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {}))
+    net = MODELS.get(base).build(
+        num_classes=num_classes, in_chans=in_chans, **dict(base_kwargs or {})
+    )
     parent, attr, old = last_linear(net)
     setattr(parent, attr, mlp_head(old.in_features, check_hidden(hidden), num_classes))
     return net

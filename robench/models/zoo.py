@@ -16,7 +16,16 @@ from typing import Any
 from robench._io import atomic_write_text, sha256_file
 from robench.models.checkpoint import CheckpointError
 
-__all__ = ["ZooCard", "zoo_root", "resolve_zoo", "list_zoo", "read_card", "write_card", "zoo_model_id", "DEFAULT_ZOO_DATASET"]
+__all__ = [
+    "ZooCard",
+    "zoo_root",
+    "resolve_zoo",
+    "list_zoo",
+    "read_card",
+    "write_card",
+    "zoo_model_id",
+    "DEFAULT_ZOO_DATASET",
+]
 
 DEFAULT_ZOO_DATASET = "shapes"
 _ZOO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -77,7 +86,9 @@ def _split(name: str) -> tuple[str, str]:
     ref = name.removeprefix("zoo:")
     dataset, _, entry = ref.rpartition("/")
     dataset = dataset or DEFAULT_ZOO_DATASET
-    if not all(_ZOO_PART.fullmatch(part) for part in (dataset, entry)):  # one plain name each: no /, .., \\
+    if not all(
+        _ZOO_PART.fullmatch(part) for part in (dataset, entry)
+    ):  # one plain name each: no /, .., \\
         raise ValueError(f"invalid zoo reference {name!r}; use zoo:NAME or zoo:DATASET/NAME")
     return dataset, entry
 
@@ -112,7 +123,11 @@ def resolve_zoo(name: str, *, verify: bool = True) -> tuple[Path, ZooCard | None
 
         close = difflib.get_close_matches(entry, have, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join('zoo:' + c for c in close)}?" if close else ""
-        listed = f" (entries: {', '.join(have)})" if have else f" (no zoo for {dataset!r} under {zoo_root()})"
+        listed = (
+            f" (entries: {', '.join(have)})"
+            if have
+            else f" (no zoo for {dataset!r} under {zoo_root()})"
+        )
         raise FileNotFoundError(f"unknown zoo entry {name!r}{hint}{listed}")
     card_path = folder / f"{entry}.json"
     card = read_card(card_path) if card_path.is_file() else None

@@ -28,18 +28,49 @@ from robench.perturbations import (  # noqa: F401  (importing registers the entr
     snow,
     weather,
 )
-from robench.perturbations._base import PERTURBATIONS, PRESETS, SUITES, CorruptionSpec, RandomSource, preset_for_size, register_corruption, register_suite
+from robench.perturbations._base import (
+    PERTURBATIONS,
+    PRESETS,
+    SUITES,
+    CorruptionSpec,
+    RandomSource,
+    preset_for_size,
+    register_corruption,
+    register_suite,
+)
 from robench.perturbations._checks import check_batch
 
 __all__ = [
-    "get", "names", "register", "suites", "CorruptionSpec", "RandomSource", "PRESETS",
-    "check_batch", "preset_for_size", "register_corruption", "register_suite", "IMAGENET_C",
+    "get",
+    "names",
+    "register",
+    "suites",
+    "CorruptionSpec",
+    "RandomSource",
+    "PRESETS",
+    "check_batch",
+    "preset_for_size",
+    "register_corruption",
+    "register_suite",
+    "IMAGENET_C",
     "MTLAT_EXTRA",
 ]
 
 IMAGENET_C = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
     "jpeg_compression",
 )
 MTLAT_EXTRA = ("occlusion", "color_distortion", "translation", "rotation")

@@ -32,8 +32,15 @@ PRESETS: tuple[Preset, ...] = ("cifar", "tiny", "imagenet")
 PRESET_SIZE: Mapping[str, int] = {"cifar": 32, "tiny": 64, "imagenet": 224}
 Kind = Literal["corruption", "attack"]
 Family = Literal[
-    "noise", "blur", "weather", "digital", "geometric", "occlusion", "color",
-    "white-box", "black-box",
+    "noise",
+    "blur",
+    "weather",
+    "digital",
+    "geometric",
+    "occlusion",
+    "color",
+    "white-box",
+    "black-box",
 ]
 
 PERTURBATIONS: Registry[Any] = Registry("perturbation")
@@ -105,9 +112,13 @@ class RandomSource:
         """The source of images ``start:stop`` (the same generators, not copies)."""
         return RandomSource(self.generators[start:stop], self.device)
 
-    def _stack(self, draw: Callable[[torch.Generator], Tensor], dtype: torch.dtype | None) -> Tensor:
+    def _stack(
+        self, draw: Callable[[torch.Generator], Tensor], dtype: torch.dtype | None
+    ) -> Tensor:
         first = draw(self.generators[0])
-        out = torch.empty((len(self.generators), *first.shape), dtype=first.dtype, device=first.device)
+        out = torch.empty(
+            (len(self.generators), *first.shape), dtype=first.dtype, device=first.device
+        )
         out[0] = first
 
         def fill(i: int) -> None:
@@ -143,7 +154,9 @@ class RandomSource:
         out = self._fill(shape, lambda o, g: o.normal_(generator=g))
         return out.to(device=self.device, dtype=dtype or out.dtype)
 
-    def uniform(self, low: float, high: float, *shape: int, dtype: torch.dtype | None = None) -> Tensor:
+    def uniform(
+        self, low: float, high: float, *shape: int, dtype: torch.dtype | None = None
+    ) -> Tensor:
         """U[low, high) of shape ``(N, *shape)``."""
         return low + (high - low) * self.rand(*shape, dtype=dtype or torch.float64)
 
@@ -172,7 +185,6 @@ class RandomSource:
     def per_image(self, draw: Callable[[torch.Generator], Tensor]) -> Tensor:
         """Apply any ``draw(generator) -> Tensor`` per image and stack (escape hatch)."""
         return self._stack(draw, None)
-
 
 
 def _check_severity(severity: int, severities: tuple[int, ...]) -> int:
@@ -243,7 +255,9 @@ class CorruptionSpec:
     family: str
     description: str
     source: str
-    describe: Callable[[Mapping[str, Any]], str] = field(default=lambda p: ", ".join(f"{k}={v}" for k, v in p.items()))
+    describe: Callable[[Mapping[str, Any]], str] = field(
+        default=lambda p: ", ".join(f"{k}={v}" for k, v in p.items())
+    )
     stochastic: bool = True
     needs_boxes: bool = False
     cpu_chunk: int | None = None
@@ -296,14 +310,23 @@ class CorruptionSpec:
         """
         check_batch(x)
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"{self.name} expects square images, got {x.shape[-2]} x {x.shape[-1]}")
+            raise ValueError(
+                f"{self.name} expects square images, got {x.shape[-2]} x {x.shape[-1]}"
+            )
         params = self.params(severity, preset)
-        x = x.detach()  # corruptions are data, not a differentiable layer (and never touch the caller's graph)
+        x = (
+            x.detach()
+        )  # corruptions are data, not a differentiable layer (and never touch the caller's graph)
         if x.shape[0] == 0:
             return x.clone()
         rng = make_random_source(
-            self.name, severity, x.shape[0], device=x.device,
-            generator=generator, seed=seed, indices=indices,
+            self.name,
+            severity,
+            x.shape[0],
+            device=x.device,
+            generator=generator,
+            seed=seed,
+            indices=indices,
         )
         if engine == "imagecorruptions":
             from robench.perturbations.reference import corrupt_reference
@@ -358,8 +381,15 @@ def register_corruption(
             raise ValueError(f"{name}: table must cover every preset or give 'all'")
         kwargs: dict[str, Any] = {} if describe is None else {"describe": describe}
         spec = CorruptionSpec(
-            name=name, kernel=kernel, table=full, family=family, description=description,
-            source=source, stochastic=stochastic, needs_boxes=needs_boxes, cpu_chunk=cpu_chunk,
+            name=name,
+            kernel=kernel,
+            table=full,
+            family=family,
+            description=description,
+            source=source,
+            stochastic=stochastic,
+            needs_boxes=needs_boxes,
+            cpu_chunk=cpu_chunk,
             **kwargs,
         )
         PERTURBATIONS.add(name, spec)

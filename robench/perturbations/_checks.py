@@ -24,7 +24,9 @@ def check_batch(x: Tensor) -> None:
         raise ValueError(f"expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"expected images of at least 1 x 1 pixels, got shape {tuple(x.shape)}")
-    lo_t, hi_t = torch.aminmax(x.detach())  # one pass; NaN propagates into both and fails the test below
+    lo_t, hi_t = torch.aminmax(
+        x.detach()
+    )  # one pass; NaN propagates into both and fails the test below
     lo, hi = float(lo_t), float(hi_t)
     if not (0.0 <= lo and hi <= 1.0):
         if not bool(torch.isfinite(x).all()):

@@ -197,8 +197,11 @@ def filter_matrix(n: int, weights: Tensor, border: Border = "replicate") -> Tens
     """
     r = weights.numel() // 2
     o = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
-    fold = {"replicate": lambda i: i.clamp(0, n - 1), "reflect": lambda i: _reflect101_index(i, n),
-            "symmetric": lambda i: _symmetric_index(i, n)}[border]
+    fold = {
+        "replicate": lambda i: i.clamp(0, n - 1),
+        "reflect": lambda i: _reflect101_index(i, n),
+        "symmetric": lambda i: _symmetric_index(i, n),
+    }[border]
     b = torch.zeros(n, n, dtype=weights.dtype)
     b.index_put_(
         (fold(o), torch.arange(n)[:, None].expand_as(o)),
@@ -285,8 +288,13 @@ def _fft_size(n: int) -> int:
 
 
 def fft_correlate(
-    x: Tensor, kernel: Tensor, center: tuple[int, int], border: Border, *,
-    dtype: torch.dtype = torch.float64, chunk_elems: int = 1 << 20,
+    x: Tensor,
+    kernel: Tensor,
+    center: tuple[int, int],
+    border: Border,
+    *,
+    dtype: torch.dtype = torch.float64,
+    chunk_elems: int = 1 << 20,
 ) -> Tensor:
     """Correlate every channel of ``x`` with one 2-D kernel per image (or one for all) via FFT.
 
@@ -367,7 +375,9 @@ def clipped_zoom(x: Tensor, factor: float) -> Tensor:
     crop = x[..., top : top + ch, left : left + cw].to(torch.float64)
     zoomed = F.interpolate(
         crop if crop.dim() == 4 else crop.reshape(-1, 1, ch, cw),
-        size=(out_h, out_w), mode="bilinear", align_corners=True,
+        size=(out_h, out_w),
+        mode="bilinear",
+        align_corners=True,
     )
     zoomed = zoomed[..., trim_h : trim_h + h, trim_w : trim_w + w]
     return zoomed.to(x.dtype).reshape(x.shape)

@@ -76,8 +76,10 @@ class AttackCost:
     def total_passes(self) -> int:
         """Every pass, on both models."""
         return (
-            self.gradient_passes + self.forward_passes
-            + self.surrogate_gradient_passes + self.surrogate_forward_passes
+            self.gradient_passes
+            + self.forward_passes
+            + self.surrogate_gradient_passes
+            + self.surrogate_forward_passes
         )
 
 
@@ -160,8 +162,13 @@ _SRC_MI = _SRC + "; Dong et al. 2018 (MI-FGSM)"
 _PGD = {"eps": 0.04, "steps": 10, "step": "2.5*eps/steps", "random_start": True}
 _PGD_LL = {"eps": 0.04, "steps": 10, "step": "2.5*eps/steps", "random_start": False}
 _CW = {
-    "steps": 40, "confidence": 50, "initial_const": 10.0, "binary_search_steps": 1,
-    "stepsize": 0.05, "abort_early": False, "l2_bound_at_32": 0.5,
+    "steps": 40,
+    "confidence": 50,
+    "initial_const": 10.0,
+    "binary_search_steps": 1,
+    "stepsize": 0.05,
+    "abort_early": False,
+    "l2_bound_at_32": 0.5,
 }
 
 
@@ -171,14 +178,43 @@ def _mi(eps: float) -> dict[str, Any]:
 
 _SPECS = (
     AttackSpec("pgd", "white-box", "PGD, L-inf, untargeted, random start", _SRC, _PGD),
-    AttackSpec("pgd_ll", "white-box", "PGD, L-inf, targeted to the least-likely clean class", _SRC,
-               _PGD_LL, algorithm="pgd_ll"),
-    AttackSpec("cw_l2", "white-box", "Carlini-Wagner L2, success counted inside an L2 bound", _SRC,
-               _CW, algorithm="cw_l2", norm="l2"),
-    AttackSpec("mi_fgsm_0.04", "black-box", "MI-FGSM transferred from a VGG surrogate", _SRC_MI,
-               _mi(0.04), algorithm="mi_fgsm", mode="transfer", surrogate="vgg11"),
-    AttackSpec("mi_fgsm_0.08", "black-box", "MI-FGSM transferred from a VGG surrogate", _SRC_MI,
-               _mi(0.08), algorithm="mi_fgsm", mode="transfer", surrogate="vgg11"),
+    AttackSpec(
+        "pgd_ll",
+        "white-box",
+        "PGD, L-inf, targeted to the least-likely clean class",
+        _SRC,
+        _PGD_LL,
+        algorithm="pgd_ll",
+    ),
+    AttackSpec(
+        "cw_l2",
+        "white-box",
+        "Carlini-Wagner L2, success counted inside an L2 bound",
+        _SRC,
+        _CW,
+        algorithm="cw_l2",
+        norm="l2",
+    ),
+    AttackSpec(
+        "mi_fgsm_0.04",
+        "black-box",
+        "MI-FGSM transferred from a VGG surrogate",
+        _SRC_MI,
+        _mi(0.04),
+        algorithm="mi_fgsm",
+        mode="transfer",
+        surrogate="vgg11",
+    ),
+    AttackSpec(
+        "mi_fgsm_0.08",
+        "black-box",
+        "MI-FGSM transferred from a VGG surrogate",
+        _SRC_MI,
+        _mi(0.08),
+        algorithm="mi_fgsm",
+        mode="transfer",
+        surrogate="vgg11",
+    ),
 )
 ATTACK_NAMES = tuple(s.name for s in _SPECS)
 

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from robench.perturbations._base import RandomSource, register_corruption
-from robench.perturbations._ops import clipped_zoom, fft_correlate, im_motion_blur, scipy_gaussian, scipy_gaussian_weights, separable_filter, uint8_levels
+from robench.perturbations._ops import (
+    clipped_zoom,
+    fft_correlate,
+    im_motion_blur,
+    scipy_gaussian,
+    scipy_gaussian_weights,
+    separable_filter,
+    uint8_levels,
+)
 
 _SRC = "ImageNet-C (Hendrycks & Dietterich 2019)"
 
@@ -28,8 +36,11 @@ def _arange(start: float, stop: float, step: float) -> tuple[float, ...]:
 
 _ZOOM_SMALL = [_arange(1, stop, 0.01) for stop in (1.06, 1.11, 1.16, 1.21, 1.26)]
 _ZOOM_IMAGENET = [
-    _arange(1, 1.11, 0.01), _arange(1, 1.16, 0.01), _arange(1, 1.21, 0.02),
-    _arange(1, 1.26, 0.02), _arange(1, 1.31, 0.03),
+    _arange(1, 1.11, 0.01),
+    _arange(1, 1.16, 0.01),
+    _arange(1, 1.21, 0.02),
+    _arange(1, 1.26, 0.02),
+    _arange(1, 1.31, 0.03),
 ]
 
 

@@ -50,8 +50,9 @@ def box_blur_matrices(start: Tensor, stop: Tensor, size: int, kernel: Tensor) ->
     i = torch.arange(size, device=device)
     offsets = torch.arange(-radius, radius + 1, device=device)
     length = (stop - start).clamp(min=1)
-    taps = _fold_symmetric(i[None, :, None] + offsets[None, None, :], start[:, None, None],
-                           length[:, None, None])
+    taps = _fold_symmetric(
+        i[None, :, None] + offsets[None, None, :], start[:, None, None], length[:, None, None]
+    )
     taps = taps.clamp(0, size - 1)
     weights = kernel.to(device)[None, None, :].expand(n, size, -1)
     blurred = torch.zeros(n, size, size, dtype=kernel.dtype, device=device)

@@ -49,15 +49,39 @@ _SRC = (
 
 # preset: (preset size, the originals' size constant, (alpha, sigma, delta) fractions of it)
 _FRACTIONS: dict[str, tuple[int, int, tuple[tuple[float, float, float], ...]]] = {
-    "cifar": (32, 32, (
-        (0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03),
-    )),
-    "tiny": (64, 64, (
-        (0, 0, 0.08), (0.05, 0.3, 0.06), (0.1, 0.08, 0.06), (0.1, 0.03, 0.03), (0.16, 0.03, 0.02),
-    )),
-    "imagenet": (224, 244, (
-        (2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02), (0.12, 0.01, 0.02),
-    )),
+    "cifar": (
+        32,
+        32,
+        (
+            (0, 0, 0.08),
+            (0.05, 0.2, 0.07),
+            (0.08, 0.06, 0.06),
+            (0.1, 0.04, 0.05),
+            (0.1, 0.03, 0.03),
+        ),
+    ),
+    "tiny": (
+        64,
+        64,
+        (
+            (0, 0, 0.08),
+            (0.05, 0.3, 0.06),
+            (0.1, 0.08, 0.06),
+            (0.1, 0.03, 0.03),
+            (0.16, 0.03, 0.02),
+        ),
+    ),
+    "imagenet": (
+        224,
+        244,
+        (
+            (2, 0.7, 0.1),
+            (2, 0.08, 0.2),
+            (0.05, 0.01, 0.02),
+            (0.07, 0.01, 0.02),
+            (0.12, 0.01, 0.02),
+        ),
+    ),
 }
 
 
@@ -109,7 +133,10 @@ def _bilinear(x: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     h, w = x.shape[-2:]
     grid = torch.stack([xs * (2.0 / max(w - 1, 1)) - 1.0, ys * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
     out = F.grid_sample(
-        x.to(torch.float64), grid.to(torch.float64), mode="bilinear", padding_mode="border",
+        x.to(torch.float64),
+        grid.to(torch.float64),
+        mode="bilinear",
+        padding_mode="border",
         align_corners=True,
     )
     return out.to(x.dtype)

@@ -18,12 +18,17 @@ from robench.perturbations._ops import clipped_zoom, im_motion_blur
 
 _KEYS = ("loc", "scale", "zoom", "threshold", "blur_radius", "blur_sigma", "blend")
 _LAYER = [
-    (0.1, 0.2, 1, 0.6, 8, 3), (0.1, 0.2, 1, 0.5, 10, 4), (0.15, 0.3, 1.75, 0.55, 10, 4),
-    (0.25, 0.3, 2.25, 0.6, 12, 6), (0.3, 0.3, 1.25, 0.65, 14, 12),
+    (0.1, 0.2, 1, 0.6, 8, 3),
+    (0.1, 0.2, 1, 0.5, 10, 4),
+    (0.15, 0.3, 1.75, 0.55, 10, 4),
+    (0.25, 0.3, 2.25, 0.6, 12, 6),
+    (0.3, 0.3, 1.25, 0.65, 14, 12),
 ]
 _IMAGENET = [
-    (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-    (0.55, 0.3, 4, 0.9, 12, 8, 0.7), (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
     (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
 ]
 
@@ -40,7 +45,12 @@ def _describe(p: Any) -> str:
 
 
 def snow_layer(
-    normal: Tensor, angles: Tensor, *, zoom: float, threshold: float, blur_radius: float,
+    normal: Tensor,
+    angles: Tensor,
+    *,
+    zoom: float,
+    threshold: float,
+    blur_radius: float,
     blur_sigma: float,
 ) -> Tensor:
     """The snow layer in [0, 1] from a (N, 1, S, S) float64 normal draw and (N,) angles (degrees).
@@ -80,8 +90,16 @@ def whiten(x: Tensor, blend: float) -> Tensor:
     describe=_describe,
 )
 def snow(
-    x: Tensor, *, rng: RandomSource, loc: float, scale: float, zoom: float, threshold: float,
-    blur_radius: float, blur_sigma: float, blend: float,
+    x: Tensor,
+    *,
+    rng: RandomSource,
+    loc: float,
+    scale: float,
+    zoom: float,
+    threshold: float,
+    blur_radius: float,
+    blur_sigma: float,
+    blend: float,
 ) -> Tensor:
     """``whiten(x) + L + rot180(L)`` with the :func:`snow_layer` L (float32, like the original).
 
@@ -91,7 +109,11 @@ def snow(
     normal = loc + scale * rng.randn(1, side_h, side_w, dtype=torch.float64)
     angles = rng.uniform(-135.0, -45.0)
     layer = snow_layer(
-        normal, angles, zoom=zoom, threshold=threshold, blur_radius=blur_radius,
+        normal,
+        angles,
+        zoom=zoom,
+        threshold=threshold,
+        blur_radius=blur_radius,
         blur_sigma=blur_sigma,
     )
     return whiten(x, blend).add_(layer.add_(layer.flip(-2, -1)))

@@ -97,12 +97,18 @@ def _frost_draw(g: torch.Generator, sizes: Tensor, side: int) -> Tensor:
 @register_corruption(
     "frost",
     table={
-        "cifar": [{"a": a, "b": b, "scale": 0.2, "size": 32}
-                  for a, b in ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))],
-        "tiny": [{"a": a, "b": b, "scale": 0.3, "size": 64}
-                 for a, b in ((1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55))],
-        "imagenet": [{"a": a, "b": b, "scale": 1.0, "size": 224}
-                     for a, b in ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))],
+        "cifar": [
+            {"a": a, "b": b, "scale": 0.2, "size": 32}
+            for a, b in ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))
+        ],
+        "tiny": [
+            {"a": a, "b": b, "scale": 0.3, "size": 64}
+            for a, b in ((1, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55))
+        ],
+        "imagenet": [
+            {"a": a, "b": b, "scale": 1.0, "size": 224}
+            for a, b in ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
+        ],
     },
     family="weather",
     description="a random crop of one of 5 frost textures blended over the image",
@@ -168,12 +174,15 @@ def plasma_fractal(uniforms: list[Tensor], decay: float) -> Tensor:
 @register_corruption(
     "fog",
     table={
-        "cifar": [{"s": s, "decay": d}
-                  for s, d in ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))],
-        "tiny": [{"s": s, "decay": d}
-                 for s, d in ((0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75))],
-        "imagenet": [{"s": s, "decay": d}
-                     for s, d in ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4))],
+        "cifar": [
+            {"s": s, "decay": d} for s, d in ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))
+        ],
+        "tiny": [
+            {"s": s, "decay": d} for s, d in ((0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75))
+        ],
+        "imagenet": [
+            {"s": s, "decay": d} for s, d in ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4))
+        ],
     },
     family="weather",
     description="additive plasma-fractal haze, rescaled to keep the image maximum",
@@ -264,18 +273,36 @@ def _spatter_row(
 @register_corruption(
     "spatter",
     table={
-        "cifar": [_spatter_row(*r) for r in (
-            (0.62, 0.1, 0.7, 0.7, 0.5, "water"), (0.65, 0.1, 0.8, 0.7, 0.5, "water"),
-            (0.65, 0.3, 1, 0.69, 0.5, "water"), (0.65, 0.1, 0.7, 0.69, 0.6, "mud"),
-            (0.65, 0.1, 0.5, 0.68, 0.6, "mud"))],
-        "tiny": [_spatter_row(*r) for r in (
-            (0.62, 0.1, 0.7, 0.7, 0.6, "water"), (0.65, 0.1, 0.8, 0.7, 0.6, "water"),
-            (0.65, 0.3, 1, 0.69, 0.6, "water"), (0.65, 0.1, 0.7, 0.68, 0.6, "mud"),
-            (0.65, 0.1, 0.5, 0.67, 0.6, "mud"))],
-        "imagenet": [_spatter_row(*r) for r in (
-            (0.65, 0.3, 4, 0.69, 0.6, "water"), (0.65, 0.3, 3, 0.68, 0.6, "water"),
-            (0.65, 0.3, 2, 0.68, 0.5, "water"), (0.65, 0.3, 1, 0.65, 1.5, "mud"),
-            (0.67, 0.4, 1, 0.65, 1.5, "mud"))],
+        "cifar": [
+            _spatter_row(*r)
+            for r in (
+                (0.62, 0.1, 0.7, 0.7, 0.5, "water"),
+                (0.65, 0.1, 0.8, 0.7, 0.5, "water"),
+                (0.65, 0.3, 1, 0.69, 0.5, "water"),
+                (0.65, 0.1, 0.7, 0.69, 0.6, "mud"),
+                (0.65, 0.1, 0.5, 0.68, 0.6, "mud"),
+            )
+        ],
+        "tiny": [
+            _spatter_row(*r)
+            for r in (
+                (0.62, 0.1, 0.7, 0.7, 0.6, "water"),
+                (0.65, 0.1, 0.8, 0.7, 0.6, "water"),
+                (0.65, 0.3, 1, 0.69, 0.6, "water"),
+                (0.65, 0.1, 0.7, 0.68, 0.6, "mud"),
+                (0.65, 0.1, 0.5, 0.67, 0.6, "mud"),
+            )
+        ],
+        "imagenet": [
+            _spatter_row(*r)
+            for r in (
+                (0.65, 0.3, 4, 0.69, 0.6, "water"),
+                (0.65, 0.3, 3, 0.68, 0.6, "water"),
+                (0.65, 0.3, 2, 0.68, 0.5, "water"),
+                (0.65, 0.3, 1, 0.65, 1.5, "mud"),
+                (0.67, 0.4, 1, 0.65, 1.5, "mud"),
+            )
+        ],
     },
     family="weather",
     description="water drops or mud splashes from a thresholded, blurred noise layer",
@@ -284,7 +311,14 @@ def _spatter_row(
     cpu_chunk=1 << 21,  # no page faults: 69 -> 55 ms per 32 images at 224 px
 )
 def spatter(
-    x: Tensor, *, rng: RandomSource, mu: float, sigma: float, blur: float, thr: float, k: float,
+    x: Tensor,
+    *,
+    rng: RandomSource,
+    mu: float,
+    sigma: float,
+    blur: float,
+    thr: float,
+    k: float,
     mode: str,
 ) -> Tensor:
     """Liquid layer ``gaussian(N(mu, sigma), blur)``, zeroed below ``thr``, as water or mud.

@@ -10,12 +10,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from robench._io import atomic_write_bytes, atomic_write_text
-from robench.scores import FAMILY_GROUPS
 from robench.report.figures import figure_png
 from robench.report.plots import r_bars, severity_curves
 from robench.report.tables import TABLE1_COLUMNS, format_r_table, long_table, wide_table
+from robench.scores import FAMILY_GROUPS
 
-__all__ = ["TABLE1_COLUMNS", "Report", "format_r_table", "long_table", "wide_table", "write_outputs"]
+__all__ = [
+    "TABLE1_COLUMNS",
+    "Report",
+    "format_r_table",
+    "long_table",
+    "wide_table",
+    "write_outputs",
+]
 
 
 class Report:
@@ -37,7 +44,11 @@ class Report:
 
     def robustness(self) -> dict[str, float]:
         """R per finished perturbation."""
-        return {k: e["R"] for k, e in self.record["perturbations"].items() if e.get("status") == "done" and e.get("R") is not None}
+        return {
+            k: e["R"]
+            for k, e in self.record["perturbations"].items()
+            if e.get("status") == "done" and e.get("R") is not None
+        }
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per perturbation x severity (severity 0 = clean)."""
@@ -55,9 +66,19 @@ class Report:
         rows = []
         for name, e in self.record["perturbations"].items():
             if e.get("status") == "done" and e.get("R") is not None:
-                rows.append({"perturbation": name, "group": FAMILY_GROUPS.get(e["family"], e["family"]), "R": e["R"],
-                             "baseline_R": e.get("baseline_R"), "marker": e.get("marker", ""), "p_value": e.get("p_value")})
-        return pd.DataFrame(rows, columns=["perturbation", "group", "R", "baseline_R", "marker", "p_value"])
+                rows.append(
+                    {
+                        "perturbation": name,
+                        "group": FAMILY_GROUPS.get(e["family"], e["family"]),
+                        "R": e["R"],
+                        "baseline_R": e.get("baseline_R"),
+                        "marker": e.get("marker", ""),
+                        "p_value": e.get("p_value"),
+                    }
+                )
+        return pd.DataFrame(
+            rows, columns=["perturbation", "group", "R", "baseline_R", "marker", "p_value"]
+        )
 
     def plot(self, kind: str = "severity") -> Figure:
         """``severity``: accuracy vs severity per corruption; ``R``: bars of R against the baseline."""
@@ -65,7 +86,10 @@ class Report:
             return severity_curves(self.to_frame())
         if kind == "R":
             a = self.clean_accuracy
-            return r_bars(self.r_frame().astype({"baseline_R": float}), title=f"{self.record['model']['id']}: R (clean accuracy {a:.3f})")
+            return r_bars(
+                self.r_frame().astype({"baseline_R": float}),
+                title=f"{self.record['model']['id']}: R (clean accuracy {a:.3f})",
+            )
         raise ValueError(f"kind must be 'severity' or 'R', got {kind!r}")
 
     def __str__(self) -> str:
@@ -93,7 +117,9 @@ def write_outputs(record: Mapping[str, Any], path: Path, *, plots: bool = True) 
     rep.to_csv(paths["csv"])
     atomic_write_text(paths["long_csv"], long_table([record]).to_csv(index=False))
     if plots:
-        paths["severity_png"] = atomic_write_bytes(f"{stem}-severity.png", figure_png(rep.plot("severity")))
+        paths["severity_png"] = atomic_write_bytes(
+            f"{stem}-severity.png", figure_png(rep.plot("severity"))
+        )
         if len(rep.r_frame()):
             paths["r_png"] = atomic_write_bytes(f"{stem}-R.png", figure_png(rep.plot("R")))
     return paths

@@ -22,7 +22,9 @@ __all__ = ["DEFAULT_DATASET", "figure_png", "gallery_figure", "preview_figure"]
 DEFAULT_DATASET = {"cifar": "shapes", "tiny": "shapes-64", "imagenet": "shapes-224"}
 
 
-def _corrupt(name: str, x: Tensor, severity: int, *, preset: str, seed: int, boxes: Tensor | None) -> Tensor:
+def _corrupt(
+    name: str, x: Tensor, severity: int, *, preset: str, seed: int, boxes: Tensor | None
+) -> Tensor:
     spec = P.get(name)
     kw = {"boxes": boxes} if spec.needs_boxes else {}
     return spec(x, severity, seed=seed, preset=preset, **kw)
@@ -57,10 +59,15 @@ def gallery_figure(
     n_img = images.shape[0]
     max_sev = max(len(P.get(n).severities) for n in names)
     cols = n_img * (max_sev + 1)
-    fig, axes = plt.subplots(len(names), cols, figsize=(0.95 * cols + 1.6, 0.95 * len(names) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(names), cols, figsize=(0.95 * cols + 1.6, 0.95 * len(names) + 0.6), squeeze=False
+    )
     for r, name in enumerate(names):
         spec = P.get(name)
-        row = [images] + [_corrupt(name, images, s, preset=preset, seed=seed, boxes=boxes) for s in spec.severities]
+        row = [images] + [
+            _corrupt(name, images, s, preset=preset, seed=seed, boxes=boxes)
+            for s in spec.severities
+        ]
         texts = ["clean"] + [f"s{s}" for s in spec.severities]
         for i in range(n_img):
             for j in range(max_sev + 1):
@@ -70,7 +77,13 @@ def gallery_figure(
                     ax.axis("off")
                     continue
                 img = row[j][i].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(
+                    img.squeeze(-1) if img.shape[-1] == 1 else img,
+                    cmap="gray",
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
                 if r == 0 or j == 0:
                     ax.set_title(texts[j], fontsize=7)
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
@@ -79,7 +92,9 @@ def gallery_figure(
     return fig
 
 
-def sample_images(dataset: str, n: int, *, root: str | None = None) -> tuple[Tensor, Tensor | None, str]:
+def sample_images(
+    dataset: str, n: int, *, root: str | None = None
+) -> tuple[Tensor, Tensor | None, str]:
     """The first ``n`` test images of ``dataset`` (one per class where possible), boxes, and preset."""
     from robench.data import load_dataset
 
@@ -94,7 +109,10 @@ def sample_images(dataset: str, n: int, *, root: str | None = None) -> tuple[Ten
     boxes = None if ds.boxes is None else ds.boxes[idx]
     return x, boxes, ds.info.preset
 
-def preview_figure(ds: ImageDataset, *, n: int = 40, cols: int = 10, show_boxes: bool = False) -> Figure:
+
+def preview_figure(
+    ds: ImageDataset, *, n: int = 40, cols: int = 10, show_boxes: bool = False
+) -> Figure:
     """The first ``n`` images of ``ds`` (at most) in a grid, each titled with its class name.
 
     Args:
@@ -115,16 +133,29 @@ def preview_figure(ds: ImageDataset, *, n: int = 40, cols: int = 10, show_boxes:
         if k >= n:
             continue
         img = x[k].permute(1, 2, 0).numpy()
-        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(
+            img.squeeze(-1) if img.shape[-1] == 1 else img,
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         label = int(y[k])
         classes = ds.info.classes
         ax.set_title(classes[label] if label < len(classes) else str(label), fontsize=7)
         if show_boxes and ds.boxes is not None:
             x0, y0, x1, y1 = ds.boxes[k].tolist()
-            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="yellow", lw=0.8))
-    fig.suptitle(f"{ds.info.name} ({ds.info.split}, {ds.info.image_size} px, {len(ds)} images)", fontsize=9)
+            ax.add_patch(
+                plt.Rectangle(
+                    (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="yellow", lw=0.8
+                )
+            )
+    fig.suptitle(
+        f"{ds.info.name} ({ds.info.split}, {ds.info.image_size} px, {len(ds)} images)", fontsize=9
+    )
     fig.tight_layout()
     return fig
+
 
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     """PNG bytes of ``fig`` (then closed), ready for an atomic write."""

@@ -24,19 +24,23 @@ def severity_curves(long: pd.DataFrame, *, model: str | None = None) -> Figure:
     names = list(dict.fromkeys(corr["perturbation"]))
     cols = 5
     rows = max(1, (len(names) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False, sharey=True
+    )
     for ax, name in zip(axes.flat, names):
         for m, g in corr[corr["perturbation"] == name].groupby("model", sort=False):
             g = g.sort_values("severity")
             line = ax.plot(g["severity"], g["accuracy"], marker="o", ms=3, label=str(m))[0]
-            ax.fill_between(g["severity"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color())
+            ax.fill_between(
+                g["severity"], g["ci_low"], g["ci_high"], alpha=0.15, color=line.get_color()
+            )
             clean = df[(df["model"] == m) & (df["kind"] == "clean")]["accuracy"]
             if len(clean):
                 ax.axhline(float(clean.iloc[0]), ls="--", lw=0.8, color=line.get_color())
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.set_xticks(sorted(corr[corr["perturbation"] == name]["severity"].unique()))
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if names:
         axes[0, 0].set_ylabel("accuracy")
@@ -54,9 +58,22 @@ def r_bars(record_rows: pd.DataFrame, *, title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(record_rows) + 2), 3.6))
     x = range(len(record_rows))
     colors = {"corruption": "#4c72b0", "white-box": "#c44e52", "transfer": "#dd8452"}
-    ax.bar(list(x), record_rows["R"], color=[colors.get(g, "#777777") for g in record_rows["group"]], label="R")
+    ax.bar(
+        list(x),
+        record_rows["R"],
+        color=[colors.get(g, "#777777") for g in record_rows["group"]],
+        label="R",
+    )
     if record_rows["baseline_R"].notna().any():
-        ax.scatter(list(x), record_rows["baseline_R"], marker="_", s=180, color="black", label="baseline R", zorder=3)
+        ax.scatter(
+            list(x),
+            record_rows["baseline_R"],
+            marker="_",
+            s=180,
+            color="black",
+            label="baseline R",
+            zorder=3,
+        )
     ax.set_xticks(list(x))
     ax.set_xticklabels(record_rows["perturbation"], rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("R = A_pert / A_clean")

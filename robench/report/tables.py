@@ -23,11 +23,30 @@ __all__ = [
 
 TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
-    "gaussian_noise": "Gauss", "shot_noise": "Shot", "impulse_noise": "Impul", "defocus_blur": "Defoc",
-    "glass_blur": "Glass", "motion_blur": "Motn", "zoom_blur": "Zoom", "snow": "Snow", "frost": "Frost",
-    "fog": "Fog", "brightness": "Brig", "contrast": "Contr", "elastic_transform": "Elast", "pixelate": "Pixel",
-    "jpeg_compression": "JPEG", "occlusion": "Occl", "color_distortion": "Color", "translation": "Trans",
-    "rotation": "Rot", "pgd": "PGD", "pgd_ll": "PGDll", "cw_l2": "CW", "mi_fgsm_0.04": "MI.04", "mi_fgsm_0.08": "MI.08",
+    "gaussian_noise": "Gauss",
+    "shot_noise": "Shot",
+    "impulse_noise": "Impul",
+    "defocus_blur": "Defoc",
+    "glass_blur": "Glass",
+    "motion_blur": "Motn",
+    "zoom_blur": "Zoom",
+    "snow": "Snow",
+    "frost": "Frost",
+    "fog": "Fog",
+    "brightness": "Brig",
+    "contrast": "Contr",
+    "elastic_transform": "Elast",
+    "pixelate": "Pixel",
+    "jpeg_compression": "JPEG",
+    "occlusion": "Occl",
+    "color_distortion": "Color",
+    "translation": "Trans",
+    "rotation": "Rot",
+    "pgd": "PGD",
+    "pgd_ll": "PGDll",
+    "cw_l2": "CW",
+    "mi_fgsm_0.04": "MI.04",
+    "mi_fgsm_0.08": "MI.08",
 }
 
 
@@ -45,7 +64,10 @@ def safe_text(value: Any) -> Any:
         return value
     import unicodedata
 
-    text = "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in value)
+    text = "".join(
+        repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+        for ch in value
+    )
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
@@ -54,9 +76,14 @@ SETTINGS = ("dataset", "n_images", "seed", "suite", "robench_version", "schema_v
 
 def settings_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """What must be equal for two records' numbers to share a table."""
-    return {"dataset": record["dataset"]["name"], "n_images": record["dataset"]["n_images"],
-            "seed": record["config"]["seed"], "suite": record["config"].get("suite"),
-            "robench_version": record.get("robench_version"), "schema_version": record.get("schema_version")}
+    return {
+        "dataset": record["dataset"]["name"],
+        "n_images": record["dataset"]["n_images"],
+        "seed": record["config"]["seed"],
+        "suite": record["config"].get("suite"),
+        "robench_version": record.get("robench_version"),
+        "schema_version": record.get("schema_version"),
+    }
 
 
 def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -65,8 +92,14 @@ def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
         return [""] * len(records)
     keys = [tuple(settings_of(r).items()) for r in records]
     common = dict(max(keys, key=keys.count))  # ties: the first record's settings
-    return ["; ".join(f"{k} {safe_text(str(v))} (table: {safe_text(str(common[k]))})" for k, v in key if common[k] != v)
-            for key in keys]
+    return [
+        "; ".join(
+            f"{k} {safe_text(str(v))} (table: {safe_text(str(common[k]))})"
+            for k, v in key
+            if common[k] != v
+        )
+        for key in keys
+    ]
 
 
 def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -76,7 +109,9 @@ def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return seen
 
 
-def wide_table(records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def wide_table(
+    records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per model: model, Clean, then R per perturbation with its marker (e.g. ``0.83+``).
 
     Missing or skipped perturbations are empty cells; numbers are rounded to 2 decimals as in the paper.
@@ -104,26 +139,59 @@ def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per model x perturbation x severity (severity 0 = clean), numbers as numbers."""
     rows = []
     for r in records:
-        base = {"model": r["model"]["id"], "model_sha256": r["model"].get("sha256"), "dataset": r["dataset"]["name"],
-                "preset": r["dataset"]["preset"], "seed": r["config"]["seed"], "n_images": r["dataset"]["n_images"],
-                "robench_version": r["robench_version"], "gradient_masking": masking_flags(r)}
+        base = {
+            "model": r["model"]["id"],
+            "model_sha256": r["model"].get("sha256"),
+            "dataset": r["dataset"]["name"],
+            "preset": r["dataset"]["preset"],
+            "seed": r["config"]["seed"],
+            "n_images": r["dataset"]["n_images"],
+            "robench_version": r["robench_version"],
+            "gradient_masking": masking_flags(r),
+        }
         base = {k: safe_text(v) for k, v in base.items()}
         c = r["clean"]
-        rows.append(base | {"perturbation": "clean", "kind": "clean", "family": "clean", "severity": 0, "n": c["n"],
-                            "n_correct": c["n_correct"], "accuracy": c["accuracy"], "ci_low": c["ci95"][0],
-                            "ci_high": c["ci95"][1], "R": 1.0, "parameter": ""})
+        rows.append(
+            base
+            | {
+                "perturbation": "clean",
+                "kind": "clean",
+                "family": "clean",
+                "severity": 0,
+                "n": c["n"],
+                "n_correct": c["n_correct"],
+                "accuracy": c["accuracy"],
+                "ci_low": c["ci95"][0],
+                "ci_high": c["ci95"][1],
+                "R": 1.0,
+                "parameter": "",
+            }
+        )
         extra = sorted(n for n in r["perturbations"] if n not in TABLE1_COLUMNS)
-        for name in [*TABLE1_COLUMNS, *extra]:  # a fixed order, not the one a resumed run computed them in
+        for name in [
+            *TABLE1_COLUMNS,
+            *extra,
+        ]:  # a fixed order, not the one a resumed run computed them in
             e = r["perturbations"].get(name)
             if e is None or e.get("status") != "done":
                 continue
             for s in e["severities"]:
-                rows.append(base | {"perturbation": safe_text(name), "kind": e["kind"], "family": safe_text(e["family"]),
-                                    "severity": s["severity"],
-                                    "n": s["n"], "n_correct": s["n_correct"], "accuracy": s["accuracy"],
-                                    "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
-                                    "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
-                                    "parameter": safe_text(s.get("parameter", ""))})
+                rows.append(
+                    base
+                    | {
+                        "perturbation": safe_text(name),
+                        "kind": e["kind"],
+                        "family": safe_text(e["family"]),
+                        "severity": s["severity"],
+                        "n": s["n"],
+                        "n_correct": s["n_correct"],
+                        "accuracy": s["accuracy"],
+                        "ci_low": s["ci95"][0],
+                        "ci_high": s["ci95"][1],
+                        "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
+                        "parameter": safe_text(s.get("parameter", "")),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -150,9 +218,19 @@ def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) ->
     blocks.append(cur)
     lines = []
     for b in blocks:
-        lines.append(f"{'model':<{name_w}}  {'Clean':>6}" + "".join(f"{SHORT_NAMES.get(c, safe_text(c)[:6]):>7}" for c in b))
+        lines.append(
+            f"{'model':<{name_w}}  {'Clean':>6}"
+            + "".join(f"{SHORT_NAMES.get(c, safe_text(c)[:6]):>7}" for c in b)
+        )
         for _, row in df.iterrows():
-            lines.append(f"{row['model']:<{name_w}}  {row['Clean']:>6}" + "".join(f"{row[c] or 'n/a':>7}" for c in b))
+            lines.append(
+                f"{row['model']:<{name_w}}  {row['Clean']:>6}"
+                + "".join(f"{row[c] or 'n/a':>7}" for c in b)
+            )
         lines.append("")
-    lines += [f"* {m[:-2]}: other settings than the table's: {note}" for m, note in zip(df["model"], notes) if note]
+    lines += [
+        f"* {m[:-2]}: other settings than the table's: {note}"
+        for m, note in zip(df["model"], notes)
+        if note
+    ]
     return "\n".join(lines).rstrip()

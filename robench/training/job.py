@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 
-from robench._version import __version__
 from robench import _distributed as distributed
+from robench._distributed import resolve_device
 from robench._io import file_lock
 from robench._seeding import derive_seed
-from robench.models.checkpoint import CheckpointMeta, save_checkpoint
+from robench._version import __version__
 from robench.data import SubsetDataset, load_dataset
 from robench.defenses import SetupContext, build_defense
 from robench.models import create_model
-from robench._distributed import resolve_device
-from robench.training.loop import TrainConfig, evaluate_accuracy, fit
+from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.models.zoo import ZooCard, write_card
+from robench.training.loop import TrainConfig, evaluate_accuracy, fit
 
 __all__ = ["train", "default_epochs"]
 
@@ -63,23 +63,73 @@ def train(
     """
     dev = resolve_device(device)
     world = distributed.setup(dev)
-    out_path = Path(out) if out is not None else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
+    out_path = (
+        Path(out)
+        if out is not None
+        else Path("checkpoints") / f"{arch}-{defense}-{dataset}-s{seed}.pt"
+    )
     # one writer per checkpoint: a second `robench train --out` of the same file stops at once
     # (rank 0 holds it under torchrun; the other ranks follow rank 0)
-    lock = file_lock(out_path.with_name(f".{out_path.name}.lock"), what=f"training into {out_path}", wait=False) \
-        if world.is_main else contextlib.nullcontext()
+    lock = (
+        file_lock(
+            out_path.with_name(f".{out_path.name}.lock"),
+            what=f"training into {out_path}",
+            wait=False,
+        )
+        if world.is_main
+        else contextlib.nullcontext()
+    )
     with lock:
-        return _train(defense, dataset=dataset, data_root=data_root, download=download, arch=arch,
-                      arch_kwargs=arch_kwargs, epochs=epochs, train_images=train_images, batch_size=batch_size, lr=lr,
-                      seed=seed, out_path=out_path, resume=resume, options=options, dev=dev, world=world,
-                      progress=progress, command=command)
+        return _train(
+            defense,
+            dataset=dataset,
+            data_root=data_root,
+            download=download,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            epochs=epochs,
+            train_images=train_images,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            out_path=out_path,
+            resume=resume,
+            options=options,
+            dev=dev,
+            world=world,
+            progress=progress,
+            command=command,
+        )
 
 
-def _train(defense: str, *, dataset: str, data_root: str | None, download: bool, arch: str,
-           arch_kwargs: Mapping[str, Any] | None, epochs: int | None, train_images: int | None, batch_size: int,
-           lr: float, seed: int, out_path: Path, resume: bool, options: Mapping[str, str] | None, dev: str,
-           world: distributed.World, progress: bool, command: str | None) -> Path:
-    cfg = TrainConfig(epochs=epochs or default_epochs(dataset), batch_size=batch_size, lr=lr, seed=seed, device=dev)
+def _train(
+    defense: str,
+    *,
+    dataset: str,
+    data_root: str | None,
+    download: bool,
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None,
+    epochs: int | None,
+    train_images: int | None,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    out_path: Path,
+    resume: bool,
+    options: Mapping[str, str] | None,
+    dev: str,
+    world: distributed.World,
+    progress: bool,
+    command: str | None,
+) -> Path:
+    cfg = TrainConfig(
+        epochs=epochs or default_epochs(dataset),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=dev,
+    )
     cfg.validate()
     d = build_defense(defense, options)
     train_ds = load_dataset(dataset, "train", root=data_root, download=download)
@@ -95,29 +145,79 @@ def _train(defense: str, *, dataset: str, data_root: str | None, download: bool,
         if setup is None:
             model = create_model(arch, info.num_classes, in_chans=info.channels, **akw)
         else:
-            ctx = SetupContext(arch=arch, arch_kwargs=akw, info=info, train_ds=train_ds, test_ds=test_ds, seed=seed,
-                               device=dev, workdir=out_path.with_name(out_path.name + ".setup"), batch_size=batch_size,
-                               lr=lr, progress=progress and world.is_main, fit=fit)
+            ctx = SetupContext(
+                arch=arch,
+                arch_kwargs=akw,
+                info=info,
+                train_ds=train_ds,
+                test_ds=test_ds,
+                seed=seed,
+                device=dev,
+                workdir=out_path.with_name(out_path.name + ".setup"),
+                batch_size=batch_size,
+                lr=lr,
+                progress=progress and world.is_main,
+                fit=fit,
+            )
             built = _setup_rank_by_rank(setup, ctx)
             model, arch, akw, notes = built.model, built.arch, dict(built.arch_kwargs), built.notes
-    fingerprint = {"train_images": len(train_ds), "defense": defense, "defense_config": repr(d), "dataset": dataset, "arch": arch, "arch_kwargs": akw}
-    result = fit(model, d, train_ds, cfg, out=out_path, eval_ds=test_ds, resume=resume, progress=progress, fingerprint=fingerprint)
+    fingerprint = {
+        "train_images": len(train_ds),
+        "defense": defense,
+        "defense_config": repr(d),
+        "dataset": dataset,
+        "arch": arch,
+        "arch_kwargs": akw,
+    }
+    result = fit(
+        model,
+        d,
+        train_ds,
+        cfg,
+        out=out_path,
+        eval_ds=test_ds,
+        resume=resume,
+        progress=progress,
+        fingerprint=fingerprint,
+    )
     if not world.is_main:
         distributed.barrier()  # rank 0 writes the checkpoint and its card
         return out_path
     acc = evaluate_accuracy(model, test_ds, device=dev)
     meta = CheckpointMeta(
-        arch=arch, arch_kwargs=akw, num_classes=info.num_classes, in_chans=info.channels, input_size=info.image_size,
-        mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-        dataset=dataset, defense=defense, defense_config={k: v for k, v in vars(d).items()},
+        arch=arch,
+        arch_kwargs=akw,
+        num_classes=info.num_classes,
+        in_chans=info.channels,
+        input_size=info.image_size,
+        mean=tuple(model.normalize.mean.flatten().tolist()),
+        std=tuple(model.normalize.std.flatten().tolist()),
+        dataset=dataset,
+        defense=defense,
+        defense_config={k: v for k, v in vars(d).items()},
         train_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         extra={"clean_accuracy": acc, "history": result.history, "wall_time_s": result.wall_time_s},
     )
     digest = save_checkpoint(model.cpu(), out_path, meta)
     cmd = command or "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_card(ZooCard(name=out_path.stem, dataset=dataset, defense=defense, arch=arch, arch_kwargs=akw, command=cmd,
-                       seed=seed, epochs=cfg.epochs, wall_time_s=round(result.wall_time_s, 1), clean_accuracy=acc,
-                       sha256=digest, robench_version=__version__, notes=notes), out_path.with_suffix(".json"))
+    write_card(
+        ZooCard(
+            name=out_path.stem,
+            dataset=dataset,
+            defense=defense,
+            arch=arch,
+            arch_kwargs=akw,
+            command=cmd,
+            seed=seed,
+            epochs=cfg.epochs,
+            wall_time_s=round(result.wall_time_s, 1),
+            clean_accuracy=acc,
+            sha256=digest,
+            robench_version=__version__,
+            notes=notes,
+        ),
+        out_path.with_suffix(".json"),
+    )
     partial = out_path.with_name(out_path.name + ".partial")
     if partial.exists():
         partial.unlink()

@@ -46,7 +46,6 @@ __all__ = ["TrainConfig", "TrainResult", "fit", "evaluate_accuracy"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TrainResult:
     """What ``fit`` returns."""
@@ -57,7 +56,9 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def evaluate_accuracy(model: nn.Module, ds: ImageDataset, *, device: str = "cpu", batch_size: int = 500) -> float:
+def evaluate_accuracy(
+    model: nn.Module, ds: ImageDataset, *, device: str = "cpu", batch_size: int = 500
+) -> float:
     """Clean top-1 accuracy of ``model`` on ``ds`` (restores the model's mode)."""
     was = model.training
     model.eval()
@@ -70,7 +71,9 @@ def evaluate_accuracy(model: nn.Module, ds: ImageDataset, *, device: str = "cpu"
     return correct / max(1, len(ds))
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig, steps_total: int) -> tuple[torch.optim.Optimizer, Any]:
+def _optimizer(
+    model: nn.Module, cfg: TrainConfig, steps_total: int
+) -> tuple[torch.optim.Optimizer, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     marks = sorted({max(1, int(round(f * steps_total))) for f in cfg.milestones})
@@ -115,16 +118,22 @@ def fit(
     model.to(device)
     n = len(train_ds)
     _check_shares(cfg.batch_size, n, world.size)
-    steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch: constant batch statistics
+    steps_per_epoch = max(
+        1, n // cfg.batch_size
+    )  # drop the last partial batch: constant batch statistics
     opt, sched = _optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     run_id = {"config": asdict(cfg), **dict(fingerprint or {})}
     result = TrainResult(0)
     start_epoch = _maybe_resume(out, run_id, model, opt, sched, result) if resume else 0
     t0 = time.perf_counter() - result.wall_time_s
-    bar = _bar(progress and world.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    bar = _bar(
+        progress and world.is_main, cfg.epochs * steps_per_epoch, start_epoch * steps_per_epoch
+    )
     sync = distributed.GradientAverager(model) if world.active else None
     for epoch in range(start_epoch, cfg.epochs):
-        stats = _run_epoch(model, sync, defense, train_ds, cfg, opt, sched, epoch, steps_per_epoch, bar)
+        stats = _run_epoch(
+            model, sync, defense, train_ds, cfg, opt, sched, epoch, steps_per_epoch, bar
+        )
         if eval_ds is not None and world.is_main:
             stats["test_acc"] = evaluate_accuracy(model, eval_ds, device=device)
         stats = distributed.broadcast(stats)
@@ -132,9 +141,18 @@ def fit(
         result.epochs_done = epoch + 1
         result.wall_time_s = time.perf_counter() - t0
         if world.is_main:
-            atomic_torch_save({"run_id": run_id, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                               "sched": sched.state_dict(), "history": result.history,
-                               "wall_time_s": result.wall_time_s}, _state_path(out))
+            atomic_torch_save(
+                {
+                    "run_id": run_id,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "history": result.history,
+                    "wall_time_s": result.wall_time_s,
+                },
+                _state_path(out),
+            )
         distributed.barrier()
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, stats)
     if bar is not None:
@@ -152,7 +170,9 @@ def _bar(progress: bool, total: int, initial: int):  # type: ignore[no-untyped-d
 
 def _check_shares(batch_size: int, n: int, ranks: int) -> None:
     if batch_size % ranks:
-        raise ValueError(f"--batch-size {batch_size} must be a multiple of the {ranks} processes (one equal share each)")
+        raise ValueError(
+            f"--batch-size {batch_size} must be a multiple of the {ranks} processes (one equal share each)"
+        )
     if n < ranks:
         raise ValueError(f"{n} training images cannot be shared by {ranks} processes")
 
@@ -164,7 +184,9 @@ def _read_state(out: Path, run_id: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (a torn file of any kind means: start again)
-        log.warning("ignoring unreadable %s (%s); starting from scratch", path, first_line(exc, 100))
+        log.warning(
+            "ignoring unreadable %s (%s); starting from scratch", path, first_line(exc, 100)
+        )
         return None
     if state.get("run_id") != run_id:
         log.warning("%s belongs to another run (different settings); starting from scratch", path)
@@ -172,7 +194,14 @@ def _read_state(out: Path, run_id: Mapping[str, Any]) -> dict[str, Any] | None:
     return state  # type: ignore[no-any-return]
 
 
-def _maybe_resume(out: Path, run_id: Mapping[str, Any], model: nn.Module, opt: Any, sched: Any, result: TrainResult) -> int:
+def _maybe_resume(
+    out: Path,
+    run_id: Mapping[str, Any],
+    model: nn.Module,
+    opt: Any,
+    sched: Any,
+    result: TrainResult,
+) -> int:
     state = distributed.broadcast(_read_state(out, run_id) if distributed.world().is_main else None)
     if state is None:
         return 0
@@ -189,14 +218,30 @@ def _maybe_resume(out: Path, run_id: Mapping[str, Any], model: nn.Module, opt: A
 def _rank_seed(seed: int, what: str, epoch: int) -> int:
     """Per-epoch seed of ``what``; under torchrun each rank draws its own."""
     w = distributed.world()
-    return derive_seed(seed, what, epoch) if not w.active else derive_seed(seed, what, epoch, "rank", w.rank, w.size)
+    return (
+        derive_seed(seed, what, epoch)
+        if not w.active
+        else derive_seed(seed, what, epoch, "rank", w.rank, w.size)
+    )
 
 
-def _run_epoch(model: nn.Module, sync: distributed.GradientAverager | None, defense: Any, ds: ImageDataset,
-               cfg: TrainConfig, opt: Any, sched: Any, epoch: int, steps: int, bar: Any) -> dict[str, float]:
+def _run_epoch(
+    model: nn.Module,
+    sync: distributed.GradientAverager | None,
+    defense: Any,
+    ds: ImageDataset,
+    cfg: TrainConfig,
+    opt: Any,
+    sched: Any,
+    epoch: int,
+    steps: int,
+    bar: Any,
+) -> dict[str, float]:
     """One epoch; under torchrun ``sync`` keeps the ranks' models equal."""
     w = distributed.world()
-    order = torch.randperm(len(ds), generator=make_generator(derive_seed(cfg.seed, "shuffle", epoch)))
+    order = torch.randperm(
+        len(ds), generator=make_generator(derive_seed(cfg.seed, "shuffle", epoch))
+    )
     gen = make_generator(_rank_seed(cfg.seed, "defense", epoch))
     model.train()
     hook = getattr(defense, "on_train", None)
@@ -206,13 +251,22 @@ def _run_epoch(model: nn.Module, sync: distributed.GradientAverager | None, defe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_rank_seed(cfg.seed, "global", epoch))  # dropout and friends
         for step in range(steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].tensor_split(w.size)[w.rank]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].tensor_split(w.size)[
+                w.rank
+            ]
             x, y = ds.get_batch(idx)
             x, y = x.to(cfg.device), y.to(cfg.device)
             ctx_labels = None if ds.context is None else ds.context[idx].to(cfg.device)
             if sync is not None:
                 sync.sync_buffers()
-            out = defense.step(model, x, y, StepContext(epoch, step, gen, ds.info.num_classes, idx, ctx_labels, cfg.epochs, cfg.seed))
+            out = defense.step(
+                model,
+                x,
+                y,
+                StepContext(
+                    epoch, step, gen, ds.info.num_classes, idx, ctx_labels, cfg.epochs, cfg.seed
+                ),
+            )
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if sync is not None:
@@ -220,10 +274,16 @@ def _run_epoch(model: nn.Module, sync: distributed.GradientAverager | None, defe
             opt.step()
             sched.step()
             loss_sum += float(out.loss.detach()) * len(y)
-            correct += float((out.logits.argmax(1) == y[: out.logits.shape[0]]).sum()) if out.logits.shape[0] == len(y) else 0.0
+            correct += (
+                float((out.logits.argmax(1) == y[: out.logits.shape[0]]).sum())
+                if out.logits.shape[0] == len(y)
+                else 0.0
+            )
             seen += len(y)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}"
+                )
     loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen])
     return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen}

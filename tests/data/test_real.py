@@ -418,8 +418,11 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 
 def test_registered_specs() -> None:
     expected = {
-        "cifar10": (32, "cifar", 10), "cifar100": (32, "cifar", 100), "svhn": (32, "cifar", 10),
-        "mnist": (28, "cifar", 10), "imagefolder": (224, "imagenet", None),
+        "cifar10": (32, "cifar", 10),
+        "cifar100": (32, "cifar", 100),
+        "svhn": (32, "cifar", 10),
+        "mnist": (28, "cifar", 10),
+        "imagefolder": (224, "imagenet", None),
     }
     for name, facts in expected.items():
         spec = DATASETS.get(name)

@@ -20,7 +20,9 @@ SHAPES_TEST_SHA256 = "ddcf126312c29cd7b050340baf607831ddb74b39a51007738223878338
 def test_registered_test_split_bytes_are_pinned() -> None:
     ds = load_dataset("shapes", "test")
     assert len(ds) == 2000 and ds.images.dtype == torch.uint8
-    digest = hashlib.sha256(ds.images.permute(0, 2, 3, 1).contiguous().numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(
+        ds.images.permute(0, 2, 3, 1).contiguous().numpy().tobytes()
+    ).hexdigest()
     assert digest == SHAPES_TEST_SHA256
 
 
@@ -36,7 +38,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
 
 
 def test_contents_labels_boxes_context() -> None:
-    d = render_shapes(ShapesConfig(size=32, n_train=10, n_test=400, seed=1, context_rate=0.5), "test")
+    d = render_shapes(
+        ShapesConfig(size=32, n_train=10, n_test=400, seed=1, context_rate=0.5), "test"
+    )
     imgs, labels, boxes, ctx = d["images"], d["labels"], d["boxes"], d["context"]
     assert imgs.shape == (400, 32, 32, 3) and imgs.dtype == np.uint8
     assert set(np.unique(labels)) == set(range(len(CLASSES)))
@@ -50,7 +54,9 @@ def test_contents_labels_boxes_context() -> None:
 
 
 def test_context_rate_is_configurable() -> None:
-    d = render_shapes(ShapesConfig(size=32, n_train=10, n_test=300, seed=1, context_rate=1.0), "test")
+    d = render_shapes(
+        ShapesConfig(size=32, n_train=10, n_test=300, seed=1, context_rate=1.0), "test"
+    )
     assert (d["context"] == d["labels"]).all()
 
 

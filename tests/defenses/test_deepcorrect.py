@@ -15,7 +15,12 @@ from robench.data import SubsetDataset, load_dataset
 from robench.defenses import SetupContext, StepContext, build_defense
 from robench.defenses.deepcorrect import correction_priority, distort, draw_distortions, top_filters
 from robench.models import create_model
-from robench.models.deepcorrect import CorrectedConv2d, CorrectionUnit, conv_positions, correction_units
+from robench.models.deepcorrect import (
+    CorrectedConv2d,
+    CorrectionUnit,
+    conv_positions,
+    correction_units,
+)
 
 N_CLASSES = 10
 
@@ -25,25 +30,42 @@ def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from robench.training.job import train
 
     out = tmp_path_factory.mktemp("init") / "s.pt"
-    return train("standard", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=out)
+    return train(
+        "standard", epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8}, out=out
+    )
 
 
 @pytest.fixture(scope="module")
 def data() -> tuple[SubsetDataset, SubsetDataset]:
-    return SubsetDataset(load_dataset("shapes", "train"), 256), SubsetDataset(load_dataset("shapes", "test"), 64)
+    return SubsetDataset(load_dataset("shapes", "train"), 256), SubsetDataset(
+        load_dataset("shapes", "test"), 64
+    )
 
 
 def _setup_ctx(data: tuple, workdir: Path) -> SetupContext:  # type: ignore[type-arg]
     train_ds, test_ds = data
-    return SetupContext(arch="small_cnn", arch_kwargs={}, info=train_ds.info, train_ds=train_ds, test_ds=test_ds,
-                        seed=0, device="cpu", workdir=workdir)
+    return SetupContext(
+        arch="small_cnn",
+        arch_kwargs={},
+        info=train_ds.info,
+        train_ds=train_ds,
+        test_ds=test_ds,
+        seed=0,
+        device="cpu",
+        workdir=workdir,
+    )
 
 
 # --- Algorithm 1 -------------------------------------------------------------------------------
 
 
 def _hand_priority(
-    model: nn.Module, conv: nn.Module, clean: torch.Tensor, dist: torch.Tensor, y: torch.Tensor, j: int
+    model: nn.Module,
+    conv: nn.Module,
+    clean: torch.Tensor,
+    dist: torch.Tensor,
+    y: torch.Tensor,
+    j: int,
 ) -> tuple[float, float]:
     """Swap filter j's distorted output for its clean output with a forward hook, count the gain."""
     seen: dict[str, torch.Tensor] = {}
@@ -85,14 +107,20 @@ def _calibrated_model(clean: torch.Tensor) -> nn.Module:
     return model
 
 
-def test_correction_priority_is_the_accuracy_gain_of_swapping_one_filter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("robench.defenses.deepcorrect._MAX_ROWS", 150)  # 4 filters per pass: chunks with a remainder
+def test_correction_priority_is_the_accuracy_gain_of_swapping_one_filter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        "robench.defenses.deepcorrect._MAX_ROWS", 150
+    )  # 4 filters per pass: chunks with a remainder
     g = torch.Generator().manual_seed(1)
     clean = torch.rand(32, 3, 32, 32, generator=g)
     dist = (clean + 0.5 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
     model = _calibrated_model(clean)
     with torch.no_grad():
-        y = model(clean).argmax(1)  # clean accuracy 1: distortion costs accuracy, swaps can win it back
+        y = model(clean).argmax(
+            1
+        )  # clean accuracy 1: distortion costs accuracy, swaps can win it back
     assert len(set(y.tolist())) > 2
     out = correction_priority(model, "small_cnn", clean, dist, y, k=3)
     assert out["images"] == 32
@@ -114,9 +142,16 @@ def test_correction_priority_is_the_accuracy_gain_of_swapping_one_filter(monkeyp
 def test_top_beta_selection() -> None:
     tau = [0.0, 0.3, 0.1, 0.3, -0.1, 0.1, 0.0, 0.2]
     gain = [0.0, 0.1, 0.5, 0.2, 0.0, 0.4, 0.9, 0.0]
-    assert top_filters(tau, gain, 0.5) == [1, 2, 3, 7]  # 0.3, 0.3, 0.2, then of the two 0.1 the larger gain
+    assert top_filters(tau, gain, 0.5) == [
+        1,
+        2,
+        3,
+        7,
+    ]  # 0.3, 0.3, 0.2, then of the two 0.1 the larger gain
     assert top_filters(tau, gain, 0.25) == [1, 3]
-    assert top_filters(tau, gain, 0.01) == [3]  # at least one filter; the tie 1/3 goes to the larger gain
+    assert top_filters(tau, gain, 0.01) == [
+        3
+    ]  # at least one filter; the tie 1/3 goes to the larger gain
     assert top_filters(tau, gain, 1.0) == list(range(8))
     assert len(top_filters([0.0] * 96, [0.0] * 96, 0.5)) == 48  # the paper's 48 of 96
 
@@ -132,8 +167,15 @@ def test_fresh_unit_is_the_identity_and_the_unit_is_residual() -> None:
     nn.init.normal_(unit.body[-1].weight)
     assert torch.allclose(unit(x), x + unit.body(x))
     assert not torch.allclose(unit(x), x)
-    assert [m.kernel_size for m in unit.body if isinstance(m, nn.Conv2d)] == [(1, 1), (3, 3), (3, 3), (1, 1)]
-    assert unit.body[0].out_channels == 7 and CorrectionUnit(5).body[0].out_channels == 5  # width 0: D = channels
+    assert [m.kernel_size for m in unit.body if isinstance(m, nn.Conv2d)] == [
+        (1, 1),
+        (3, 3),
+        (3, 3),
+        (1, 1),
+    ]
+    assert (
+        unit.body[0].out_channels == 7 and CorrectionUnit(5).body[0].out_channels == 5
+    )  # width 0: D = channels
 
 
 def test_corrected_conv_touches_only_the_chosen_filters() -> None:
@@ -152,7 +194,14 @@ def test_corrected_conv_touches_only_the_chosen_filters() -> None:
 def test_fresh_deepcorrect_model_predicts_as_its_base() -> None:
     torch.manual_seed(0)
     base = create_model("small_cnn", N_CLASSES, width=8).eval()
-    dc = create_model("deepcorrect", N_CLASSES, base="small_cnn", base_kwargs={"width": 8}, k=2, filters=[[0, 5], [1, 2, 7]])
+    dc = create_model(
+        "deepcorrect",
+        N_CLASSES,
+        base="small_cnn",
+        base_kwargs={"width": 8},
+        k=2,
+        filters=[[0, 5], [1, 2, 7]],
+    )
     missing, unexpected = dc.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and missing and all(".unit." in k for k in missing)
     x = torch.rand(3, 3, 32, 32)
@@ -165,7 +214,9 @@ def test_bad_architecture_and_filters_are_one_sentence() -> None:
     with pytest.raises(ValueError, match="k must be in 1..6"):
         create_model("deepcorrect", N_CLASSES, base="small_cnn", k=7, filters=[[0]] * 7)
     with pytest.raises(ValueError, match=r"filters\[0\] must be distinct indices in 0..7"):
-        create_model("deepcorrect", N_CLASSES, base="small_cnn", base_kwargs={"width": 8}, filters=[[8]])
+        create_model(
+            "deepcorrect", N_CLASSES, base="small_cnn", base_kwargs={"width": 8}, filters=[[8]]
+        )
     with pytest.raises(ValueError, match="beta must be in"):
         build_defense("deepcorrect", {"beta": "1.5"})
 
@@ -184,7 +235,9 @@ def test_step_distorts_a_random_half_per_image_independently_of_the_batch() -> N
     g = torch.Generator().manual_seed(4)
     x, y = torch.rand(12, 3, 32, 32, generator=g), torch.randint(0, N_CLASSES, (12,), generator=g)
     index = torch.arange(100, 112)
-    out = build_defense("finetune").step(Spy(), x, y, StepContext(0, 0, torch.Generator().manual_seed(9), N_CLASSES, index))
+    out = build_defense("finetune").step(
+        Spy(), x, y, StepContext(0, 0, torch.Generator().manual_seed(9), N_CLASSES, index)
+    )
     kinds, levels, seed = draw_distortions(12, ("awgn", "blur"), torch.Generator().manual_seed(9))
     assert int((kinds >= 0).sum()) == 6 and set(levels[kinds >= 0].tolist()) <= set(range(1, 7))
     assert out.metrics["distorted"] == 0.5
@@ -197,7 +250,9 @@ def test_step_distorts_a_random_half_per_image_independently_of_the_batch() -> N
             ref = spec(x[i : i + 1], int(levels[i]), seed=seed, indices=[100 + i], preset="cifar")
             assert torch.equal(xd[i : i + 1], ref) and not torch.equal(xd[i], x[i])
     assert float(out.loss) == pytest.approx(float(F.cross_entropy(xd.flatten(1)[:, :N_CLASSES], y)))
-    again = distort(x, kinds, levels, names=("awgn", "blur"), seed=seed, indices=index, preset="cifar")
+    again = distort(
+        x, kinds, levels, names=("awgn", "blur"), seed=seed, indices=index, preset="cifar"
+    )
     assert torch.equal(again, xd)
 
 
@@ -219,7 +274,10 @@ def _two_steps(defense: object, model: nn.Module) -> None:
     defense.on_train(model)  # type: ignore[attr-defined]
     g = torch.Generator().manual_seed(0)
     for step in range(2):
-        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, N_CLASSES, (16,), generator=g)
+        x, y = (
+            torch.rand(16, 3, 32, 32, generator=g),
+            torch.randint(0, N_CLASSES, (16,), generator=g),
+        )
         out = defense.step(model, x, y, StepContext(0, step, g, N_CLASSES, torch.arange(16)))  # type: ignore[attr-defined]
         opt.zero_grad()
         out.loss.backward()
@@ -227,28 +285,52 @@ def _two_steps(defense: object, model: nn.Module) -> None:
 
 
 # small_cnn's features: conv 0, BN 1, ..., conv 3, BN 4 first; conv 16, BN 17, conv 19, BN 20 and the head last
-_FIRST_TWO = ("backbone.features.0.", "backbone.features.1.", "backbone.features.3.", "backbone.features.4.")
-_LAST_THREE = ("backbone.features.16.", "backbone.features.17.", "backbone.features.19.", "backbone.features.20.", "backbone.head.")
+_FIRST_TWO = (
+    "backbone.features.0.",
+    "backbone.features.1.",
+    "backbone.features.3.",
+    "backbone.features.4.",
+)
+_LAST_THREE = (
+    "backbone.features.16.",
+    "backbone.features.17.",
+    "backbone.features.19.",
+    "backbone.features.20.",
+    "backbone.head.",
+)
 
 
-@pytest.mark.parametrize("name,options,trains", [
-    ("finetune", {"k": "2"}, lambda n: n.startswith(_FIRST_TWO)),
-    ("deepcorrect", {"k": "2", "rank_per_class": "2"}, lambda n: ".unit." in n),
-    ("deepcorrect", {"k": "2", "rank_per_class": "2", "train_last": "true"}, lambda n: ".unit." in n or n.startswith(_LAST_THREE)),
-])
-def test_only_the_intended_parameters_train(name, options, trains, init_ckpt, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "name,options,trains",
+    [
+        ("finetune", {"k": "2"}, lambda n: n.startswith(_FIRST_TWO)),
+        ("deepcorrect", {"k": "2", "rank_per_class": "2"}, lambda n: ".unit." in n),
+        (
+            "deepcorrect",
+            {"k": "2", "rank_per_class": "2", "train_last": "true"},
+            lambda n: ".unit." in n or n.startswith(_LAST_THREE),
+        ),
+    ],
+)
+def test_only_the_intended_parameters_train(
+    name, options, trains, init_ckpt, data, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     d = build_defense(name, {"init": str(init_ckpt), **options})
     built = d.setup(_setup_ctx(data, tmp_path / "w"))
     model = built.model
     trainable = _names_requiring_grad(model)
     assert trainable and trainable == {n for n, _ in model.named_parameters() if trains(n)}
     if name == "deepcorrect":
-        assert len(correction_units(model)) == 2 and all(len(f) == 4 for f in built.arch_kwargs["filters"])  # 50% of 8
+        assert len(correction_units(model)) == 2 and all(
+            len(f) == 4 for f in built.arch_kwargs["filters"]
+        )  # 50% of 8
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _two_steps(d, model)
     after = model.state_dict()
     for n, p in model.named_parameters():
-        assert torch.equal(before[n], after[n]) != (n in trainable), n  # frozen: unchanged; trained: moved
+        assert torch.equal(before[n], after[n]) != (n in trainable), (
+            n
+        )  # frozen: unchanged; trained: moved
     for n, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             frozen = not m.weight.requires_grad
@@ -256,8 +338,12 @@ def test_only_the_intended_parameters_train(name, options, trains, init_ckpt, da
             assert torch.equal(before[n + ".running_mean"], after[n + ".running_mean"]) == frozen, n
 
 
-def test_ranking_is_cached_in_the_workdir(init_ckpt: Path, data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
-    d = build_defense("deepcorrect", {"init": str(init_ckpt), "rank_per_class": "2", "k": "1", "beta": "0.25"})
+def test_ranking_is_cached_in_the_workdir(
+    init_ckpt: Path, data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[type-arg]
+    d = build_defense(
+        "deepcorrect", {"init": str(init_ckpt), "rank_per_class": "2", "k": "1", "beta": "0.25"}
+    )
     first = d.setup(_setup_ctx(data, tmp_path / "w"))
     assert (tmp_path / "w" / "deepcorrect_ranking.json").is_file()
 
@@ -268,27 +354,39 @@ def test_ranking_is_cached_in_the_workdir(init_ckpt: Path, data: tuple, tmp_path
     again = d.setup(_setup_ctx(data, tmp_path / "w"))
     assert again.arch_kwargs == first.arch_kwargs and len(first.arch_kwargs["filters"][0]) == 2
     with pytest.raises(AssertionError, match="recomputed"):  # other settings: not reused
-        build_defense("deepcorrect", {"init": str(init_ckpt), "rank_per_class": "3", "k": "1"}).setup(_setup_ctx(data, tmp_path / "w"))
+        build_defense(
+            "deepcorrect", {"init": str(init_ckpt), "rank_per_class": "3", "k": "1"}
+        ).setup(_setup_ctx(data, tmp_path / "w"))
 
 
 def test_bad_setups_are_one_sentence(init_ckpt: Path, data: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
     torch.save(create_model("small_cnn", N_CLASSES, width=4).state_dict(), tmp_path / "raw.pt")
     with pytest.raises(ValueError, match="k must be in 1..7"):
-        build_defense("finetune", {"init": str(init_ckpt), "k": "8"}).setup(_setup_ctx(data, tmp_path))
+        build_defense("finetune", {"init": str(init_ckpt), "k": "8"}).setup(
+            _setup_ctx(data, tmp_path)
+        )
     with pytest.raises(ValueError, match="k must be in 1..6"):
-        build_defense("deepcorrect", {"init": str(init_ckpt), "k": "7"}).setup(_setup_ctx(data, tmp_path))
+        build_defense("deepcorrect", {"init": str(init_ckpt), "k": "7"}).setup(
+            _setup_ctx(data, tmp_path)
+        )
     with pytest.raises(ValueError, match="last_layers must be in 1..7"):
-        build_defense("deepcorrect", {"init": str(init_ckpt), "train_last": "1", "last_layers": "8"}).setup(_setup_ctx(data, tmp_path))
+        build_defense(
+            "deepcorrect", {"init": str(init_ckpt), "train_last": "1", "last_layers": "8"}
+        ).setup(_setup_ctx(data, tmp_path))
     with pytest.raises(ValueError, match="must be a robench checkpoint"):
-        build_defense("finetune", {"init": str(tmp_path / "raw.pt")}).setup(_setup_ctx(data, tmp_path))
+        build_defense("finetune", {"init": str(tmp_path / "raw.pt")}).setup(
+            _setup_ctx(data, tmp_path)
+        )
 
 
 # --- checkpoint round trip ---------------------------------------------------------------------
 
 
-def test_deepcorrect_checkpoint_round_trip(init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robench.training import job as trainer
+def test_deepcorrect_checkpoint_round_trip(
+    init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from robench.models.loading import load_model
+    from robench.training import job as trainer
 
     trained: list[nn.Module] = []
     real_fit = trainer.fit
@@ -298,17 +396,31 @@ def test_deepcorrect_checkpoint_round_trip(init_ckpt: Path, tmp_path: Path, monk
         return real_fit(model, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer, "fit", spy_fit)
-    out = trainer.train("deepcorrect", epochs=1, train_images=256, batch_size=64, out=tmp_path / "dc.pt",
-                        options={"init": str(init_ckpt), "rank_per_class": "2", "train_last": "true"})
+    out = trainer.train(
+        "deepcorrect",
+        epochs=1,
+        train_images=256,
+        batch_size=64,
+        out=tmp_path / "dc.pt",
+        options={"init": str(init_ckpt), "rank_per_class": "2", "train_last": "true"},
+    )
     loaded = load_model(out)
     assert loaded.meta is not None and loaded.meta.arch == "deepcorrect"
-    assert loaded.meta.arch_kwargs["base"] == "small_cnn" and loaded.meta.arch_kwargs["base_kwargs"] == {"width": 8}
+    assert loaded.meta.arch_kwargs["base"] == "small_cnn" and loaded.meta.arch_kwargs[
+        "base_kwargs"
+    ] == {"width": 8}
     x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.model(x), trained[0].cpu().eval()(x))
     init = load_model(init_ckpt).model.state_dict()
     state = loaded.model.state_dict()
-    assert torch.equal(state["backbone.features.0.weight"], init["backbone.features.0.weight"])  # frozen base conv
-    assert not torch.equal(state["backbone.head.weight"], init["backbone.head.weight"])  # -kc: the head trained
-    assert any(k.endswith("unit.body.9.weight") and v.abs().sum() > 0 for k, v in state.items())  # units left identity
+    assert torch.equal(
+        state["backbone.features.0.weight"], init["backbone.features.0.weight"]
+    )  # frozen base conv
+    assert not torch.equal(
+        state["backbone.head.weight"], init["backbone.head.weight"]
+    )  # -kc: the head trained
+    assert any(
+        k.endswith("unit.body.9.weight") and v.abs().sum() > 0 for k, v in state.items()
+    )  # units left identity
     assert not (tmp_path / "dc.pt.setup").exists()  # the ranking workdir is cleaned after success

@@ -15,7 +15,9 @@ N_CLASSES = 4
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, N_CLASSES))  # no dropout/BN: deterministic
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 4 * 4, N_CLASSES)
+    )  # no dropout/BN: deterministic
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,7 +26,9 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _ctx(seed: int = 7) -> StepContext:
-    return StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(seed), num_classes=N_CLASSES)
+    return StepContext(
+        epoch=0, step=0, generator=torch.Generator().manual_seed(seed), num_classes=N_CLASSES
+    )
 
 
 def test_tlat_soft_label_is_eq4() -> None:
@@ -44,7 +48,9 @@ def test_fgsm_directions_and_budget() -> None:
     tgt = (y + 1) % N_CLASSES
     adv_t = fgsm(m, x, tgt, eps, targeted=True)
     with torch.no_grad():
-        assert F.cross_entropy(m(adv_t), tgt) < F.cross_entropy(m(x), tgt)  # targeted: toward the target
+        assert F.cross_entropy(m(adv_t), tgt) < F.cross_entropy(
+            m(x), tgt
+        )  # targeted: toward the target
 
 
 def test_mtlat_step_is_algorithm_1() -> None:
@@ -81,17 +87,25 @@ def test_iat_attacks_before_mixing() -> None:
     assert out.metrics["loss2"] == pytest.approx(float(loss2), rel=1e-5)
     # the other order (mix, then attack) is a different sample: the order is what IAT is
     g2 = torch.Generator().manual_seed(3)
-    beta(0.4, g2), beta(0.4, g2), torch.rand((), generator=g2), mix(x[:4], one_hot(y[:4], N_CLASSES), lam1, g2)
+    (
+        beta(0.4, g2),
+        beta(0.4, g2),
+        torch.rand((), generator=g2),
+        mix(x[:4], one_hot(y[:4], N_CLASSES), lam1, g2),
+    )
     xm, ym = mix(x[4:], one_hot(y[4:], N_CLASSES), lam2, g2)
     other = soft_cross_entropy(m(fgsm(m, xm, y[4:], eps, targeted=False)), ym)
     assert float(other) != pytest.approx(float(loss2), rel=1e-6)
 
 
-@pytest.mark.parametrize("name,label", [
-    ("tlat", lambda yb, t, e: (1 - e) * yb + e * t),
-    ("label_smoothing", lambda yb, t, e: (1 - e) * yb + e / N_CLASSES),
-    ("targeted_fgsm", lambda yb, t, e: yb),
-])
+@pytest.mark.parametrize(
+    "name,label",
+    [
+        ("tlat", lambda yb, t, e: (1 - e) * yb + e * t),
+        ("label_smoothing", lambda yb, t, e: (1 - e) * yb + e / N_CLASSES),
+        ("targeted_fgsm", lambda yb, t, e: yb),
+    ],
+)
 def test_targeted_family_labels_the_adversarial_half(name: str, label) -> None:  # type: ignore[no-untyped-def]
     m, (x, y) = _model(), _batch()
     out = build_defense(name).step(m, x, y, _ctx(5))
@@ -99,7 +113,9 @@ def test_targeted_family_labels_the_adversarial_half(name: str, label) -> None: 
     eps = float(torch.rand((), generator=g)) * 0.025
     tgt = torch.randint(0, N_CLASSES, (4,), generator=g)
     adv = fgsm(m, x[4:], tgt, eps, targeted=True)
-    expect = soft_cross_entropy(m(adv), label(one_hot(y[4:], N_CLASSES), one_hot(tgt, N_CLASSES), eps))
+    expect = soft_cross_entropy(
+        m(adv), label(one_hot(y[4:], N_CLASSES), one_hot(tgt, N_CLASSES), eps)
+    )
     assert out.metrics["loss2"] == pytest.approx(float(expect), rel=1e-5)
     assert out.metrics["loss1"] == pytest.approx(float(F.cross_entropy(m(x[:4]), y[:4])), rel=1e-5)
 
@@ -131,7 +147,9 @@ def test_every_defense_trains_two_steps_and_restores_the_mode(name: str) -> None
     before = [p.detach().clone() for p in model.parameters()]
     d = build_defense(name, _OPTIONS.get(name))
     for step in range(2):
-        out = d.step(model, x, y, StepContext(0, step, torch.Generator().manual_seed(step), N_CLASSES))
+        out = d.step(
+            model, x, y, StepContext(0, step, torch.Generator().manual_seed(step), N_CLASSES)
+        )
         assert torch.isfinite(out.loss) and out.logits.shape[1] == N_CLASSES
         opt.zero_grad()
         out.loss.backward()

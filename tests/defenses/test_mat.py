@@ -31,7 +31,9 @@ def _batch(n: int = 8, side: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _ctx() -> StepContext:
-    return StepContext(epoch=0, step=0, generator=torch.Generator().manual_seed(0), num_classes=N_CLASSES)
+    return StepContext(
+        epoch=0, step=0, generator=torch.Generator().manual_seed(0), num_classes=N_CLASSES
+    )
 
 
 def _sign_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
@@ -53,7 +55,13 @@ def test_fgsm_strengths_is_fgsm_at_each_strength() -> None:
 
 def test_mixed_loss_is_eq2_unweighted_sum_over_clean_and_every_strength() -> None:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, N_CLASSES))
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, N_CLASSES),
+    )
     x, y = _batch()
     ref = copy.deepcopy(m)
     strengths = (0.01, 0.03, 0.1)
@@ -63,16 +71,26 @@ def test_mixed_loss_is_eq2_unweighted_sum_over_clean_and_every_strength() -> Non
     parts = logits.split(8)
     expect = sum(F.cross_entropy(p, y) for p in parts)
     assert float(out.loss.detach()) == pytest.approx(float(expect.detach()), rel=1e-5)
-    assert torch.allclose(out.logits, parts[0], atol=1e-6)  # train accuracy is counted on the clean part
-    assert out.metrics["loss_clean"] == pytest.approx(float(F.cross_entropy(parts[0], y).detach()), rel=1e-5)
+    assert torch.allclose(
+        out.logits, parts[0], atol=1e-6
+    )  # train accuracy is counted on the clean part
+    assert out.metrics["loss_clean"] == pytest.approx(
+        float(F.cross_entropy(parts[0], y).detach()), rel=1e-5
+    )
     one = build_defense("mat_mixed", {"strengths": "0.01"}).step(copy.deepcopy(ref), x, y, _ctx())
     assert float(one.loss.detach()) < float(out.loss.detach())  # every strength adds its own term
 
 
 def _parallel(strengths: list[float]) -> nn.Module:
     torch.manual_seed(0)
-    m = create_model("mat_parallel", N_CLASSES, base="small_cnn", base_kwargs={"width": 4, "blocks": 1, "dropout": 0.0},
-                     branches=len(strengths), strengths=strengths)
+    m = create_model(
+        "mat_parallel",
+        N_CLASSES,
+        base="small_cnn",
+        base_kwargs={"width": 4, "blocks": 1, "dropout": 0.0},
+        branches=len(strengths),
+        strengths=strengths,
+    )
     with torch.no_grad():  # a vote that is not the uniform start, so a_k depends on the input
         m.backbone.vote.weight.normal_(0, 1.0)
     return m.train()
@@ -104,10 +122,14 @@ def test_parallel_each_branch_sees_clean_plus_its_own_strength_and_the_vote_lear
     ref = copy.deepcopy(m)
     out = build_defense("mat_parallel").step(m, x, y, _ctx())  # strengths come from the model
     branch_sum, vote_loss = _replay_parallel(ref, x, y, strengths)
-    assert float(out.loss.detach()) == pytest.approx(float((branch_sum + vote_loss).detach()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(
+        float((branch_sum + vote_loss).detach()), rel=1e-5
+    )
     assert out.metrics["vote_loss"] == pytest.approx(float(vote_loss.detach()), rel=1e-5)
     swapped = _replay_parallel(copy.deepcopy(_parallel(strengths)), x, y, strengths[::-1])[0]
-    assert float(swapped.detach()) != pytest.approx(float(branch_sum.detach()), rel=1e-4)  # which branch gets which strength matters
+    assert float(swapped.detach()) != pytest.approx(
+        float(branch_sum.detach()), rel=1e-4
+    )  # which branch gets which strength matters
     # gradients: branches only from their eq.-3 losses, the voting unit only from the vote (eq. 4)
     out.loss.backward()
     branch_sum.backward()
@@ -132,16 +154,20 @@ def test_parallel_output_is_the_learned_vote() -> None:
     assert a.std(0).sum() > 0  # coefficients depend on the input
     assert torch.allclose(out.exp(), voted, atol=1e-5)  # logits = log of the voted probabilities
     fresh = ParallelMAT(N_CLASSES, 3, base_kwargs={"width": 4}, branches=3)
-    assert torch.allclose(fresh.vote_weights([torch.rand(2, N_CLASSES)] * 3), torch.full((2, 3), 1 / 3))
+    assert torch.allclose(
+        fresh.vote_weights([torch.rand(2, N_CLASSES)] * 3), torch.full((2, 3), 1 / 3)
+    )
 
 
 # a hand-made accuracy matrix: row i trained at strength i, column j attacked at strength j
-ACC = torch.tensor([
-    [0.90, 0.50, 0.20, 0.10],
-    [0.86, 0.51, 0.21, 0.11],  # nearly the same working zone as row 0
-    [0.60, 0.60, 0.55, 0.40],
-    [0.30, 0.45, 0.70, 0.85],
-])
+ACC = torch.tensor(
+    [
+        [0.90, 0.50, 0.20, 0.10],
+        [0.86, 0.51, 0.21, 0.11],  # nearly the same working zone as row 0
+        [0.60, 0.60, 0.55, 0.40],
+        [0.30, 0.45, 0.70, 0.85],
+    ]
+)
 
 
 def _best(penalty: float, size: int = 0) -> list[int]:
@@ -149,12 +175,29 @@ def _best(penalty: float, size: int = 0) -> list[int]:
     return list(max(sets, key=lambda c: mat.walk_score(ACC, c, penalty)))
 
 
-@pytest.mark.parametrize("penalty,size,expect", [(0.03, 0, [0, 3]), (0.01, 0, [0, 2, 3]), (0.0, 1, [3]), (0.01, 2, [0, 3])])
-def test_random_walk_picks_the_complementary_strengths(penalty: float, size: int, expect: list[int]) -> None:
+@pytest.mark.parametrize(
+    "penalty,size,expect",
+    [(0.03, 0, [0, 3]), (0.01, 0, [0, 2, 3]), (0.0, 1, [3]), (0.01, 2, [0, 3])],
+)
+def test_random_walk_picks_the_complementary_strengths(
+    penalty: float, size: int, expect: list[int]
+) -> None:
     assert _best(penalty, size) == expect  # the hand-computed optimum of G = H - penalty * S
-    pick = mat.random_walk_select(ACC, generator=torch.Generator().manual_seed(3), num_strengths=size, penalty=penalty, trials=50)
+    pick = mat.random_walk_select(
+        ACC,
+        generator=torch.Generator().manual_seed(3),
+        num_strengths=size,
+        penalty=penalty,
+        trials=50,
+    )
     assert pick == expect
-    again = mat.random_walk_select(ACC, generator=torch.Generator().manual_seed(3), num_strengths=size, penalty=penalty, trials=50)
+    again = mat.random_walk_select(
+        ACC,
+        generator=torch.Generator().manual_seed(3),
+        num_strengths=size,
+        penalty=penalty,
+        trials=50,
+    )
     assert again == pick
 
 
@@ -162,17 +205,37 @@ def test_transition_matrix_walks_toward_complementary_strengths() -> None:
     p = mat.transition_matrix(ACC)
     assert torch.allclose(p.sum(1), torch.ones(4, dtype=p.dtype)) and torch.all(p.diagonal() == 0)
     assert p[0, 3] > p[0, 2] > p[0, 1]  # from the low-strength model: furthest working zone first
-    one = mat.random_walk_select(ACC, generator=torch.Generator().manual_seed(0), penalty=0.03, trials=1, steps=1)
+    one = mat.random_walk_select(
+        ACC, generator=torch.Generator().manual_seed(0), penalty=0.03, trials=1, steps=1
+    )
     assert len(one) <= 2  # a single 1-move walk sees at most two strengths
 
 
 def _setup_ctx(tmp_path: Path) -> SetupContext:
-    train = SubsetDataset(load_dataset("shapes", "test"), 256)  # the small split: generated in seconds
-    return SetupContext(arch="small_cnn", arch_kwargs={"width": 4}, info=train.info, train_ds=train, test_ds=None,
-                        seed=0, device="cpu", workdir=tmp_path / "walk", batch_size=64, fit=fit)
+    train = SubsetDataset(
+        load_dataset("shapes", "test"), 256
+    )  # the small split: generated in seconds
+    return SetupContext(
+        arch="small_cnn",
+        arch_kwargs={"width": 4},
+        info=train.info,
+        train_ds=train,
+        test_ds=None,
+        seed=0,
+        device="cpu",
+        workdir=tmp_path / "walk",
+        batch_size=64,
+        fit=fit,
+    )
 
 
-WALK = {"candidates": "0.02,0.1", "walk_images": "128", "walk_val": "64", "walk_pretrain_epochs": "1", "walk_trials": "20"}
+WALK = {
+    "candidates": "0.02,0.1",
+    "walk_images": "128",
+    "walk_val": "64",
+    "walk_pretrain_epochs": "1",
+    "walk_trials": "20",
+}
 
 
 def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Path) -> None:
@@ -185,7 +248,9 @@ def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Pa
     assert d.strengths and set(d.strengths) <= {0.02, 0.1}
     assert "random walk" in built.notes and built.arch == "small_cnn"
     # a rerun after a kill between rows: only the missing row is trained, and it comes out the same
-    (tmp_path / "walk" / "mat_walk.json").write_text(json.dumps({"key": cache["key"], "rows": rows[:1]}))
+    (tmp_path / "walk" / "mat_walk.json").write_text(
+        json.dumps({"key": cache["key"], "rows": rows[:1]})
+    )
     calls: list[object] = []
 
     def spy(*args: Any, **kwargs: Any) -> Any:
@@ -194,7 +259,10 @@ def test_setup_selects_strengths_by_walk_and_resumes_from_its_cache(tmp_path: Pa
 
     d2 = build_defense("mat_mixed", WALK)
     d2.setup(dataclasses.replace(ctx, fit=spy))
-    assert [Path(str(c)).name for c in calls] == ["walk_start.pt", "walk_1.pt"]  # the start is reloaded, row 0 cached
+    assert [Path(str(c)).name for c in calls] == [
+        "walk_start.pt",
+        "walk_1.pt",
+    ]  # the start is reloaded, row 0 cached
     assert json.loads((tmp_path / "walk" / "mat_walk.json").read_text())["rows"] == rows
     assert d2.strengths == d.strengths
 
@@ -214,15 +282,28 @@ def test_bad_input_is_one_sentence() -> None:
 
 
 @pytest.mark.parametrize("defense", ["mat_parallel", "mat_mixed"])
-def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(defense: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(
+    defense: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import robench.training.job as trainer
     from robench.models.loading import load_model
 
     saved: list[nn.Module] = []
     orig = trainer.save_checkpoint
-    monkeypatch.setattr(trainer, "save_checkpoint", lambda model, *a, **k: (saved.append(copy.deepcopy(model)), orig(model, *a, **k))[1])
-    path = trainer.train(defense, epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8},
-                         options={"strengths": "0.01,0.03"}, out=tmp_path / "m.pt")
+    monkeypatch.setattr(
+        trainer,
+        "save_checkpoint",
+        lambda model, *a, **k: (saved.append(copy.deepcopy(model)), orig(model, *a, **k))[1],
+    )
+    path = trainer.train(
+        defense,
+        epochs=1,
+        train_images=256,
+        batch_size=64,
+        arch_kwargs={"width": 8},
+        options={"strengths": "0.01,0.03"},
+        out=tmp_path / "m.pt",
+    )
     raw = torch.load(path, weights_only=True)
     loaded = load_model(path).model
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -232,7 +313,15 @@ def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(defense: str, tm
     assert "0.01,0.03 (given)" in card["notes"]
     if defense == "mat_parallel":
         assert raw["meta"]["arch"] == "mat_parallel"
-        assert raw["meta"]["arch_kwargs"] == {"base": "small_cnn", "base_kwargs": {"width": 8}, "branches": 2, "strengths": [0.01, 0.03]}
-        assert isinstance(loaded.backbone, ParallelMAT) and loaded.backbone.strengths == [0.01, 0.03]
+        assert raw["meta"]["arch_kwargs"] == {
+            "base": "small_cnn",
+            "base_kwargs": {"width": 8},
+            "branches": 2,
+            "strengths": [0.01, 0.03],
+        }
+        assert isinstance(loaded.backbone, ParallelMAT) and loaded.backbone.strengths == [
+            0.01,
+            0.03,
+        ]
     else:
         assert raw["meta"]["arch"] == "small_cnn"

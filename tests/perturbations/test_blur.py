@@ -17,7 +17,14 @@ from skimage.filters import gaussian as sk_gaussian
 
 from robench import perturbations as P
 from robench.perturbations import _ops
-from robench.perturbations.blur import defocus_blur, disk_kernel, glass_blur, glass_shuffle, motion_blur, zoom_blur
+from robench.perturbations.blur import (
+    defocus_blur,
+    disk_kernel,
+    glass_blur,
+    glass_shuffle,
+    motion_blur,
+    zoom_blur,
+)
 from robench.perturbations.snow import snow
 
 NAMES = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur", "snow")

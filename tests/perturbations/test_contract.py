@@ -14,7 +14,9 @@ def _batch(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # smooth-ish natural-looking content plus texture, in [0, 1]
     base = torch.rand(n, 3, size // 4, size // 4, generator=g)
-    x = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(
+        base, size=(size, size), mode="bilinear", align_corners=False
+    )
     return (0.8 * x + 0.2 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
 
 
@@ -31,7 +33,13 @@ def _call(spec, x, severity, **kw):  # type: ignore[no-untyped-def]
 def test_registry_counts() -> None:
     assert len(P.names(suite="mtlat24")) == 24
     assert len(P.names(kind="corruption", suite="mtlat24")) == 19
-    assert P.names(kind="attack", suite="mtlat24") == ["pgd", "pgd_ll", "cw_l2", "mi_fgsm_0.04", "mi_fgsm_0.08"]
+    assert P.names(kind="attack", suite="mtlat24") == [
+        "pgd",
+        "pgd_ll",
+        "cw_l2",
+        "mi_fgsm_0.04",
+        "mi_fgsm_0.08",
+    ]
     assert P.names(suite="mtlat24")[:19] == list(P.IMAGENET_C + P.MTLAT_EXTRA)
     for suite in ("imagenet-c-extra", "sensor", "deepcorrect", "context"):
         assert P.names(suite=suite) == list(P.suites()[suite]), suite

@@ -27,18 +27,32 @@ def test_suites_and_tables() -> None:
     assert P.names(suite="deepcorrect") == ["awgn", "blur"]
     assert P.names(suite="context") == ["foreground_blur"]
     assert [P.get(n).family for n in M_TLAT] == ["occlusion", "color", "geometric", "geometric"]
-    ranges = {"occlusion": (60, 127), "color_distortion": (0.08, 0.30),
-              "translation": (15, 62), "rotation": (8, 40)}
+    ranges = {
+        "occlusion": (60, 127),
+        "color_distortion": (0.08, 0.30),
+        "translation": (15, 62),
+        "rotation": (8, 40),
+    }
     for name, (lo, hi) in ranges.items():
         values = [next(iter(P.get(name).params(s, "cifar").values())) for s in range(1, 6)]
         assert values == pytest.approx(list(np.linspace(lo, hi, 5))), name
         assert "M-TLAT" in P.get(name).source
     assert P.get("awgn").severities == P.get("blur").severities == (1, 2, 3, 4, 5, 6)
     assert [P.get("awgn").params(s, "imagenet")["sigma255"] for s in range(1, 7)] == [
-        10, 20, 40, 60, 80, 100,
+        10,
+        20,
+        40,
+        60,
+        80,
+        100,
     ]
     assert [P.get("blur").params(s, "cifar")["sigma"] for s in range(1, 7)] == [
-        0.5, 1, 1.5, 2, 2.5, 3,
+        0.5,
+        1,
+        1.5,
+        2,
+        2.5,
+        3,
     ]
     with pytest.raises(ValueError, match="severity"):
         P.get("blur")(_images(1, 8), 7)

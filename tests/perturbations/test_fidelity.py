@@ -96,7 +96,12 @@ ELASTIC_IMAGES = 24
 
 # at 32 px, where these corruptions' parameters mean the same in both engines
 ACCURACY_NAMES = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "fog", "contrast",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "fog",
+    "contrast",
     "jpeg_compression",
 )
 ACCURACY_IMAGES = 64
@@ -114,9 +119,14 @@ ACCURACY_TOL_MEAN = 0.05
 def _photos() -> tuple[np.ndarray, ...]:
     """Colour photographs bundled with scikit-image (no download needed)."""
     return (
-        skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket(),
-        skdata.hubble_deep_field(), skdata.immunohistochemistry(),
-        skdata.stereo_motorcycle()[0], skdata.retina(),
+        skdata.astronaut(),
+        skdata.coffee(),
+        skdata.chelsea(),
+        skdata.rocket(),
+        skdata.hubble_deep_field(),
+        skdata.immunohistochemistry(),
+        skdata.stereo_motorcycle()[0],
+        skdata.retina(),
     )
 
 
@@ -281,8 +291,9 @@ def test_reference_engine_handles_one_channel_and_dtypes() -> None:
     x = _patches(2, 32)
     gray = x.mean(dim=1, keepdim=True).double()
     y = corrupt_reference("gaussian_noise", gray, 2, seeds=[0, 1], preset="imagenet")
-    rgb = corrupt_reference("gaussian_noise", gray.repeat(1, 3, 1, 1), 2, seeds=[0, 1],
-                            preset="imagenet")
+    rgb = corrupt_reference(
+        "gaussian_noise", gray.repeat(1, 3, 1, 1), 2, seeds=[0, 1], preset="imagenet"
+    )
     assert y.shape == gray.shape and y.dtype == torch.float64
     assert torch.equal(y, rgb[:, :1])  # replicated to RGB, first channel returned
     assert torch.equal(
@@ -392,24 +403,35 @@ def _original_elastic(image: np.ndarray, severity: int, rs: np.random.RandomStat
     from scipy.ndimage import map_coordinates
     from skimage.filters import gaussian
 
-    alpha, sigma, delta = (244 * f for f in
-                           [(2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02),
-                            (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)][severity - 1])
+    alpha, sigma, delta = (
+        244 * f
+        for f in [
+            (2, 0.7, 0.1),
+            (2, 0.08, 0.2),
+            (0.05, 0.01, 0.02),
+            (0.07, 0.01, 0.02),
+            (0.12, 0.01, 0.02),
+        ][severity - 1]
+    )
     img = image.astype(np.float32) / 255.0
     side = img.shape[0]
     c, q = side // 2, side // 3
     pts1 = np.float32([[c + q, c + q], [c + q, c - q], [c - q, c - q]])
     pts2 = pts1 + rs.uniform(-delta, delta, size=pts1.shape).astype(np.float32)
-    warped = cv2.warpAffine(img, cv2.getAffineTransform(pts1, pts2), (side, side),
-                            borderMode=cv2.BORDER_REFLECT_101)
+    warped = cv2.warpAffine(
+        img, cv2.getAffineTransform(pts1, pts2), (side, side), borderMode=cv2.BORDER_REFLECT_101
+    )
     dx, dy = (
         (gaussian(rs.uniform(-1, 1, (side, side)), sigma, mode="reflect", truncate=3) * alpha)
         for _ in range(2)
     )
     rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
     out = np.stack(
-        [map_coordinates(warped[..., ch], (rows + dy, cols + dx), order=1, mode="reflect")
-         for ch in range(img.shape[-1])], axis=-1,
+        [
+            map_coordinates(warped[..., ch], (rows + dy, cols + dx), order=1, mode="reflect")
+            for ch in range(img.shape[-1])
+        ],
+        axis=-1,
     )
     return np.uint8(np.clip(out, 0, 1) * 255)
 
@@ -480,44 +502,68 @@ def test_accuracy_drop_of_a_fixed_model_agrees(name: str) -> None:
 
 # (name, preset, severity, numbers that must appear among the params); doc section 3.1 / 3.2
 TABLE_SPOTS: list[tuple[str, str, int, tuple[float, ...]]] = [
-    ("gaussian_noise", "cifar", 1, (0.04,)), ("gaussian_noise", "cifar", 5, (0.10,)),
-    ("gaussian_noise", "tiny", 3, (0.12,)), ("gaussian_noise", "tiny", 5, (0.18,)),
-    ("shot_noise", "cifar", 1, (500,)), ("shot_noise", "cifar", 5, (50,)),
-    ("shot_noise", "tiny", 4, (30,)), ("shot_noise", "tiny", 5, (15,)),
-    ("impulse_noise", "cifar", 4, (0.05,)), ("impulse_noise", "tiny", 5, (0.14,)),
-    ("speckle_noise", "cifar", 2, (0.10,)), ("speckle_noise", "tiny", 5, (0.35,)),
-    ("defocus_blur", "cifar", 1, (0.3, 0.4)), ("defocus_blur", "cifar", 4, (1, 0.2)),
-    ("defocus_blur", "tiny", 4, (2.5, 0.01)), ("defocus_blur", "tiny", 5, (3, 0.1)),
-    ("glass_blur", "cifar", 1, (0.05, 1)), ("glass_blur", "cifar", 5, (0.4, 1, 2)),
-    ("glass_blur", "tiny", 4, (0.7, 2, 1)), ("glass_blur", "tiny", 5, (0.9, 2, 2)),
-    ("motion_blur", "cifar", 1, (6, 1)), ("motion_blur", "cifar", 5, (9, 2.5)),
-    ("motion_blur", "tiny", 4, (10, 2.5)), ("motion_blur", "tiny", 5, (12, 3)),
+    ("gaussian_noise", "cifar", 1, (0.04,)),
+    ("gaussian_noise", "cifar", 5, (0.10,)),
+    ("gaussian_noise", "tiny", 3, (0.12,)),
+    ("gaussian_noise", "tiny", 5, (0.18,)),
+    ("shot_noise", "cifar", 1, (500,)),
+    ("shot_noise", "cifar", 5, (50,)),
+    ("shot_noise", "tiny", 4, (30,)),
+    ("shot_noise", "tiny", 5, (15,)),
+    ("impulse_noise", "cifar", 4, (0.05,)),
+    ("impulse_noise", "tiny", 5, (0.14,)),
+    ("speckle_noise", "cifar", 2, (0.10,)),
+    ("speckle_noise", "tiny", 5, (0.35,)),
+    ("defocus_blur", "cifar", 1, (0.3, 0.4)),
+    ("defocus_blur", "cifar", 4, (1, 0.2)),
+    ("defocus_blur", "tiny", 4, (2.5, 0.01)),
+    ("defocus_blur", "tiny", 5, (3, 0.1)),
+    ("glass_blur", "cifar", 1, (0.05, 1)),
+    ("glass_blur", "cifar", 5, (0.4, 1, 2)),
+    ("glass_blur", "tiny", 4, (0.7, 2, 1)),
+    ("glass_blur", "tiny", 5, (0.9, 2, 2)),
+    ("motion_blur", "cifar", 1, (6, 1)),
+    ("motion_blur", "cifar", 5, (9, 2.5)),
+    ("motion_blur", "tiny", 4, (10, 2.5)),
+    ("motion_blur", "tiny", 5, (12, 3)),
     ("snow", "cifar", 1, (0.1, 0.2, 1, 0.6, 8, 3, 0.95)),
     ("snow", "cifar", 5, (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)),
     ("snow", "tiny", 3, (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7)),
     ("snow", "tiny", 5, (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6)),
-    ("frost", "cifar", 1, (1, 0.2)), ("frost", "cifar", 5, (0.75, 0.45)),
-    ("frost", "tiny", 2, (0.9, 0.4)), ("frost", "tiny", 5, (0.7, 0.55)),
-    ("fog", "cifar", 1, (0.2, 3)), ("fog", "cifar", 5, (1.5, 1.75)),
-    ("fog", "tiny", 3, (1, 2.5)), ("fog", "tiny", 5, (2, 1.75)),
-    ("brightness", "cifar", 1, (0.05,)), ("brightness", "cifar", 5, (0.3,)),
+    ("frost", "cifar", 1, (1, 0.2)),
+    ("frost", "cifar", 5, (0.75, 0.45)),
+    ("frost", "tiny", 2, (0.9, 0.4)),
+    ("frost", "tiny", 5, (0.7, 0.55)),
+    ("fog", "cifar", 1, (0.2, 3)),
+    ("fog", "cifar", 5, (1.5, 1.75)),
+    ("fog", "tiny", 3, (1, 2.5)),
+    ("fog", "tiny", 5, (2, 1.75)),
+    ("brightness", "cifar", 1, (0.05,)),
+    ("brightness", "cifar", 5, (0.3,)),
     ("brightness", "tiny", 5, (0.5,)),
-    ("contrast", "cifar", 1, (0.75,)), ("contrast", "cifar", 5, (0.15,)),
+    ("contrast", "cifar", 1, (0.75,)),
+    ("contrast", "cifar", 5, (0.15,)),
     ("contrast", "tiny", 4, (0.1,)),
     ("elastic_transform", "cifar", 2, (1.6, 6.4, 2.24)),
     ("elastic_transform", "cifar", 5, (3.2, 0.96, 0.96)),
     ("elastic_transform", "tiny", 2, (3.2, 19.2, 3.84)),
     ("elastic_transform", "tiny", 5, (10.24, 1.92, 1.28)),
-    ("pixelate", "cifar", 1, (0.95,)), ("pixelate", "cifar", 5, (0.65,)),
-    ("pixelate", "tiny", 3, (0.7,)), ("pixelate", "tiny", 5, (0.5,)),
-    ("jpeg_compression", "cifar", 1, (80,)), ("jpeg_compression", "cifar", 5, (40,)),
-    ("jpeg_compression", "tiny", 3, (50,)), ("jpeg_compression", "tiny", 5, (25,)),
-    ("gaussian_blur", "cifar", 3, (0.7,)), ("gaussian_blur", "tiny", 4, (1.25,)),
+    ("pixelate", "cifar", 1, (0.95,)),
+    ("pixelate", "cifar", 5, (0.65,)),
+    ("pixelate", "tiny", 3, (0.7,)),
+    ("pixelate", "tiny", 5, (0.5,)),
+    ("jpeg_compression", "cifar", 1, (80,)),
+    ("jpeg_compression", "cifar", 5, (40,)),
+    ("jpeg_compression", "tiny", 3, (50,)),
+    ("jpeg_compression", "tiny", 5, (25,)),
+    ("gaussian_blur", "cifar", 3, (0.7,)),
+    ("gaussian_blur", "tiny", 4, (1.25,)),
     ("spatter", "cifar", 1, (0.62, 0.1, 0.7, 0.7, 0.5)),
     ("spatter", "cifar", 5, (0.65, 0.1, 0.5, 0.68, 0.6)),
     ("spatter", "tiny", 4, (0.65, 0.1, 0.7, 0.68, 0.6)),
     ("spatter", "tiny", 5, (0.65, 0.1, 0.5, 0.67, 0.6)),
-    ("saturate", "cifar", 4, (2, 0.1)), ("saturate", "tiny", 5, (30, 0.2)),
+    ("saturate", "cifar", 4, (2, 0.1)),
+    ("saturate", "tiny", 5, (30, 0.2)),
 ]
 
 
@@ -530,11 +576,17 @@ def test_small_preset_parameters_follow_the_original_tables(
     assert not missing, f"{name} {preset} s{severity}: {missing} not in {dict(params)}"
 
 
-@pytest.mark.parametrize(("name", "preset", "severity", "count", "last"), [
-    ("zoom_blur", "cifar", 1, 7, 1.06), ("zoom_blur", "cifar", 2, 12, 1.11),
-    ("zoom_blur", "cifar", 5, 26, 1.25), ("zoom_blur", "tiny", 3, 16, 1.15),
-    ("zoom_blur", "imagenet", 1, 12, 1.11), ("zoom_blur", "imagenet", 5, 11, 1.30),
-])
+@pytest.mark.parametrize(
+    ("name", "preset", "severity", "count", "last"),
+    [
+        ("zoom_blur", "cifar", 1, 7, 1.06),
+        ("zoom_blur", "cifar", 2, 12, 1.11),
+        ("zoom_blur", "cifar", 5, 26, 1.25),
+        ("zoom_blur", "tiny", 3, 16, 1.15),
+        ("zoom_blur", "imagenet", 1, 12, 1.11),
+        ("zoom_blur", "imagenet", 5, 11, 1.30),
+    ],
+)
 def test_zoom_factor_lists_keep_the_float_arange_quirk(
     name: str, preset: str, severity: int, count: int, last: float
 ) -> None:

@@ -12,9 +12,21 @@ from robench.transforms import Corrupt
 
 
 def test_corrupt_composes_with_torchvision_v2_and_is_seeded(rng_guard) -> None:  # type: ignore[no-untyped-def]
-    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
-    t1 = v2.Compose([v2.ToDtype(torch.float32, scale=True), Corrupt("gaussian_noise", severity=3, generator=torch.Generator().manual_seed(0))])
-    t2 = v2.Compose([v2.ToDtype(torch.float32, scale=True), Corrupt("gaussian_noise", severity=3, generator=torch.Generator().manual_seed(0))])
+    img = torch.randint(
+        0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(9)
+    )
+    t1 = v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),
+            Corrupt("gaussian_noise", severity=3, generator=torch.Generator().manual_seed(0)),
+        ]
+    )
+    t2 = v2.Compose(
+        [
+            v2.ToDtype(torch.float32, scale=True),
+            Corrupt("gaussian_noise", severity=3, generator=torch.Generator().manual_seed(0)),
+        ]
+    )
     a, b = t1(img), t2(img)
     assert a.shape == (3, 32, 32) and a.dtype == torch.float32 and torch.equal(a, b)
     assert not torch.equal(a, img.float() / 255)
@@ -54,7 +66,22 @@ def test_gallery_figure_has_a_row_per_corruption() -> None:
 
 def test_gallery_cli_writes_png(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "g.png"
-    res = CliRunner().invoke(main, ["gallery", "--preset", "cifar", "-p", "fog", "-p", "foreground_blur", "-n", "1", "--out", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "gallery",
+            "--preset",
+            "cifar",
+            "-p",
+            "fog",
+            "-p",
+            "foreground_blur",
+            "-n",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(main, ["gallery", "-p", "pgd", "--out", str(out)])

@@ -47,22 +47,34 @@ def test_defining_parameters_per_preset() -> None:
     frost, fog, spatter, elastic = (P.get(n) for n in NAMES)
     assert [frost.params(1, p)["scale"] for p in SIDES] == [0.2, 0.3, 1.0]
     assert [(frost.params(3, p)["a"], frost.params(3, p)["b"]) for p in SIDES] == [
-        (0.9, 0.4), (0.8, 0.45), (0.7, 0.7)
+        (0.9, 0.4),
+        (0.8, 0.45),
+        (0.7, 0.7),
     ]
     assert [(fog.params(5, p)["s"], fog.params(5, p)["decay"]) for p in SIDES] == [
-        (1.5, 1.75), (2, 1.75), (3, 1.4)
+        (1.5, 1.75),
+        (2, 1.75),
+        (3, 1.4),
     ]
     assert [spatter.params(s, "tiny")["mode"] for s in range(1, 6)] == ["water"] * 3 + ["mud"] * 2
     assert spatter.params(5, "imagenet")["k"] == 1.5 and spatter.params(1, "cifar")["k"] == 0.5
-    got = {p: tuple(elastic.params(s, p)[k] for k in ("alpha", "sigma", "delta", "size"))
-           for p, s in (("cifar", 2), ("tiny", 5), ("imagenet", 1))}
-    want = {"cifar": (1.6, 6.4, 2.24, 32), "tiny": (10.24, 1.92, 1.28, 64),
-            "imagenet": (488, 170.8, 24.4, 224)}
+    got = {
+        p: tuple(elastic.params(s, p)[k] for k in ("alpha", "sigma", "delta", "size"))
+        for p, s in (("cifar", 2), ("tiny", 5), ("imagenet", 1))
+    }
+    want = {
+        "cifar": (1.6, 6.4, 2.24, 32),
+        "tiny": (10.24, 1.92, 1.28, 64),
+        "imagenet": (488, 170.8, 24.4, 224),
+    }
     for p in want:
         assert got[p] == pytest.approx(want[p], rel=1e-12)
     assert elastic.params(1, "cifar")["alpha"] == 0 and elastic.params(1, "cifar")["sigma"] == 0
     assert (frost.family, fog.family, spatter.family, elastic.family) == (
-        "weather", "weather", "weather", "digital"
+        "weather",
+        "weather",
+        "weather",
+        "digital",
     )
     assert "spatter" in P.suites()["imagenet-c-extra"]
     assert {"frost", "fog", "elastic_transform"} <= set(P.suites()["imagenet-c"])
@@ -99,8 +111,11 @@ def test_frost_matches_original(preset: str, severity: int) -> None:
         g = make_generator(s)
         k = int(torch.randint(0, 5, (), generator=g))
         h, w = sizes[k].tolist()
-        draw = (k, int(torch.randint(0, h - side, (), generator=g)),
-                int(torch.randint(0, w - side, (), generator=g)))
+        draw = (
+            k,
+            int(torch.randint(0, h - side, (), generator=g)),
+            int(torch.randint(0, w - side, (), generator=g)),
+        )
         ref = _frost_reference(_hwc(x[i]).astype(np.float64), p["a"], p["b"], p["scale"], draw)
         np.testing.assert_allclose(_hwc(out[i]), ref, atol=1e-6)
 
@@ -226,8 +241,16 @@ def _spatter_reference(x: np.ndarray, normal: np.ndarray, p: dict) -> np.ndarray
 
 
 @pytest.mark.parametrize(
-    "preset,severity", [("cifar", 1), ("cifar", 3), ("cifar", 4), ("tiny", 2), ("tiny", 5),
-                        ("imagenet", 3), ("imagenet", 5)]
+    "preset,severity",
+    [
+        ("cifar", 1),
+        ("cifar", 3),
+        ("cifar", 4),
+        ("tiny", 2),
+        ("tiny", 5),
+        ("imagenet", 3),
+        ("imagenet", 5),
+    ],
 )
 def test_spatter_matches_original(preset: str, severity: int) -> None:
     side, n = SIDES[preset], 4 if preset != "imagenet" else 2
@@ -259,10 +282,18 @@ def test_affine_warp_matches_cv2(side: int, delta: float) -> None:
     img = rs.rand(side, side, 3).astype(np.float32)
     pts1 = _pts1(side)
     pts2 = (pts1 + rs.uniform(-delta, delta, (3, 2))).astype(np.float32)
-    ref = cv2.warpAffine(img, cv2.getAffineTransform(pts1, pts2), (side, side),
-                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    got = E.affine_warp(torch.from_numpy(img).permute(2, 0, 1)[None], torch.from_numpy(pts1),
-                        torch.from_numpy(pts2)[None])
+    ref = cv2.warpAffine(
+        img,
+        cv2.getAffineTransform(pts1, pts2),
+        (side, side),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+    got = E.affine_warp(
+        torch.from_numpy(img).permute(2, 0, 1)[None],
+        torch.from_numpy(pts1),
+        torch.from_numpy(pts2)[None],
+    )
     np.testing.assert_allclose(_hwc(got[0]), ref, atol=5e-5)
 
 
@@ -281,10 +312,14 @@ def test_sampling_matches_map_coordinates_reflect(side: int) -> None:
     rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
     ys = rows + rs.uniform(-3 * side, 3 * side, (side, side))  # several folds on both sides
     xs = cols + rs.uniform(-2.0, 2.0, (side, side))
-    ref = np.stack([map_coordinates(img[..., c], (ys, xs), order=1, mode="reflect")
-                    for c in range(3)], -1)
-    got = E.sample_symmetric(torch.from_numpy(img).permute(2, 0, 1)[None],
-                             torch.from_numpy(ys)[None], torch.from_numpy(xs)[None])
+    ref = np.stack(
+        [map_coordinates(img[..., c], (ys, xs), order=1, mode="reflect") for c in range(3)], -1
+    )
+    got = E.sample_symmetric(
+        torch.from_numpy(img).permute(2, 0, 1)[None],
+        torch.from_numpy(ys)[None],
+        torch.from_numpy(xs)[None],
+    )
     np.testing.assert_allclose(_hwc(got[0]), ref, atol=1e-6)
 
 
@@ -305,15 +340,20 @@ def _elastic_reference(
     """The original elastic_transform on one float32 HWC image, given its draws."""
     side = img.shape[0]
     pts1 = _pts1(side)
-    warped = cv2.warpAffine(img, cv2.getAffineTransform(pts1, pts2), (side, side),
-                            borderMode=cv2.BORDER_REFLECT_101)
+    warped = cv2.warpAffine(
+        img, cv2.getAffineTransform(pts1, pts2), (side, side), borderMode=cv2.BORDER_REFLECT_101
+    )
     if u is None:
         return np.clip(warped, 0, 1)
-    dx, dy = ((gaussian(f, p["sigma"], mode="reflect", truncate=3) * p["alpha"]).astype(np.float32)
-              for f in u)
+    dx, dy = (
+        (gaussian(f, p["sigma"], mode="reflect", truncate=3) * p["alpha"]).astype(np.float32)
+        for f in u
+    )
     rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
-    out = [map_coordinates(warped[..., c], (rows + dy, cols + dx), order=1, mode="reflect")
-           for c in range(img.shape[2])]
+    out = [
+        map_coordinates(warped[..., c], (rows + dy, cols + dx), order=1, mode="reflect")
+        for c in range(img.shape[2])
+    ]
     return np.clip(np.stack(out, -1), 0, 1)
 
 

@@ -17,19 +17,61 @@ from typing import Any
 
 import torch
 
-EVAL_PERTURBATIONS = ("gaussian_noise", "contrast", "impulse_noise", "pixelate", "glass_blur", "zoom_blur")
-EVAL_ARGS = ("--n-images", "160", "--batch-size", "40", "--baseline", "none", "--no-plots", "--model-id", "tiny")
-TRAIN_ARGS = ("train", "--defense", "standard", "--train-images", "512", "--batch-size", "64", "-a", "width=8",
-              "--epochs", "3", "--seed", "1")
+EVAL_PERTURBATIONS = (
+    "gaussian_noise",
+    "contrast",
+    "impulse_noise",
+    "pixelate",
+    "glass_blur",
+    "zoom_blur",
+)
+EVAL_ARGS = (
+    "--n-images",
+    "160",
+    "--batch-size",
+    "40",
+    "--baseline",
+    "none",
+    "--no-plots",
+    "--model-id",
+    "tiny",
+)
+TRAIN_ARGS = (
+    "train",
+    "--defense",
+    "standard",
+    "--train-images",
+    "512",
+    "--batch-size",
+    "64",
+    "-a",
+    "width=8",
+    "--epochs",
+    "3",
+    "--seed",
+    "1",
+)
 RUN_JSON = "tiny__shapes__s0__n160.json"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 
 CATEGORIES = {
     "fault": ("kills, torn files, full disks, concurrent writers", "nothing lost", "LOST OR WRONG"),
-    "input": ("bad tensors, models, datasets, files, names, CLI values", "all refused with a clear error", "NOT REFUSED CLEANLY"),
-    "security": ("malicious pickles, TorchScript, export files, injected text, paths", "nothing executed, nothing written outside the output folder", "BREACHED"),
-    "provenance": ("mixed settings and versions, baselines, provenance fields", "every difference marked or refused", "MIXED SILENTLY"),
+    "input": (
+        "bad tensors, models, datasets, files, names, CLI values",
+        "all refused with a clear error",
+        "NOT REFUSED CLEANLY",
+    ),
+    "security": (
+        "malicious pickles, TorchScript, export files, injected text, paths",
+        "nothing executed, nothing written outside the output folder",
+        "BREACHED",
+    ),
+    "provenance": (
+        "mixed settings and versions, baselines, provenance fields",
+        "every difference marked or refused",
+        "MIXED SILENTLY",
+    ),
 }
 
 
@@ -41,7 +83,9 @@ class CaseLedger:
         self.failed: dict[str, list[str]] = defaultdict(list)
         self.kinds: dict[str, Counter[str]] = defaultdict(Counter)
 
-    def check(self, category: str, label: str, ok: bool, detail: str = "", kind: str | None = None) -> None:
+    def check(
+        self, category: str, label: str, ok: bool, detail: str = "", kind: str | None = None
+    ) -> None:
         """Record one case and assert it held (the message names the case).
 
         ``kind`` groups cases in the summary (default: the label up to `` (``, ``:`` or `` into ``).
@@ -51,7 +95,9 @@ class CaseLedger:
         self.tried[category] += 1
         self.kinds[category][kind or re.split(r" \(|:| into ", label)[0]] += 1
         if not ok:
-            tail = " ".join(detail.split())[-160:]  # one line in the summary; the assertion keeps it whole
+            tail = " ".join(detail.split())[
+                -160:
+            ]  # one line in the summary; the assertion keeps it whole
             self.failed[category].append(f"{label} ({tail})" if tail else label)
         assert ok, f"[{category}] {label}: {detail}"
 
@@ -68,8 +114,14 @@ class CaseLedger:
         return lines
 
     def to_dict(self) -> dict[str, Any]:
-        return {cat: {"tried": self.tried[cat], "failed": self.failed[cat], "kinds": dict(self.kinds[cat])}
-                for cat in CATEGORIES}
+        return {
+            cat: {
+                "tried": self.tried[cat],
+                "failed": self.failed[cat],
+                "kinds": dict(self.kinds[cat]),
+            }
+            for cat in CATEGORIES
+        }
 
 
 def env() -> dict[str, str]:
@@ -87,7 +139,9 @@ def eval_cmd(ckpt: Path, out: Path, perturbations: Sequence[str] = EVAL_PERTURBA
 
 
 def run(cmd: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), env=env(), capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        list(cmd), env=env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def strip_times(rec: dict[str, Any]) -> dict[str, Any]:
@@ -120,10 +174,14 @@ def tmp_files(folder: Path) -> set[str]:
     return {p.name for p in folder.rglob("*.tmp")} if folder.exists() else set()
 
 
-def timeline(cmd: Sequence[str], progress: Callable[[], int], limit_s: float = 300) -> tuple[int, str, list[float]]:
+def timeline(
+    cmd: Sequence[str], progress: Callable[[], int], limit_s: float = 300
+) -> tuple[int, str, list[float]]:
     """Run ``cmd`` to the end, noting when ``progress()`` first reached 1, 2, ...: (rc, stderr, times)."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(list(cmd), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(cmd), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     times: list[float] = []
     while proc.poll() is None and time.monotonic() - t0 < limit_s:
         while progress() > len(times):
@@ -133,15 +191,23 @@ def timeline(cmd: Sequence[str], progress: Callable[[], int], limit_s: float = 3
     return proc.returncode, err, [*times, time.monotonic() - t0]
 
 
-def kill_at(cmd: Sequence[str], progress: Callable[[], int], target: int, extra_s: float, sig: int,
-            limit_s: float = 240) -> tuple[int, str, int]:
+def kill_at(
+    cmd: Sequence[str],
+    progress: Callable[[], int],
+    target: int,
+    extra_s: float,
+    sig: int,
+    limit_s: float = 240,
+) -> tuple[int, str, int]:
     """Start ``cmd``, wait until ``progress() >= target`` then ``extra_s`` more, send ``sig``.
 
     Returns:
         (return code, stderr, progress when the signal was sent); the return code is 0 when the run
         finished before the signal could be sent.
     """
-    proc = subprocess.Popen(list(cmd), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        list(cmd), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + limit_s
     while progress() < target and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -35,7 +35,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for line in LEDGER.summary_lines():
         terminalreporter.write_line(line)
     target = os.environ.get("ROBENCH_RELIABILITY_SUMMARY")
-    path = Path(target) if target else Path(str(config.rootpath)) / ".pytest_cache" / "reliability-summary.json"
+    path = (
+        Path(target)
+        if target
+        else Path(str(config.rootpath)) / ".pytest_cache" / "reliability-summary.json"
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(LEDGER.to_dict(), indent=1) + "\n")
@@ -50,16 +54,24 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_trained: Any) -> Pa
     from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
     m = tiny_trained
-    meta = CheckpointMeta(arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 8},
-                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()),
-                          dataset="shapes")
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        num_classes=10,
+        input_size=32,
+        arch_kwargs={"width": 8},
+        mean=tuple(m.normalize.mean.flatten().tolist()),
+        std=tuple(m.normalize.std.flatten().tolist()),
+        dataset="shapes",
+    )
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(m, path, meta)
     return path
 
 
 @pytest.fixture(scope="session")
-def eval_reference(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> tuple[Path, list[float]]:
+def eval_reference(
+    tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path
+) -> tuple[Path, list[float]]:
     """An uninterrupted ``robench evaluate`` of the tiny checkpoint: (output folder, timeline).
 
     The timeline holds the seconds at which the 1st, 2nd... perturbation was saved, then the total.

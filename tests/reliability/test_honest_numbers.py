@@ -11,10 +11,10 @@ import pytest
 import torch
 from _relutil import CaseLedger
 
-from robench._version import __version__
 from robench import evaluate
-from robench.report.tables import format_r_table, wide_table
+from robench._version import __version__
 from robench.evaluation.record import SCHEMA_VERSION, ResultError
+from robench.report.tables import format_r_table, wide_table
 
 QUICK = {"perturbations": ["contrast"], "batch_size": 16, "baseline": "none", "plots": False}
 
@@ -24,13 +24,18 @@ def _run(ckpt: Path, **kw: Any) -> dict[str, Any]:
     return json.loads(Path(rep.paths["json"]).read_text())
 
 
-def test_every_result_states_its_provenance(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger) -> None:
+def test_every_result_states_its_provenance(
+    tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger
+) -> None:
     rec = _run(tiny_ckpt, n_images=12, out=tmp_path)
     facts = {
-        "schema and version": (rec["schema"], rec["schema_version"]) == ("robench-result", SCHEMA_VERSION),
+        "schema and version": (rec["schema"], rec["schema_version"])
+        == ("robench-result", SCHEMA_VERSION),
         "robench version": rec["robench_version"] == __version__,
-        "checkpoint SHA-256 of the file": rec["model"]["sha256"] == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest(),
-        "image subset and its seed": len(rec["dataset"]["indices"]) == 12 and rec["dataset"]["indices_seed"] is not None,
+        "checkpoint SHA-256 of the file": rec["model"]["sha256"]
+        == hashlib.sha256(tiny_ckpt.read_bytes()).hexdigest(),
+        "image subset and its seed": len(rec["dataset"]["indices"]) == 12
+        and rec["dataset"]["indices_seed"] is not None,
         "run settings": rec["config"]["seed"] == 0 and rec["config"]["suite"] == "mtlat24",
         "library versions": rec["environment"]["torch"] == torch.__version__,
     }
@@ -44,33 +49,66 @@ def runs(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     a = _run(tiny_ckpt, n_images=12, model_id="a", out=out)
     same = _run(tiny_ckpt, n_images=12, model_id="same", out=out)
     return {
-        "a": a, "same": same,
+        "a": a,
+        "same": same,
         "n_images": _run(tiny_ckpt, n_images=16, model_id="other-n", out=out),
         "seed": _run(tiny_ckpt, n_images=12, seed=1, model_id="other-seed", out=out),
-        "suite": {**a, "model": {**a["model"], "id": "other-suite"}, "config": {**a["config"], "suite": "imagenet-c"}},
+        "suite": {
+            **a,
+            "model": {**a["model"], "id": "other-suite"},
+            "config": {**a["config"], "suite": "imagenet-c"},
+        },
         "robench_version": {**a, "model": {**a["model"], "id": "old"}, "robench_version": "0.0.1"},
-        "schema_version": {**a, "model": {**a["model"], "id": "old-schema"}, "schema_version": SCHEMA_VERSION - 1},
+        "schema_version": {
+            **a,
+            "model": {**a["model"], "id": "old-schema"},
+            "schema_version": SCHEMA_VERSION - 1,
+        },
     }
 
 
-@pytest.mark.parametrize("differs", ["n_images", "seed", "suite", "robench_version", "schema_version"])
-def test_a_result_with_other_settings_is_marked_in_every_table(differs: str, runs: dict[str, dict[str, Any]],
-                                                               cases: CaseLedger) -> None:
+@pytest.mark.parametrize(
+    "differs", ["n_images", "seed", "suite", "robench_version", "schema_version"]
+)
+def test_a_result_with_other_settings_is_marked_in_every_table(
+    differs: str, runs: dict[str, dict[str, Any]], cases: CaseLedger
+) -> None:
     plain = wide_table([runs["a"], runs["same"]])
-    cases.check("provenance", "same settings: no mark", "settings" not in plain.columns, kind="table of equal settings")
+    cases.check(
+        "provenance",
+        "same settings: no mark",
+        "settings" not in plain.columns,
+        kind="table of equal settings",
+    )
     odd = runs[differs]
     wide = wide_table([runs["a"], runs["same"], odd])
-    marked = "settings" in wide.columns and wide["settings"].tolist()[:2] == ["", ""] and differs in wide["settings"].iloc[2]
-    cases.check("provenance", f"{differs} differs: wide table and CSV mark the row", marked, str(wide.to_dict("records")),
-                kind="mixed settings marked")
+    marked = (
+        "settings" in wide.columns
+        and wide["settings"].tolist()[:2] == ["", ""]
+        and differs in wide["settings"].iloc[2]
+    )
+    cases.check(
+        "provenance",
+        f"{differs} differs: wide table and CSV mark the row",
+        marked,
+        str(wide.to_dict("records")),
+        kind="mixed settings marked",
+    )
     text = format_r_table([runs["a"], runs["same"], odd])
     footnote = [line for line in text.splitlines() if line.startswith("* ")]
     printed = f"{odd['model']['id']} *" in text and len(footnote) == 1 and differs in footnote[0]
-    cases.check("provenance", f"{differs} differs: printed table marks the row", printed, text, kind="mixed settings marked")
+    cases.check(
+        "provenance",
+        f"{differs} differs: printed table marks the row",
+        printed,
+        text,
+        kind="mixed settings marked",
+    )
 
 
-def test_resume_never_mixes_robench_versions(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_never_mixes_robench_versions(
+    tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from robench.evaluation import loop as runner
 
     first = _run(tiny_ckpt, n_images=12, model_id="v", out=tmp_path)
@@ -78,15 +116,35 @@ def test_resume_never_mixes_robench_versions(tiny_ckpt: Path, tmp_path: Path, ca
     path.write_text(json.dumps({**first, "robench_version": "0.0.1"}))
     computed: list[str] = []
     real = runner._corruption_entry
-    monkeypatch.setattr(runner, "_corruption_entry", lambda spec, *a, **k: computed.append(spec.name) or real(spec, *a, **k))
-    rec = _run(tiny_ckpt, n_images=12, model_id="v", out=tmp_path, perturbations=["contrast", "gaussian_noise"])
+    monkeypatch.setattr(
+        runner,
+        "_corruption_entry",
+        lambda spec, *a, **k: computed.append(spec.name) or real(spec, *a, **k),
+    )
+    rec = _run(
+        tiny_ckpt,
+        n_images=12,
+        model_id="v",
+        out=tmp_path,
+        perturbations=["contrast", "gaussian_noise"],
+    )
     kept = list(tmp_path.glob("v__shapes__s0__n12.json.*.old"))
-    ok = rec["robench_version"] == __version__ and sorted(computed) == ["contrast", "gaussian_noise"] and len(kept) == 1
-    cases.check("provenance", "record of another robench version: recomputed, old file kept aside", ok,
-                f"{computed} {kept}")
+    ok = (
+        rec["robench_version"] == __version__
+        and sorted(computed) == ["contrast", "gaussian_noise"]
+        and len(kept) == 1
+    )
+    cases.check(
+        "provenance",
+        "record of another robench version: recomputed, old file kept aside",
+        ok,
+        f"{computed} {kept}",
+    )
 
 
-def test_a_baseline_from_other_images_or_versions_is_refused(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger) -> None:
+def test_a_baseline_from_other_images_or_versions_is_refused(
+    tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger
+) -> None:
     from robench.models import create_model
 
     other = create_model("small_cnn", 10, width=4).eval()
@@ -101,17 +159,45 @@ def test_a_baseline_from_other_images_or_versions_is_refused(tiny_ckpt: Path, tm
         f = tmp_path / f"baseline-{what.replace(' ', '-')}.json"
         f.write_text(json.dumps(rec))
         try:
-            evaluate(other, model_id="m", n_images=12, out=tmp_path / "m", **(QUICK | {"baseline": str(f)}))  # type: ignore[arg-type]
+            evaluate(
+                other,
+                model_id="m",
+                n_images=12,
+                out=tmp_path / "m",
+                **(QUICK | {"baseline": str(f)}),
+            )  # type: ignore[arg-type]
             refused = False
         except ResultError:
             refused = True
-        cases.check("provenance", f"baseline computed on {what}: refused", refused, kind="baseline of other settings")
+        cases.check(
+            "provenance",
+            f"baseline computed on {what}: refused",
+            refused,
+            kind="baseline of other settings",
+        )
 
 
-def test_the_summary_covers_every_perturbation_in_the_file(tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger) -> None:
+def test_the_summary_covers_every_perturbation_in_the_file(
+    tiny_ckpt: Path, tmp_path: Path, cases: CaseLedger
+) -> None:
     _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "split")
-    split = _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "split", perturbations=["gaussian_noise"])
-    whole = _run(tiny_ckpt, n_images=12, model_id="s", out=tmp_path / "whole",
-                 perturbations=["contrast", "gaussian_noise"])
-    cases.check("provenance", "summary after two partial runs equals one whole run", split["summary"] == whole["summary"],
-                f"{split['summary']} vs {whole['summary']}")
+    split = _run(
+        tiny_ckpt,
+        n_images=12,
+        model_id="s",
+        out=tmp_path / "split",
+        perturbations=["gaussian_noise"],
+    )
+    whole = _run(
+        tiny_ckpt,
+        n_images=12,
+        model_id="s",
+        out=tmp_path / "whole",
+        perturbations=["contrast", "gaussian_noise"],
+    )
+    cases.check(
+        "provenance",
+        "summary after two partial runs equals one whole run",
+        split["summary"] == whole["summary"],
+        f"{split['summary']} vs {whole['summary']}",
+    )

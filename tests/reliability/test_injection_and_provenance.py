@@ -16,19 +16,40 @@ import torch
 from _relutil import CaseLedger
 from click.testing import CliRunner
 
-from robench.models.checkpoint import CheckpointError
-from robench.cli import main
 from robench import evaluate
+from robench.cli import main
+from robench.evaluation.record import ResultError, read_record
+from robench.models.checkpoint import CheckpointError
 from robench.models.loading import load_model
 from robench.report import Report
-from robench.report.tables import format_r_table, long_table, wide_table
 from robench.report.figures import figure_png
-from robench.evaluation.record import ResultError, read_record
+from robench.report.tables import format_r_table, long_table, wide_table
 
-PAYLOADS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', '=HYPERLINK("http://evil.example","x")',
-            "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "\x1b]0;pwned\x07\x1b[2J", "$\\evil{$", "{{ 7*7 }}{% raw %}",
-            "../../../../tmp/evil", "/etc/passwd", "x\u202egnp.exe", "\r\n,\"quoted\"\n"]
-STRUCTURAL = {"schema", "kind", "status", "correct", "preset", "split", "marker", "device"}  # enums and encodings
+PAYLOADS = [
+    "<script>alert(1)</script>",
+    '"><img src=x onerror=alert(1)>',
+    '=HYPERLINK("http://evil.example","x")',
+    "+cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    "-2+3",
+    "\x1b]0;pwned\x07\x1b[2J",
+    "$\\evil{$",
+    "{{ 7*7 }}{% raw %}",
+    "../../../../tmp/evil",
+    "/etc/passwd",
+    "x\u202egnp.exe",
+    '\r\n,"quoted"\n',
+]
+STRUCTURAL = {
+    "schema",
+    "kind",
+    "status",
+    "correct",
+    "preset",
+    "split",
+    "marker",
+    "device",
+}  # enums and encodings
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +59,20 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         m = create_model("small_cnn", 10, width=4).eval()
-    rep = evaluate(m, model_id="plain", perturbations=["contrast", "gaussian_noise"], n_images=12, batch_size=12,
-                   out=tmp_path_factory.mktemp("r"), baseline="none", plots=False)
+    rep = evaluate(
+        m,
+        model_id="plain",
+        perturbations=["contrast", "gaussian_noise"],
+        n_images=12,
+        batch_size=12,
+        out=tmp_path_factory.mktemp("r"),
+        baseline="none",
+        plots=False,
+    )
     rec = json.loads(Path(rep.paths["json"]).read_text())
-    rec["gradient_masking"] = [{"name": "large_eps_reaches_zero", "passed": False, "detail": "PGD accuracy 0.6"}]
+    rec["gradient_masking"] = [
+        {"name": "large_eps_reaches_zero", "passed": False, "detail": "PGD accuracy 0.6"}
+    ]
     return rec
 
 
@@ -80,8 +111,9 @@ def _inert_csv(text: str) -> bool:
     return True
 
 
-def test_script_injection_in_every_text_field_stays_inert(record: dict[str, Any], tmp_path: Path,
-                                                         cases: CaseLedger) -> None:
+def test_script_injection_in_every_text_field_stays_inert(
+    record: dict[str, Any], tmp_path: Path, cases: CaseLedger
+) -> None:
     fields = _text_paths(record)
     assert len(fields) > 20
     rng = random.Random(7)
@@ -98,14 +130,26 @@ def test_script_injection_in_every_text_field_stays_inert(record: dict[str, Any]
                 continue
             both = [rec, record]
             term = format_r_table(both)
-            ok = (_inert_csv(wide_table(both).to_csv(index=False)) and _inert_csv(long_table(both).to_csv(index=False))
-                  and "\x1b" not in term and "\u202e" not in term)
+            ok = (
+                _inert_csv(wide_table(both).to_csv(index=False))
+                and _inert_csv(long_table(both).to_csv(index=False))
+                and "\x1b" not in term
+                and "\u202e" not in term
+            )
             cases.check("security", label, ok, repr(payload), kind="injected text refused or inert")
     for payload in PAYLOADS:  # plots draw untrusted names as text, never as $math$
-        evil = _inject(_inject(record, ("model", "id"), payload), ("perturbations",), {
-            payload if k == "contrast" else k: v for k, v in record["perturbations"].items()})
+        evil = _inject(
+            _inject(record, ("model", "id"), payload),
+            ("perturbations",),
+            {payload if k == "contrast" else k: v for k, v in record["perturbations"].items()},
+        )
         ok = all(len(figure_png(Report(evil).plot(kind))) > 100 for kind in ("R", "severity"))
-        cases.check("security", f"injected text in plot labels: {payload!r}", ok, kind="injected text in plots")
+        cases.check(
+            "security",
+            f"injected text in plot labels: {payload!r}",
+            ok,
+            kind="injected text in plots",
+        )
 
 
 class _Tags(HTMLParser):
@@ -118,7 +162,9 @@ class _Tags(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._in_script = tag == "script"
-        if (tag == "img" and dict(attrs).get("src") == "x") or any(k.startswith("on") for k, _ in attrs):
+        if (tag == "img" and dict(attrs).get("src") == "x") or any(
+            k.startswith("on") for k, _ in attrs
+        ):
             self.bad.append(f"<{tag} {attrs}>")
 
     def handle_data(self, data: str) -> None:
@@ -147,44 +193,111 @@ def test_foreign_result_with_injected_text_and_paths_writes_only_inside_the_outp
     results, site = sandbox / "results", sandbox / "site"
     results.mkdir(parents=True)
     for i, payload in enumerate(PAYLOADS):
-        (results / f"evil{i}.json").write_text(json.dumps(_everything_injected(record, payload, keep)))
+        (results / f"evil{i}.json").write_text(
+            json.dumps(_everything_injected(record, payload, keep))
+        )
     (results / "plain.json").write_text(json.dumps(record))
     before = {p for p in tmp_path.rglob("*") if site not in p.parents}
     build_leaderboard([results], site, plots=True, examples=False)
     outside = {p for p in tmp_path.rglob("*") if site not in p.parents and p != site} - before
-    cases.check("security", "leaderboard from injected results: nothing written outside the site", not outside,
-                str(sorted(outside))[:300])
+    cases.check(
+        "security",
+        "leaderboard from injected results: nothing written outside the site",
+        not outside,
+        str(sorted(outside))[:300],
+    )
     for page in site.rglob("*.html"):
         tags = _Tags()
         tags.feed(page.read_text())
-        cases.check("security", f"leaderboard page {page.relative_to(site)}: injected text is not markup", not tags.bad,
-                    str(tags.bad), kind="leaderboard page escapes injected text")
+        cases.check(
+            "security",
+            f"leaderboard page {page.relative_to(site)}: injected text is not markup",
+            not tags.bad,
+            str(tags.bad),
+            kind="leaderboard page escapes injected text",
+        )
     for table in site.glob("*.csv"):
-        cases.check("security", f"leaderboard {table.name}: no spreadsheet formula or control character",
-                    _inert_csv(table.read_text()), kind="leaderboard CSV inert")
+        cases.check(
+            "security",
+            f"leaderboard {table.name}: no spreadsheet formula or control character",
+            _inert_csv(table.read_text()),
+            kind="leaderboard CSV inert",
+        )
     out = sandbox / "eval"
-    for i, payload in enumerate(PAYLOADS):  # the same file as a --baseline: output and terminal stay clean
+    for i, payload in enumerate(
+        PAYLOADS
+    ):  # the same file as a --baseline: output and terminal stay clean
         base = tmp_path / f"base{i}.json"
-        base.write_text(json.dumps(_everything_injected(record, payload, keep | {"name", "dataset", "severities", "clean"})))
-        res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "-p", "contrast", "-p", "gaussian_noise", "--n-images",
-                                        "12", "--batch-size", "12", "--no-plots", "--baseline", str(base), "--out", str(out)])
+        base.write_text(
+            json.dumps(
+                _everything_injected(
+                    record, payload, keep | {"name", "dataset", "severities", "clean"}
+                )
+            )
+        )
+        res = CliRunner().invoke(
+            main,
+            [
+                "evaluate",
+                "zoo:standard",
+                "-p",
+                "contrast",
+                "-p",
+                "gaussian_noise",
+                "--n-images",
+                "12",
+                "--batch-size",
+                "12",
+                "--no-plots",
+                "--baseline",
+                str(base),
+                "--out",
+                str(out),
+            ],
+        )
         files_ok = all(out in p.parents for p in out.rglob("*"))
-        ok = res.exit_code in (0, 1) and "Traceback" not in res.output and "\x1b" not in res.output and files_ok
-        cases.check("security", f"injected baseline result {payload!r}: clean terminal, files inside --out", ok,
-                    res.output[-300:], kind="injected baseline result")
+        ok = (
+            res.exit_code in (0, 1)
+            and "Traceback" not in res.output
+            and "\x1b" not in res.output
+            and files_ok
+        )
+        cases.check(
+            "security",
+            f"injected baseline result {payload!r}: clean terminal, files inside --out",
+            ok,
+            res.output[-300:],
+            kind="injected baseline result",
+        )
 
 
-@pytest.mark.parametrize("model_id", ["../../escape", "/etc/passwd", "..", "a/../../b", "C:\\evil", "x\x00y", "\x1b[2J"])
-def test_model_ids_cannot_place_files_outside_the_output_folder(model_id: str, tmp_path: Path, cases: CaseLedger) -> None:
+@pytest.mark.parametrize(
+    "model_id", ["../../escape", "/etc/passwd", "..", "a/../../b", "C:\\evil", "x\x00y", "\x1b[2J"]
+)
+def test_model_ids_cannot_place_files_outside_the_output_folder(
+    model_id: str, tmp_path: Path, cases: CaseLedger
+) -> None:
     from robench.models import create_model
 
     out = tmp_path / "a" / "out"
-    rep = evaluate(create_model("small_cnn", 10, width=4).eval(), model_id=model_id, perturbations=["contrast"],
-                   n_images=4, out=out, baseline="none", plots=True)
+    rep = evaluate(
+        create_model("small_cnn", 10, width=4).eval(),
+        model_id=model_id,
+        perturbations=["contrast"],
+        n_images=4,
+        out=out,
+        baseline="none",
+        plots=True,
+    )
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and out not in p.parents]
     inside = all(Path(p).resolve().parent == out.resolve() for p in rep.paths.values())
-    cases.check("security", f"model id {model_id!r}: every file inside --out", inside and not outside,
-                str(outside), kind="path in a model id")
+    cases.check(
+        "security",
+        f"model id {model_id!r}: every file inside --out",
+        inside and not outside,
+        str(outside),
+        kind="path in a model id",
+    )
 
 
 def _zoo_copy(tmp_path: Path) -> Path:
@@ -196,19 +309,37 @@ def _zoo_copy(tmp_path: Path) -> Path:
     return dst
 
 
-def test_tampered_zoo_files_and_cards_are_refused(tmp_path: Path, cases: CaseLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_zoo_files_and_cards_are_refused(
+    tmp_path: Path, cases: CaseLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     zoo = _zoo_copy(tmp_path)
     monkeypatch.setenv("ROBENCH_ZOO", str(zoo.parent))
     good = (zoo / "standard.pt").read_bytes()
-    cases.check("security", "untampered zoo file loads", load_model("zoo:standard").sha256 is not None, kind="zoo hash check")
+    cases.check(
+        "security",
+        "untampered zoo file loads",
+        load_model("zoo:standard").sha256 is not None,
+        kind="zoo hash check",
+    )
     rng = random.Random(11)
-    edits = {"flip a byte": lambda d: d[:(i := rng.randrange(len(d)))] + bytes([d[i] ^ 1]) + d[i + 1 :],
-             "append bytes": lambda d: d + b"x", "truncate": lambda d: d[: len(d) // 2]}
+    edits = {
+        "flip a byte": lambda d: d[: (i := rng.randrange(len(d)))] + bytes([d[i] ^ 1]) + d[i + 1 :],
+        "append bytes": lambda d: d + b"x",
+        "truncate": lambda d: d[: len(d) // 2],
+    }
     for name, edit in [*edits.items(), ("flip another byte", edits["flip a byte"])]:
         (zoo / "standard.pt").write_bytes(edit(good))
-        res = CliRunner().invoke(main, ["evaluate", "zoo:standard", "-p", "contrast", "--out", str(tmp_path / "o")])
+        res = CliRunner().invoke(
+            main, ["evaluate", "zoo:standard", "-p", "contrast", "--out", str(tmp_path / "o")]
+        )
         ok = res.exit_code == 1 and "does not match its model card" in res.output
-        cases.check("security", f"tampered zoo checkpoint ({name}) refused", ok, res.output[-200:], kind="zoo hash check")
+        cases.check(
+            "security",
+            f"tampered zoo checkpoint ({name}) refused",
+            ok,
+            res.output[-200:],
+            kind="zoo hash check",
+        )
     (zoo / "standard.pt").write_bytes(good)
     card = json.loads((zoo / "standard.json").read_text())
     (zoo / "standard.json").write_text(json.dumps({**card, "sha256": "0" * 64}))
@@ -218,23 +349,53 @@ def test_tampered_zoo_files_and_cards_are_refused(tmp_path: Path, cases: CaseLed
 
 
 def test_a_model_card_beside_a_checkpoint_is_checked(tmp_path: Path, cases: CaseLedger) -> None:
-    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
     from robench.models import create_model
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
     from robench.models.zoo import ZooCard, write_card
 
     m = create_model("small_cnn", 10, width=4)
-    meta = CheckpointMeta(arch="small_cnn", num_classes=10, input_size=32, arch_kwargs={"width": 4},
-                          mean=tuple(m.normalize.mean.flatten().tolist()), std=tuple(m.normalize.std.flatten().tolist()))
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        num_classes=10,
+        input_size=32,
+        arch_kwargs={"width": 4},
+        mean=tuple(m.normalize.mean.flatten().tolist()),
+        std=tuple(m.normalize.std.flatten().tolist()),
+    )
     ckpt = tmp_path / "m.pt"
     digest = save_checkpoint(m, ckpt, meta)
-    write_card(ZooCard(name="../../escape", dataset="shapes", defense="standard", arch="small_cnn", command="rm -rf / ; x",
-                       seed=0, epochs=1, wall_time_s=0.0, clean_accuracy=0.1, sha256=digest, robench_version="0",
-                       notes="<script>alert(1)</script>"), ckpt.with_suffix(".json"))
+    write_card(
+        ZooCard(
+            name="../../escape",
+            dataset="shapes",
+            defense="standard",
+            arch="small_cnn",
+            command="rm -rf / ; x",
+            seed=0,
+            epochs=1,
+            wall_time_s=0.0,
+            clean_accuracy=0.1,
+            sha256=digest,
+            robench_version="0",
+            notes="<script>alert(1)</script>",
+        ),
+        ckpt.with_suffix(".json"),
+    )
     loaded = load_model(ckpt)
-    cases.check("security", "card beside checkpoint: matching hash accepted", loaded.card is not None, kind="card hash check")
+    cases.check(
+        "security",
+        "card beside checkpoint: matching hash accepted",
+        loaded.card is not None,
+        kind="card hash check",
+    )
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2] ^= 0x10
     ckpt.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match its model card"):
         load_model(ckpt)
-    cases.check("security", "card beside checkpoint: tampered checkpoint refused", True, kind="card hash check")
+    cases.check(
+        "security",
+        "card beside checkpoint: tampered checkpoint refused",
+        True,
+        kind="card hash check",
+    )

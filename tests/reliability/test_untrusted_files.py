@@ -21,8 +21,8 @@ import torch
 from _relutil import CaseLedger
 from click.testing import CliRunner
 
-from robench.models.checkpoint import CheckpointError
 from robench.cli import main
+from robench.models.checkpoint import CheckpointError
 from robench.models.loading import check_graph, load_model
 
 
@@ -50,8 +50,12 @@ def _pickle_files(folder: Path, marker: Path) -> dict[str, Path]:
     variants: dict[str, Any] = {
         "whole object": Touch(marker),
         "inside state_dict": {**sd, "features.0.weight": Touch(marker)},
-        "inside meta": {"format": "robench-checkpoint", "format_version": 2, "meta": {"arch": Touch(marker, "system")},
-                        "state_dict": sd},
+        "inside meta": {
+            "format": "robench-checkpoint",
+            "format_version": 2,
+            "meta": {"arch": Touch(marker, "system")},
+            "state_dict": sd,
+        },
         "in a list": [sd, Touch(marker)],
     }
     out = {}
@@ -72,39 +76,93 @@ def _pickle_files(folder: Path, marker: Path) -> dict[str, Path]:
     return out
 
 
-def test_malicious_pickles_are_refused_everywhere_robench_reads_a_model(tmp_path: Path, cases: CaseLedger) -> None:
+def test_malicious_pickles_are_refused_everywhere_robench_reads_a_model(
+    tmp_path: Path, cases: CaseLedger
+) -> None:
     marker = tmp_path / "pwned"
     files = _pickle_files(tmp_path, marker)
-    torch.load(files["whole object"], weights_only=False)  # the payload is live: plain torch.load runs it
+    torch.load(
+        files["whole object"], weights_only=False
+    )  # the payload is live: plain torch.load runs it
     assert marker.exists()
     marker.unlink()
     r = CliRunner()
-    quick = ["-p", "contrast", "--n-images", "4", "--baseline", "none", "--no-plots", "--out", str(tmp_path / "o")]
+    quick = [
+        "-p",
+        "contrast",
+        "--n-images",
+        "4",
+        "--baseline",
+        "none",
+        "--no-plots",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     for name, path in files.items():
         entry_points = {
             "evaluate": ["evaluate", str(path), *quick],
             "evaluate --arch": ["evaluate", str(path), "--arch", "small_cnn", *quick],
             "--baseline": ["evaluate", "zoo:standard", *quick, "--baseline", str(path)],
-            "--surrogate": ["evaluate", "zoo:standard", "--surrogate", str(path), "-p", "mi_fgsm_0.04", "--n-images", "4",
-                            "--baseline", "none", "--out", str(tmp_path / "o")],
-            "train -o init=": ["train", "--defense", "perturbed", "-o", f"init={path}", "--epochs", "1", "--train-images",
-                               "64", "--batch-size", "64", "--out", str(tmp_path / "t.pt")],
+            "--surrogate": [
+                "evaluate",
+                "zoo:standard",
+                "--surrogate",
+                str(path),
+                "-p",
+                "mi_fgsm_0.04",
+                "--n-images",
+                "4",
+                "--baseline",
+                "none",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            "train -o init=": [
+                "train",
+                "--defense",
+                "perturbed",
+                "-o",
+                f"init={path}",
+                "--epochs",
+                "1",
+                "--train-images",
+                "64",
+                "--batch-size",
+                "64",
+                "--out",
+                str(tmp_path / "t.pt"),
+            ],
         }
         for where, args in entry_points.items():
             res = r.invoke(main, args)
-            refused = res.exit_code == 1 and "Traceback" not in res.output and isinstance(res.exception, SystemExit)
-            cases.check("security", f"malicious pickle ({name}) via {where}", refused and not marker.exists(),
-                        res.output[-300:], kind="malicious pickle refused")
+            refused = (
+                res.exit_code == 1
+                and "Traceback" not in res.output
+                and isinstance(res.exception, SystemExit)
+            )
+            cases.check(
+                "security",
+                f"malicious pickle ({name}) via {where}",
+                refused and not marker.exists(),
+                res.output[-300:],
+                kind="malicious pickle refused",
+            )
 
 
-def test_planted_training_state_and_transfer_cache_run_nothing(tmp_path: Path, cases: CaseLedger) -> None:
+def test_planted_training_state_and_transfer_cache_run_nothing(
+    tmp_path: Path, cases: CaseLedger
+) -> None:
     from robench.training.job import train
 
     marker = tmp_path / "pwned"
     out = tmp_path / "m.pt"
     torch.save({"run_id": Touch(marker), "epoch": 1}, out.with_name(out.name + ".partial"))
     train("standard", epochs=1, train_images=64, batch_size=64, arch_kwargs={"width": 4}, out=out)
-    cases.check("security", "planted .partial training state: ignored, not run", out.exists() and not marker.exists())
+    cases.check(
+        "security",
+        "planted .partial training state: ignored, not run",
+        out.exists() and not marker.exists(),
+    )
     cache = Path(os.environ["ROBENCH_CACHE"]) / "transfer"
     cache.mkdir(parents=True, exist_ok=True)
     planted = cache / "planted.pt"
@@ -116,7 +174,11 @@ def test_planted_training_state_and_transfer_cache_run_nothing(tmp_path: Path, c
         ran = marker.exists()
     finally:
         planted.unlink()
-    cases.check("security", "planted transfer cache: read with weights_only", not ran and not marker.exists())
+    cases.check(
+        "security",
+        "planted transfer cache: read with weights_only",
+        not ran and not marker.exists(),
+    )
 
 
 class FileTouchingModule(torch.nn.Module):
@@ -158,7 +220,9 @@ class FileReadingModule(torch.nn.Module):
         return x.mean((2, 3)).sum(1, keepdim=True) * 0 + leak
 
 
-def test_torchscript_that_touches_files_is_refused_before_it_runs(tmp_path: Path, cases: CaseLedger) -> None:
+def test_torchscript_that_touches_files_is_refused_before_it_runs(
+    tmp_path: Path, cases: CaseLedger
+) -> None:
     import warnings
 
     victim = tmp_path / "victim.txt"
@@ -171,14 +235,38 @@ def test_torchscript_that_touches_files_is_refused_before_it_runs(tmp_path: Path
     copy = tmp_path / "copy.txt"
     shutil.copy(victim, copy)
     live = torch.jit.load(str(evil))  # control: plain torch.jit.load runs __setstate__ ...
-    assert victim.read_text() != "precious data\n", "the TorchScript payload did not run: the fixture proves nothing"
+    assert victim.read_text() != "precious data\n", (
+        "the TorchScript payload did not run: the fixture proves nothing"
+    )
     del live
     shutil.copy(copy, victim)
-    for name, path in (("writes a file on load and forward", evil), ("reads a file into its logits", reader)):
-        res = CliRunner().invoke(main, ["evaluate", str(path), "-p", "contrast", "--n-images", "4", "--baseline", "none",
-                                        "--out", str(tmp_path / "o")])
-        ok = res.exit_code == 1 and "refusing" in res.output and victim.read_text() == "precious data\n"
-        cases.check("security", f"TorchScript that {name}: refused, file untouched", ok, res.output[-300:])
+    for name, path in (
+        ("writes a file on load and forward", evil),
+        ("reads a file into its logits", reader),
+    ):
+        res = CliRunner().invoke(
+            main,
+            [
+                "evaluate",
+                str(path),
+                "-p",
+                "contrast",
+                "--n-images",
+                "4",
+                "--baseline",
+                "none",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+        )
+        ok = (
+            res.exit_code == 1
+            and "refusing" in res.output
+            and victim.read_text() == "precious data\n"
+        )
+        cases.check(
+            "security", f"TorchScript that {name}: refused, file untouched", ok, res.output[-300:]
+        )
 
 
 def _evil_pt2(tmp_path: Path, marker: Path) -> Path:
@@ -211,13 +299,19 @@ def test_export_program_with_a_pickle_payload_is_refused(tmp_path: Path, cases: 
     warnings.simplefilter("ignore")
     marker = tmp_path / "pwned"
     evil = _evil_pt2(tmp_path, marker)
-    with contextlib.suppress(Exception):  # control: torch's own loader runs the payload (and may fail after)
+    with contextlib.suppress(
+        Exception
+    ):  # control: torch's own loader runs the payload (and may fail after)
         torch.export.load(str(evil))
     assert marker.exists(), "the export payload did not run: the fixture proves nothing"
     marker.unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="not a readable"):
         load_model(evil)
-    cases.check("security", "export program with a pickled payload: refused, nothing run", not marker.exists())
+    cases.check(
+        "security",
+        "export program with a pickled payload: refused, nothing run",
+        not marker.exists(),
+    )
 
 
 def test_export_graph_calling_a_python_function_is_refused(cases: CaseLedger) -> None:
@@ -233,5 +327,9 @@ def test_export_graph_calling_a_python_function_is_refused(cases: CaseLedger) ->
             refused = False
         except CheckpointError:
             refused = True
-        cases.check("security", f"graph check: {'python function' if bad else 'plain operator'} call",
-                    refused == bad, kind="export graph allowlist")
+        cases.check(
+            "security",
+            f"graph check: {'python function' if bad else 'plain operator'} call",
+            refused == bad,
+            kind="export graph allowlist",
+        )

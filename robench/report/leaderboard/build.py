@@ -22,25 +22,50 @@ import numpy as np
 import pandas as pd
 
 from robench._io import atomic_write_bytes, atomic_write_text, sha256_file
-from robench.report.figures import figure_png
 from robench.evaluation.record import ResultError, correct_bits, finalize, read_record
+from robench.report.figures import figure_png
 from robench.report.leaderboard import site as _site
 from robench.report.tables import long_table, wide_table
 
 __all__ = [
-    "LoadProblem", "Leaderboard", "find_result_files", "validate_record", "load_results", "build_leaderboard",
-    "leaderboard_tables", "read_wide_csv", "read_long_csv", "DEFAULT_RESULTS", "DEFAULT_SITE",
+    "LoadProblem",
+    "Leaderboard",
+    "find_result_files",
+    "validate_record",
+    "load_results",
+    "build_leaderboard",
+    "leaderboard_tables",
+    "read_wide_csv",
+    "read_long_csv",
+    "DEFAULT_RESULTS",
+    "DEFAULT_SITE",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RESULTS = Path("leaderboard")
 DEFAULT_SITE = Path("leaderboard/site")
-MANIFEST = "MANIFEST.txt"  # the files a build wrote; the next build deletes those it no longer writes
-FAMILY_COLUMNS = {"corruption": "mean_R_corruption", "white-box": "mean_R_white-box", "transfer": "mean_R_transfer"}
+MANIFEST = (
+    "MANIFEST.txt"  # the files a build wrote; the next build deletes those it no longer writes
+)
+FAMILY_COLUMNS = {
+    "corruption": "mean_R_corruption",
+    "white-box": "mean_R_white-box",
+    "transfer": "mean_R_transfer",
+}
 _WIDE_EXTRA = ["dataset", "seed", "n_images", *FAMILY_COLUMNS.values(), "gradient_masking"]
-_LONG_TEXT = ["model", "model_sha256", "dataset", "preset", "robench_version", "gradient_masking", "perturbation",
-              "kind", "family", "parameter"]
+_LONG_TEXT = [
+    "model",
+    "model_sha256",
+    "dataset",
+    "preset",
+    "robench_version",
+    "gradient_masking",
+    "perturbation",
+    "kind",
+    "family",
+    "parameter",
+]
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,9 @@ class Leaderboard:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def find_result_files(paths: Iterable[str | os.PathLike[str]], *, exclude: Path | None = None) -> list[Path]:
+def find_result_files(
+    paths: Iterable[str | os.PathLike[str]], *, exclude: Path | None = None
+) -> list[Path]:
     """Every ``*.json`` under the given folders (recursively) plus the given files, sorted.
 
     Raises:
@@ -87,7 +114,11 @@ def find_result_files(paths: Iterable[str | os.PathLike[str]], *, exclude: Path 
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            found += [f for f in sorted(p.rglob("*.json")) if skip is None or skip not in f.resolve().parents]
+            found += [
+                f
+                for f in sorted(p.rglob("*.json"))
+                if skip is None or skip not in f.resolve().parents
+            ]
         else:
             raise FileNotFoundError(f"result folder or file not found: {p}")
     return list(dict.fromkeys(found))
@@ -97,7 +128,11 @@ def find_result_files(paths: Iterable[str | os.PathLike[str]], *, exclude: Path 
 def _validator() -> Any:
     import jsonschema
 
-    schema = json.loads(resources.files("robench").joinpath("schemas/result.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads(
+        resources.files("robench")
+        .joinpath("schemas/result.schema.json")
+        .read_text(encoding="utf-8")
+    )
     return jsonschema.Draft202012Validator(schema)
 
 
@@ -122,7 +157,9 @@ def validate_record(record: Mapping[str, Any], name: str = "result") -> None:
         if entry["status"] != "done":
             continue
         if not entry.get("severities"):
-            raise ResultError(f"{name}: perturbation {pname!r} is marked done but has no severities")
+            raise ResultError(
+                f"{name}: perturbation {pname!r} is marked done but has no severities"
+            )
         for s in entry["severities"]:
             _check_counts(s, f"{name}: {pname!r} severity {s.get('severity', '?')}")
 
@@ -135,14 +172,18 @@ def _check_counts(entry: Mapping[str, Any], where: str) -> None:
     except ValueError as exc:
         raise ResultError(f"{where} has unreadable per-image correctness ({exc})") from None
     if int(bits.sum()) != k or k > n or abs(float(entry["accuracy"]) - k / n) > 1e-9:
-        raise ResultError(f"{where}: accuracy {entry['accuracy']}, {k} of {n} correct and the per-image bits disagree")
+        raise ResultError(
+            f"{where}: accuracy {entry['accuracy']}, {k} of {n} correct and the per-image bits disagree"
+        )
 
 
 def _identity(rec: Mapping[str, Any]) -> str:
     return json.dumps([rec["run_key"], rec["model"]["id"]], sort_keys=True)
 
 
-def load_results(files: Sequence[Path]) -> tuple[list[tuple[Path, dict[str, Any]]], list[LoadProblem]]:
+def load_results(
+    files: Sequence[Path],
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[LoadProblem]]:
     """Read, validate and de-duplicate result files; the bad ones become :class:`LoadProblem`.
 
     Two files of the same run (same run key and model name) keep the one with more finished
@@ -156,16 +197,24 @@ def load_results(files: Sequence[Path]) -> tuple[list[tuple[Path, dict[str, Any]
             validate_record(rec, str(path))
         except (ResultError, FileNotFoundError) as exc:
             msg = str(exc)
-            problems.append(LoadProblem(path, msg[len(str(path)):].lstrip(" :") if msg.startswith(str(path)) else msg))
+            problems.append(
+                LoadProblem(
+                    path, msg[len(str(path)) :].lstrip(" :") if msg.startswith(str(path)) else msg
+                )
+            )
             log.warning("skipping %s", problems[-1])
             continue
         _complete(rec)
         key = _identity(rec)
         if key in good:
             old_path, old = good[key]
-            keep, drop = ((path, rec), old_path) if _rank(rec) > _rank(old) else ((old_path, old), path)
+            keep, drop = (
+                ((path, rec), old_path) if _rank(rec) > _rank(old) else ((old_path, old), path)
+            )
             good[key] = keep
-            problems.append(LoadProblem(drop, f"duplicates {keep[0]} (same run); kept the more complete one"))
+            problems.append(
+                LoadProblem(drop, f"duplicates {keep[0]} (same run); kept the more complete one")
+            )
         else:
             good[key] = (path, rec)
     return list(good.values()), problems
@@ -181,12 +230,21 @@ def _complete(rec: dict[str, Any]) -> None:
     done = [e for e in rec["perturbations"].values() if e["status"] == "done"]
     if any("R" not in e or "accuracy" not in e for e in done) or "mean_R" not in rec["summary"]:
         finalize(rec, None, list(rec["perturbations"]))
-        rec["_notes"] = ["this run did not finish: R was derived from its counts, without baseline markers"]
+        rec["_notes"] = [
+            "this run did not finish: R was derived from its counts, without baseline markers"
+        ]
 
 
 def _order(items: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
     """Table order: dataset, then clean accuracy (best first), then name."""
-    return sorted(items, key=lambda it: (it[1]["dataset"]["name"], -it[1]["clean"]["accuracy"], it[1]["model"]["id"]))
+    return sorted(
+        items,
+        key=lambda it: (
+            it[1]["dataset"]["name"],
+            -it[1]["clean"]["accuracy"],
+            it[1]["model"]["id"],
+        ),
+    )
 
 
 def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -202,7 +260,9 @@ def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFra
     wide["gradient_masking"] = [safe_text(masking_flags(r)) for r in records]
     long = long_table(records)
     if len(long):
-        long[[c for c in _LONG_TEXT if c in long]] = long[[c for c in _LONG_TEXT if c in long]].fillna("").astype(str)
+        long[[c for c in _LONG_TEXT if c in long]] = (
+            long[[c for c in _LONG_TEXT if c in long]].fillna("").astype(str)
+        )
     return wide.astype({c: float for c in FAMILY_COLUMNS.values()}), long
 
 
@@ -218,7 +278,12 @@ def read_wide_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 def read_long_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read the long CSV back: text columns as text (empty stays ``""``), numbers as numbers."""
-    df = pd.read_csv(path, dtype={c: str for c in _LONG_TEXT}, keep_default_na=False, na_values={"R": [""], "accuracy": [""]})
+    df = pd.read_csv(
+        path,
+        dtype={c: str for c in _LONG_TEXT},
+        keep_default_na=False,
+        na_values={"R": [""], "accuracy": [""]},
+    )
     return df
 
 
@@ -250,7 +315,9 @@ def build_leaderboard(
     out = Path(out)
     files = find_result_files(result_paths, exclude=out)
     if not files:
-        raise ValueError(f"no result files (*.json) under {', '.join(str(p) for p in result_paths)}")
+        raise ValueError(
+            f"no result files (*.json) under {', '.join(str(p) for p in result_paths)}"
+        )
     items, problems = load_results(files)
     items = _order(items)
     records = [rec for _, rec in items]
@@ -269,14 +336,27 @@ def build_leaderboard(
         images = writer.written
     env = _site.environment()
     for (path, rec), page in zip(items, pages):
-        html = _site.render_model(env, rec, page=page, source=path, source_sha256=sha256_file(path), records=records,
-                                  pages=pages, plots=files_written, examples=shots.get(page))
+        html = _site.render_model(
+            env,
+            rec,
+            page=page,
+            source=path,
+            source_sha256=sha256_file(path),
+            records=records,
+            pages=pages,
+            plots=files_written,
+            examples=shots.get(page),
+        )
         files_written[f"{page}:html"] = atomic_write_text(out / "models" / f"{page}.html", html)
     gallery = _site.render_gallery(env, records, plots=files_written)
     files_written["gallery_html"] = atomic_write_text(out / "gallery.html", gallery)
     files_written["css"] = atomic_write_text(out / "style.css", _site.render_css(env))
-    index = atomic_write_text(out / "index.html", _site.render_index(env, records, pages=pages, problems=problems,
-                                                                    plots=files_written, out=out))
+    index = atomic_write_text(
+        out / "index.html",
+        _site.render_index(
+            env, records, pages=pages, problems=problems, plots=files_written, out=out
+        ),
+    )
     _prune(out, {index, *files_written.values(), *images})
     return Leaderboard(out, index, records, [p for p, _ in items], problems, files_written)
 
@@ -289,44 +369,70 @@ def _prune(out: Path, written: set[Path]) -> None:
         root = out.resolve()
         for rel in set(manifest.read_text(encoding="utf-8").split()) - set(now):
             old = (out / rel).resolve()
-            if root in old.parents and old.is_file() and old.suffix in {".html", ".png", ".csv", ".css"}:
+            if (
+                root in old.parents
+                and old.is_file()
+                and old.suffix in {".html", ".png", ".csv", ".css"}
+            ):
                 old.unlink()
     atomic_write_text(manifest, "\n".join(now) + "\n")
 
 
 def _write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
     wide, long = leaderboard_tables(records)
-    return {"wide_csv": atomic_write_text(out / "results.csv", wide.to_csv(index=False)),
-            "long_csv": atomic_write_text(out / "results-long.csv", long.to_csv(index=False))}
+    return {
+        "wide_csv": atomic_write_text(out / "results.csv", wide.to_csv(index=False)),
+        "long_csv": atomic_write_text(out / "results-long.csv", long.to_csv(index=False)),
+    }
 
 
-def _write_site_plots(records: Sequence[dict[str, Any]], pages: Sequence[str], out: Path) -> dict[str, Path]:
+def _write_site_plots(
+    records: Sequence[dict[str, Any]], pages: Sequence[str], out: Path
+) -> dict[str, Path]:
     from robench.report import Report
     from robench.report.leaderboard.plots import clean_vs_mean_r, r_heatmap
     from robench.report.plots import severity_curves
 
     labels = _site.labels(records)
-    long = pd.concat([long_table([r]).assign(model=lab) for r, lab in zip(records, labels)], ignore_index=True) \
-        if records else pd.DataFrame()
+    long = (
+        pd.concat(
+            [long_table([r]).assign(model=lab) for r, lab in zip(records, labels)],
+            ignore_index=True,
+        )
+        if records
+        else pd.DataFrame()
+    )
     written: dict[str, Path] = {}
     if records:
         plots = out / "plots"
-        written["heatmap_png"] = atomic_write_bytes(plots / "heatmap.png", figure_png(r_heatmap(records, labels)))
-        written["clean_vs_r_png"] = atomic_write_bytes(plots / "clean_vs_R.png", figure_png(clean_vs_mean_r(records, labels)))
+        written["heatmap_png"] = atomic_write_bytes(
+            plots / "heatmap.png", figure_png(r_heatmap(records, labels))
+        )
+        written["clean_vs_r_png"] = atomic_write_bytes(
+            plots / "clean_vs_R.png", figure_png(clean_vs_mean_r(records, labels))
+        )
     if len(long) and (long["kind"] == "corruption").any():
-        written["severity_png"] = atomic_write_bytes(out / "plots" / "severity.png", figure_png(severity_curves(long)))
+        written["severity_png"] = atomic_write_bytes(
+            out / "plots" / "severity.png", figure_png(severity_curves(long))
+        )
     for rec, page in zip(records, pages):
         rep = Report(rec)
         own = _with_baseline_curves(rec, records)
         if (own["kind"] == "corruption").any():
             png = figure_png(severity_curves(own))
-            written[f"{page}:severity"] = atomic_write_bytes(out / "models" / f"{page}-severity.png", png)
+            written[f"{page}:severity"] = atomic_write_bytes(
+                out / "models" / f"{page}-severity.png", png
+            )
         if len(rep.r_frame()):
-            written[f"{page}:R"] = atomic_write_bytes(out / "models" / f"{page}-R.png", figure_png(rep.plot("R")))
+            written[f"{page}:R"] = atomic_write_bytes(
+                out / "models" / f"{page}-R.png", figure_png(rep.plot("R"))
+            )
     return written
 
 
-def _with_baseline_curves(rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def _with_baseline_curves(
+    rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+) -> pd.DataFrame:
     """The model's long table, plus its baseline's curves when that result is on the board too."""
     own = long_table([rec])
     base = _site.find_baseline(rec, records)

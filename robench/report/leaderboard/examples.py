@@ -34,10 +34,15 @@ log = logging.getLogger(__name__)
 _LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
 
-
 def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
     """PNG bytes of one C x H x W image in [0, 1], enlarged (nearest) to at least ``min_side`` px."""
-    arr = (x.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = (
+        (x.detach().cpu().float().clamp(0, 1) * 255)
+        .round()
+        .to(torch.uint8)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
     factor = max(1, -(-min_side // max(img.size)))
     if factor > 1:
@@ -74,7 +79,9 @@ class ExampleWriter:
             try:
                 self._data[name] = load_dataset(name, "test")
             except _LOAD_ERRORS as exc:
-                self._data[name] = f"dataset {name!r} is not available here ({first_line(exc, 120)})"
+                self._data[name] = (
+                    f"dataset {name!r} is not available here ({first_line(exc, 120)})"
+                )
         return self._data[name]
 
     def _write(self, rel: str, x: Tensor) -> str:
@@ -84,7 +91,9 @@ class ExampleWriter:
             self.written.add(path)
         return rel
 
-    def samples(self, rec: Mapping[str, Any]) -> tuple[list[int], list[int], Tensor, Tensor, Tensor | None] | str:
+    def samples(
+        self, rec: Mapping[str, Any]
+    ) -> tuple[list[int], list[int], Tensor, Tensor, Tensor | None] | str:
         """Positions in the run, dataset indices, images, labels and boxes; or why there are none."""
         ds = self._dataset(rec["dataset"]["name"])
         if isinstance(ds, str):
@@ -109,13 +118,28 @@ class ExampleWriter:
         positions, indices, x, y, boxes = got
         ds = self._dataset(rec["dataset"]["name"])
         classes = getattr(ds.info, "classes", None) or ()
-        images = [{"index": i, "label": classes[int(c)] if int(c) < len(classes) else str(int(c))} for i, c in zip(indices, y)]
+        images = [
+            {"index": i, "label": classes[int(c)] if int(c) < len(classes) else str(int(c))}
+            for i, c in zip(indices, y)
+        ]
         seed, preset = int(rec["config"]["seed"]), rec["dataset"]["preset"]
         folder = f"examples/{safe_slug(rec['dataset']['name'])}-s{seed}"
         clean_bits = correct_bits(rec["clean"])
-        tiles = [{"name": "clean", "short": "Clean", "caption": "no perturbation", "cells": [
-            {"src": self._write(f"{folder}/clean-{i}.png", x[k]), "correct": _mark(clean_bits, p), "trail": ""}
-            for k, (p, i) in enumerate(zip(positions, indices))]}]
+        tiles = [
+            {
+                "name": "clean",
+                "short": "Clean",
+                "caption": "no perturbation",
+                "cells": [
+                    {
+                        "src": self._write(f"{folder}/clean-{i}.png", x[k]),
+                        "correct": _mark(clean_bits, p),
+                        "trail": "",
+                    }
+                    for k, (p, i) in enumerate(zip(positions, indices))
+                ],
+            }
+        ]
         notes: list[str] = []
         for name in _names(rec):
             entry = rec["perturbations"][name]
@@ -123,30 +147,77 @@ class ExampleWriter:
                 continue
             spec = P.PERTURBATIONS.get(name) if name in P.PERTURBATIONS else None
             if spec is None:
-                tiles.append(_tile(name, entry, positions, [None] * len(positions), "not a registered perturbation"))
+                tiles.append(
+                    _tile(
+                        name,
+                        entry,
+                        positions,
+                        [None] * len(positions),
+                        "not a registered perturbation",
+                    )
+                )
             elif spec.kind == "corruption":
-                tiles.append(self._corruption_tile(spec, entry, folder, positions, indices, x, boxes, seed, preset))
+                tiles.append(
+                    self._corruption_tile(
+                        spec, entry, folder, positions, indices, x, boxes, seed, preset
+                    )
+                )
             else:
-                tiles.append(self._attack_tile(spec, entry, rec, page, positions, indices, x, y, seed, notes))
+                tiles.append(
+                    self._attack_tile(spec, entry, rec, page, positions, indices, x, y, seed, notes)
+                )
         if not self.attacks and any(t.get("note") == "needs the checkpoint" for t in tiles):
-            notes.append("Adversarial images are not shown: adversarial examples were not requested.")
+            notes.append(
+                "Adversarial images are not shown: adversarial examples were not requested."
+            )
         return {"images": images, "tiles": tiles, "notes": notes}
 
-    def _corruption_tile(self, spec: Any, entry: Mapping[str, Any], folder: str, positions: list[int], indices: list[int],
-                         x: Tensor, boxes: Tensor | None, seed: int, preset: str) -> dict[str, Any]:
+    def _corruption_tile(
+        self,
+        spec: Any,
+        entry: Mapping[str, Any],
+        folder: str,
+        positions: list[int],
+        indices: list[int],
+        x: Tensor,
+        boxes: Tensor | None,
+        seed: int,
+        preset: str,
+    ) -> dict[str, Any]:
         sevs = {int(s.get("severity", j + 1)): s for j, s in enumerate(entry["severities"])}
         s = 3 if 3 in sevs else sorted(sevs)[len(sevs) // 2]
         if spec.needs_boxes and boxes is None:
-            return _tile(spec.name, entry, positions, [None] * len(positions), "needs bounding boxes", severity=s)
+            return _tile(
+                spec.name,
+                entry,
+                positions,
+                [None] * len(positions),
+                "needs bounding boxes",
+                severity=s,
+            )
         xc = spec(x, s, seed=seed, indices=indices, preset=preset, boxes=boxes)
-        srcs = [self._write(f"{folder}/{spec.name}-s{s}-{i}.png", xc[k]) for k, i in enumerate(indices)]
+        srcs = [
+            self._write(f"{folder}/{spec.name}-s{s}-{i}.png", xc[k]) for k, i in enumerate(indices)
+        ]
         return _tile(spec.name, entry, positions, srcs, "", severity=s)
 
-    def _attack_tile(self, spec: Any, entry: Mapping[str, Any], rec: Mapping[str, Any], page: str,
-                     positions: list[int], indices: list[int], x: Tensor, y: Tensor, seed: int,
-                     notes: list[str]) -> dict[str, Any]:
+    def _attack_tile(
+        self,
+        spec: Any,
+        entry: Mapping[str, Any],
+        rec: Mapping[str, Any],
+        page: str,
+        positions: list[int],
+        indices: list[int],
+        x: Tensor,
+        y: Tensor,
+        seed: int,
+        notes: list[str],
+    ) -> dict[str, Any]:
         if self._adversary is None:
-            return _tile(spec.name, entry, positions, [None] * len(positions), "needs the checkpoint")
+            return _tile(
+                spec.name, entry, positions, [None] * len(positions), "needs the checkpoint"
+            )
         try:
             adv = self._adversary.craft(rec, spec.name, x, y, indices=indices, seed=seed)
         except ExampleUnavailable as exc:
@@ -154,9 +225,14 @@ class ExampleWriter:
                 note = f"Adversarial images are not shown: {exc.reason}."
                 if note not in notes:
                     notes.append(note)
-                return _tile(spec.name, entry, positions, [None] * len(positions), "needs the checkpoint")
+                return _tile(
+                    spec.name, entry, positions, [None] * len(positions), "needs the checkpoint"
+                )
             return _tile(spec.name, entry, positions, [None] * len(positions), exc.reason)
-        srcs = [self._write(f"examples/{page}/{spec.name}-{i}.png", adv[k]) for k, i in enumerate(indices)]
+        srcs = [
+            self._write(f"examples/{page}/{spec.name}-{i}.png", adv[k])
+            for k, i in enumerate(indices)
+        ]
         return _tile(spec.name, entry, positions, srcs, "")
 
     def gallery(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
@@ -166,13 +242,21 @@ class ExampleWriter:
             name = rec["dataset"]["name"]
             if f"gallery:{name}" in written:
                 continue
-            names = [n for n in _names(rec) if n in P.PERTURBATIONS and P.get(n).kind == "corruption"]
+            names = [
+                n for n in _names(rec) if n in P.PERTURBATIONS and P.get(n).kind == "corruption"
+            ]
             got = self.samples(rec)
             if not names or isinstance(got, str):
                 continue
             _, _, x, _, boxes = got
-            fig = gallery_figure(x, names=names, preset=rec["dataset"]["preset"], seed=int(rec["config"]["seed"]), boxes=boxes,
-                                 title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}")
+            fig = gallery_figure(
+                x,
+                names=names,
+                preset=rec["dataset"]["preset"],
+                seed=int(rec["config"]["seed"]),
+                boxes=boxes,
+                title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}",
+            )
             path = self.out / "plots" / f"gallery-{safe_slug(name)}.png"
             written[f"gallery:{name}"] = atomic_write_bytes(path, figure_png(fig, dpi=90))
         return written
@@ -183,16 +267,36 @@ def _names(rec: Mapping[str, Any]) -> list[str]:
     return names + [n for n in rec["perturbations"] if n not in names]
 
 
-def _tile(name: str, entry: Mapping[str, Any], positions: list[int], srcs: list[str | None], note: str, *,
-          severity: int | None = None) -> dict[str, Any]:
+def _tile(
+    name: str,
+    entry: Mapping[str, Any],
+    positions: list[int],
+    srcs: list[str | None],
+    note: str,
+    *,
+    severity: int | None = None,
+) -> dict[str, Any]:
     """One perturbation's tile: images, whether the model got each right, and every severity's verdict."""
     sevs = entry["severities"]
-    chosen = next((s for s in sevs if s.get("severity") == severity), sevs[0]) if severity else sevs[0]
+    chosen = (
+        next((s for s in sevs if s.get("severity") == severity), sevs[0]) if severity else sevs[0]
+    )
     bits = [correct_bits(s) for s in sevs]
     cells = []
     for p, src in zip(positions, srcs):
-        trail = "".join("\u2713" if _mark(b, p) else "\u2717" for b in bits) if len(bits) > 1 else ""
+        trail = (
+            "".join("\u2713" if _mark(b, p) else "\u2717" for b in bits) if len(bits) > 1 else ""
+        )
         cells.append({"src": src, "correct": _mark(correct_bits(chosen), p), "trail": trail})
-    caption = f"severity {severity}: {chosen.get('parameter', '')}" if severity else str(chosen.get("parameter", ""))
-    return {"name": name, "short": SHORT_NAMES.get(name, name), "caption": caption, "cells": cells, "note": note}
-
+    caption = (
+        f"severity {severity}: {chosen.get('parameter', '')}"
+        if severity
+        else str(chosen.get("parameter", ""))
+    )
+    return {
+        "name": name,
+        "short": SHORT_NAMES.get(name, name),
+        "caption": caption,
+        "cells": cells,
+        "note": note,
+    }

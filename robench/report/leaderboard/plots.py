@@ -21,7 +21,11 @@ from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS  # noqa: E402
 
 __all__ = ["r_matrix", "r_heatmap", "clean_vs_mean_r", "GROUP_TITLES"]
 
-GROUP_TITLES = {"corruption": "corruptions", "white-box": "white-box attacks", "transfer": "transfer attacks"}
+GROUP_TITLES = {
+    "corruption": "corruptions",
+    "white-box": "white-box attacks",
+    "transfer": "transfer attacks",
+}
 GROUP_COLOURS = {"corruption": "#4c72b0", "white-box": "#c44e52", "transfer": "#dd8452"}
 
 
@@ -32,8 +36,14 @@ def r_matrix(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.
     rows = []
     for r in records:
         ents = r["perturbations"]
-        rows.append([ents[c]["R"] if c in ents and ents[c]["status"] == "done" and ents[c].get("R") is not None else np.nan
-                     for c in cols])
+        rows.append(
+            [
+                ents[c]["R"]
+                if c in ents and ents[c]["status"] == "done" and ents[c].get("R") is not None
+                else np.nan
+                for c in cols
+            ]
+        )
     return pd.DataFrame(rows, index=list(labels), columns=cols, dtype=float)
 
 
@@ -51,8 +61,22 @@ def r_heatmap(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Fi
     im = ax.imshow(vals, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for (i, j), v in np.ndenumerate(mat.to_numpy(dtype=float)):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.25 or v > 0.85 else "black")
-    ax.set_xticks(range(mat.shape[1]), [SHORT_NAMES.get(c, c) for c in mat.columns], rotation=60, ha="right", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v < 0.25 or v > 0.85 else "black",
+            )
+    ax.set_xticks(
+        range(mat.shape[1]),
+        [SHORT_NAMES.get(c, c) for c in mat.columns],
+        rotation=60,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_yticks(range(len(mat)), list(mat.index), fontsize=8)
     ax.set_xticks(np.arange(-0.5, mat.shape[1]), minor=True)
     ax.set_yticks(np.arange(-0.5, len(mat)), minor=True)
@@ -60,7 +84,9 @@ def r_heatmap(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Fi
     ax.tick_params(which="minor", length=0)
     ax.axvline(0.5, color="black", lw=1.5)
     fig.colorbar(im, ax=ax, shrink=0.9, label="R")
-    ax.set_title("R per perturbation (first column: clean accuracy; grey: not evaluated)", fontsize=10)
+    ax.set_title(
+        "R per perturbation (first column: clean accuracy; grey: not evaluated)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -72,26 +98,50 @@ def clean_vs_mean_r(records: Sequence[Mapping[str, Any]], labels: Sequence[str])
     top = 1.1
     chance = sorted({1.0 / max(int(r["dataset"]["num_classes"]), 1) for r in records})
     for ax, (group, title) in zip(axes, GROUP_TITLES.items()):
-        pts = [(r["clean"]["accuracy"], r["summary"].get("mean_R", {}).get(group), lab) for r, lab in zip(records, labels)]
+        pts = [
+            (r["clean"]["accuracy"], r["summary"].get("mean_R", {}).get(group), lab)
+            for r, lab in zip(records, labels)
+        ]
         pts = [p for p in pts if p[1] is not None]
         ax.set_title(f"{title} ({len(pts)} model{'' if len(pts) == 1 else 's'})", fontsize=10)
         ax.grid(alpha=0.3)
         for c in chance:
             ax.axvline(c, ls=":", lw=1, color="grey")
         if not pts:
-            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "no results",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=36, color=GROUP_COLOURS[group], zorder=3)
+        ax.scatter(
+            [p[0] for p in pts], [p[1] for p in pts], s=36, color=GROUP_COLOURS[group], zorder=3
+        )
         for i, (x, y, lab) in enumerate(pts):
-            k = sum(1 for px, py, _ in pts[:i] if abs(px - x) < 0.06 and abs(py - y) < 0.04)  # stack close labels
-            ax.annotate(lab if len(lab) <= 28 else lab[:27] + "\u2026", (x, y), xytext=(5, 2 - 10 * k),
-                        textcoords="offset points", fontsize=7, va="center")
+            k = sum(
+                1 for px, py, _ in pts[:i] if abs(px - x) < 0.06 and abs(py - y) < 0.04
+            )  # stack close labels
+            ax.annotate(
+                lab if len(lab) <= 28 else lab[:27] + "\u2026",
+                (x, y),
+                xytext=(5, 2 - 10 * k),
+                textcoords="offset points",
+                fontsize=7,
+                va="center",
+            )
         top = max(top, max(p[1] for p in pts) + 0.08)
     axes[0].set_ylabel("mean R in the family")
     for ax in axes:
         ax.set_xlabel("clean accuracy (dotted: chance level)")
         ax.set_xlim(0, 1.05)
         ax.set_ylim(0, top)
-    fig.suptitle("Clean accuracy vs mean robustness, per family (never averaged across families)", fontsize=10)
+    fig.suptitle(
+        "Clean accuracy vs mean robustness, per family (never averaged across families)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
