@@ -1,16 +1,21 @@
 """Each attack's time against its compute floor, and against Foolbox / torchattacks called directly.
 
 The floor of an attack is the passes its algorithm must make (``AttackSpec.cost``: PGD = 10
-forward + backward passes to the input + a clean and a final forward pass; C&W = 40 + 2; MI-FGSM =
-10 + 1 on the surrogate + 2 on the model) times the cost of one pass of the same model on the same
-batch, measured in the same run right before the attack. robench runs the attack as
-``robench evaluate`` does (``run_attack``: Foolbox underneath, parameters frozen, seeded). The
-direct calls use the same parameters and the same frozen model: Foolbox's ``attack(fmodel, x,
-criterion, epsilons=eps)`` (its extra criterion pass included) and torchattacks' ``atk(x, y)``; both
-are followed by one forward pass that judges the adversarials, as robench does (torchattacks' C&W
-stops early when its loss stops falling; robench's does not).
+forward + backward passes to the input + a clean and a final forward pass; C&W = 40 + 3, its third
+forward pass scoring the last iterate; MI-FGSM = 10 + 1 on the surrogate + 2 on the model) times
+the cost of one pass of the same model on the same batch, measured in the same run right before
+the attack. robench runs the attack as ``robench evaluate`` does (``run_attack``: Foolbox
+underneath for PGD and MI-FGSM, parameters frozen, seeded). The direct calls use the same
+parameters and the same frozen model: Foolbox's ``attack(fmodel, x, criterion, epsilons=eps)``
+(its extra criterion pass included) and torchattacks' ``atk(x, y)``; both are followed by one
+forward pass that judges the adversarials, as robench does. robench's ``cw_l2`` is C&W's capped
+margin loss optimised inside the L2 ball; neither library has that attack, so its direct calls
+are their 40-step L2 PGD with the same step and no random start (the same passes).
 
-    python benchmarks/attacks.py [--quick] [--images 128] [--device cpu]
+``--cw-strength`` compares ``cw_l2`` with Foolbox's ``L2PGD`` (100 steps, 2 random restarts) at the
+same radius on the first shapes test images, and times it against a 40-step L2 PGD.
+
+    python benchmarks/attacks.py [--quick] [--images 128] [--device cpu] [--cw-strength]
 """
 
 from __future__ import annotations
@@ -74,14 +79,9 @@ def _foolbox(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[], An
     import foolbox as fb
 
     eps, steps = spec.budget(x.shape[-1]), spec.steps
-    if spec.algorithm == "cw_l2":
-        atk: Any = fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=1,
-            steps=steps,
-            stepsize=0.05,
-            confidence=50,
-            initial_const=10.0,
-            abort_early=False,
+    if spec.algorithm == "cw_l2":  # no bounded C&W in Foolbox: its L2 PGD, same passes
+        atk: Any = fb.attacks.L2PGD(
+            abs_stepsize=spec.step_size(eps, steps), steps=steps, random_start=False
         )
     elif spec.algorithm == "mi_fgsm":
         atk = fb.attacks.LinfMomentumIterativeFastGradientMethod(
@@ -114,7 +114,8 @@ def _torchattacks(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[
         return None
     eps, steps = spec.budget(x.shape[-1]), spec.steps
     if spec.algorithm == "cw_l2":
-        atk: Any = ta.CW(model, c=10.0, kappa=50.0, steps=steps, lr=0.05)
+        alpha = spec.step_size(eps, steps)
+        atk: Any = ta.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     elif spec.algorithm == "mi_fgsm":
         atk = ta.MIFGSM(sur, eps=eps, alpha=eps / steps, steps=steps, decay=1.0)
     else:
@@ -163,23 +164,75 @@ def measure(n_images: int, device: str, repeats: int) -> dict[str, Any]:
             )
         rows.append(row)
         print(
-            f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  robench {fmt_s(row['robench_s']):>8s} "
+            f"  {name:13s} floor {fmt_s(row['floor_s']):>8s}  "
+            f"robench {fmt_s(row['robench_s']):>8s} "
             f"({row['robench_s'] / row['floor_s']:.2f}x)  foolbox {fmt_s(row['foolbox_s']):>8s}",
             flush=True,
         )
     return {"images": n_images, "device": device, "repeats": repeats, "rows": rows}
 
 
+def cw_strength(n_images: int = 200, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
+    """``cw_l2`` accuracy vs Foolbox's L2PGD (100 steps, 2 restarts); time vs 40-step L2 PGD."""
+    import foolbox as fb
+
+    from robench import perturbations as P
+    from robench.attacks import run_attack
+    from robench.data import load_dataset
+
+    model, _ = _models(device)
+    x, y = load_dataset("shapes", "test").get_batch(range(n_images))
+    x, y = x.to(device), y.to(device)
+    spec = P.get("cw_l2")
+    eps, steps = spec.budget(x.shape[-1]), spec.steps
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
+    broken = torch.zeros(len(y), dtype=torch.bool, device=device)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for _ in range(2):
+            _, _, ok = fb.attacks.L2PGD(steps=100)(fmodel, x, y, epsilons=eps)
+            broken |= ok
+    pgd40 = fb.attacks.L2PGD(
+        abs_stepsize=spec.step_size(eps, steps), steps=steps, random_start=False
+    )
+
+    def cw() -> Any:
+        return run_attack(spec, model, x, y, seed=0)
+
+    def l2pgd() -> Any:
+        _, adv, _ = pgd40(fmodel, x, fb.criteria.Misclassification(y), epsilons=eps)
+        with torch.no_grad():
+            return model(adv).argmax(1) == y
+
+    cw_s, pgd_s = [], []
+    for _ in range(repeats):  # interleaved, so that a busy machine slows both alike
+        cw_s += timed(cw, device=device, repeats=1, warmup=0)
+        pgd_s += timed(l2pgd, device=device, repeats=1, warmup=0)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    return {
+        "images": n_images,
+        "radius": eps,
+        "clean": clean,
+        "cw_l2": cw().accuracy,
+        "foolbox_l2pgd_100x2": 1.0 - float(broken.float().mean()),
+        "foolbox_l2pgd_40": float(l2pgd().float().mean()),
+        "cw_l2_s": median(cw_s),
+        "l2pgd_40_s": median(pgd_s),
+    }
+
+
 def targets(data: dict[str, Any]) -> list[Target]:
-    """robench's time within 1.15x of the floor, per attack (with the measured overhead as the why)."""
+    """robench's time within 1.15x of the floor, per attack (the measured overhead as the why)."""
     out = []
     for r in data["rows"]:
         steps = max(1, r["cost"]["gradient_passes"] + r["cost"]["surrogate_gradient_passes"])
         extra = (r["robench_s"] - r["floor_s"]) / steps
         fb = r["foolbox_s"] / r["floor_s"]
         why = (
-            f"{extra * 1e3:.1f} ms per gradient step go outside the model passes (Foolbox/eagerpy bookkeeping: "
-            f"criterion, projection, clipping, tensor wrapping); Foolbox called directly takes {fb:.2f}x the floor."
+            f"{extra * 1e3:.1f} ms per gradient step go outside the model passes "
+            "(Foolbox/eagerpy bookkeeping: criterion, projection, clipping, tensor wrapping); "
+            f"Foolbox called directly takes {fb:.2f}x the floor."
         )
         out.append(
             Target(
@@ -196,11 +249,12 @@ def targets(data: dict[str, Any]) -> list[Target]:
 def markdown(data: dict[str, Any]) -> str:
     """The attack table."""
     lines = [
-        f"Batch of {data['images']} shapes test images on {data['device']}, zoo:standard (small_cnn width 32); "
-        f"transfer attacks crafted on zoo:shapes/vgg_surrogate. Median of {data['repeats']} runs after a warm-up.",
+        f"Batch of {data['images']} shapes test images on {data['device']}, "
+        "zoo:standard (small_cnn width 32); transfer attacks crafted on zoo:shapes/vgg_surrogate. "
+        f"Median of {data['repeats']} runs after a warm-up.",
         "",
-        "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | robench / floor | "
-        "Foolbox direct | torchattacks direct |",
+        "| attack | fwd+bwd / fwd passes (surrogate) | one fwd+bwd / fwd | floor | robench | "
+        "robench / floor | Foolbox direct | torchattacks direct |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in data["rows"]:
@@ -216,7 +270,8 @@ def markdown(data: dict[str, Any]) -> str:
             else f"{fmt_s(r['torchattacks_s'])} ({r['torchattacks_s'] / r['floor_s']:.2f}x)"
         )
         lines.append(
-            f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | {fmt_s(r['floor_s'])} | "
+            f"| {r['attack']} | {passes} | {fmt_s(m['gradient'])} / {fmt_s(m['forward'])} | "
+            f"{fmt_s(r['floor_s'])} | "
             f"{fmt_s(r['robench_s'])} | {r['robench_s'] / r['floor_s']:.2f}x | "
             f"{fmt_s(r['foolbox_s'])} ({r['foolbox_s'] / r['floor_s']:.2f}x) | {ta} |"
         )
@@ -233,7 +288,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cw-strength", action="store_true", help="cw_l2 vs Foolbox L2PGD only")
     args = ap.parse_args()
+    if args.cw_strength:
+        print(json.dumps(cw_strength(args.images or 200, args.device), indent=1))
+        return
     data = run(args.quick, args.device, args.images)
     print(markdown(data))
     print("\n".join(t.line() for t in targets(data)))

@@ -1,4 +1,4 @@
-"""Running attacks: the Foolbox adapters for the registry's attack specs, transfer crafting, masking checks.
+"""Running attacks: Foolbox adapters for the registry's specs, bounded C&W, masking checks.
 
 The specs themselves (names, budgets, costs) live in :mod:`robench.perturbations.attack_specs`;
 this room runs them on a model.
@@ -6,6 +6,7 @@ this room runs them on a model.
 
 from __future__ import annotations
 
+from ._cw import bounded_cw_l2
 from ._foolbox import (
     AttackResult,
     DongLinfMIFGSM,
@@ -27,6 +28,7 @@ __all__ = [
     "SeededLinfPGD",
     "attack_cost",
     "attack_mode",
+    "bounded_cw_l2",
     "craft_transfer",
     "gradient_masking_checks",
     "judge_transfer",

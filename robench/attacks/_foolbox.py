@@ -9,7 +9,8 @@ pixel units. Each call:
   call and left as they were;
 - draws PGD's random start per image from ``(seed, attack name, image index)``: with ``indices``
   given, an image gets the same start whatever batch it sits in. The other attacks are
-  deterministic (C&W runs without early abort, whose test looks at the whole batch's loss).
+  deterministic and per image: ``cw_l2`` is C&W's capped margin loss optimised inside the L2 ball
+  (:mod:`robench.attacks._cw`, plain torch), not Foolbox's unbounded C&W.
 
 The parameters, and why they were chosen, are in :mod:`robench.perturbations.attack_specs`.
 
@@ -34,17 +35,16 @@ from typing import Any, cast
 import torch
 from eagerpy.astensor import astensor
 from eagerpy.tensor.tensor import Tensor as EpTensor
-from foolbox.attacks.carlini_wagner import L2CarliniWagnerAttack
 from foolbox.attacks.gradient_descent_base import normalize_lp_norms
 from foolbox.attacks.mi_fgsm import LinfMomentumIterativeFastGradientMethod
 from foolbox.attacks.projected_gradient_descent import LinfProjectedGradientDescentAttack
 from foolbox.criteria import Misclassification, TargetedMisclassification
-from foolbox.distances import l2 as l2_distance
 from foolbox.distances import linf as linf_distance
 from foolbox.models.pytorch import PyTorchModel
 from torch import Tensor, nn
 
 from robench._seeding import global_seed_scope
+from robench.attacks._cw import bounded_cw_l2
 from robench.perturbations._base import PERTURBATIONS, make_random_source
 from robench.perturbations._checks import check_batch
 from robench.perturbations.attack_specs import AttackCost, AttackSpec
@@ -113,7 +113,7 @@ class AttackResult:
         clean_pred: predicted class of each clean image.
         epsilon: the budget used (L-inf eps, or the C&W L2 bound).
         targets: ``pgd_ll``'s target classes.
-        l2: C&W: L2 distance of its (unclipped) adversarial, ``inf`` where it found none.
+        l2: ``cw_l2``: L2 distance of each returned adversarial from its clean image.
     """
 
     name: str
@@ -260,23 +260,19 @@ def _linf(
 
 
 def _cw(
-    spec: AttackSpec, fmodel: Any, x: Tensor, y: Tensor, bound: float, steps: int
-) -> tuple[Tensor, Tensor]:
-    """C&W-L2 with robench's budget; adversarials projected onto the L2 ball, clean where none."""
-    p = spec.params
-    attack = L2CarliniWagnerAttack(
-        binary_search_steps=int(p.get("binary_search_steps", 1)),
+    spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, bound: float, steps: int
+) -> Tensor:
+    """Bounded C&W-L2: the capped margin loss maximised inside the L2 ball of radius ``bound``."""
+    adv, _ = bounded_cw_l2(
+        model,
+        x,
+        y,
+        epsilon=bound,
         steps=steps,
-        stepsize=float(p.get("stepsize", 0.01)),
-        confidence=float(p.get("confidence", 0.0)),
-        initial_const=float(p.get("initial_const", 1.0)),
-        abort_early=bool(p.get("abort_early", False)),
+        step=spec.step_size(bound, steps),
+        confidence=float(spec.params.get("confidence", 50.0)),
     )
-    raw = attack.run(fmodel, x, Misclassification(y))
-    found = raw.flatten(1).abs().amax(1) > 0  # Foolbox leaves zeros where C&W found nothing
-    l2 = (raw - x).flatten(1).norm(dim=1).masked_fill(~found, math.inf)
-    clipped = l2_distance.clip_perturbation(x, raw, bound).clamp(0.0, 1.0)
-    return torch.where(found.view(-1, 1, 1, 1), clipped, x), l2
+    return adv
 
 
 def _whitebox(
@@ -292,10 +288,10 @@ def _whitebox(
     targets: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Craft a white-box attack on the (prepared) model: adversarials and the result's extras."""
-    fmodel = PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     if spec.algorithm == "cw_l2":
-        adv, l2 = _cw(spec, fmodel, x, y, eps, steps)
-        return adv, {"l2": l2}
+        adv = _cw(spec, model, x, y, eps, steps)
+        return adv, {"l2": (adv - x).flatten(1).norm(dim=1)}
+    fmodel = PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
     if spec.algorithm == "pgd_ll":
         tgt = clean.argmin(1) if targets is None else targets.to(x.device)
         _check_labels(x, tgt, "targets")
@@ -365,9 +361,10 @@ def run_attack(
         x: N x C x H x W images in [0, 1] (not modified).
         y: N true labels.
         seed: run seed (PGD's random start; the global RNGs are seeded inside the call only).
+            ``pgd_ll``, ``cw_l2`` and MI-FGSM are deterministic.
         device: where to run (default and only choice: the model's device).
         surrogate: the model crafting a transfer attack (required for ``mi_fgsm_*``).
-        epsilon: overrides the L-inf eps, or the C&W L2 bound.
+        epsilon: overrides the L-inf eps, or ``cw_l2``'s L2 radius.
         steps: overrides the number of steps.
         targets: ``pgd_ll`` targets (default: least-likely class of the clean logits).
         indices: dataset index of each image, for per-image random starts.
