@@ -1,4 +1,4 @@
-"""What every benchmark of the suite shares: machine facts, versions, timing, the images, targets."""
+"""What every benchmark shares: machine facts, versions, timing, the images, targets."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ PACKAGES = (
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and of the packages the benchmarks touch (``not installed`` when absent)."""
+    """Versions of Python and of the packages the benchmarks touch (``not installed`` if absent)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -107,7 +107,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def eval_batch(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """The first ``n`` images of ``robench evaluate``'s default subset (500 seeded shapes test images)."""
+    """The first ``n`` images of ``robench evaluate``'s default subset (500 seeded shapes)."""
     from robench.data import load_dataset
     from robench.evaluation.loop import select_indices
 

@@ -301,7 +301,7 @@ def write_results(out: Path, rows: Sequence[Row], meta: dict[str, Any], table: s
     derived = [
         {"torch_median": r.torch_median, "ref_median": r.ref_median, "ratio": r.ratio} for r in rows
     ]
-    payload = {**meta, "rows": [{**asdict(r), **d} for r, d in zip(rows, derived)]}
+    payload = {**meta, "rows": [{**asdict(r), **d} for r, d in zip(rows, derived, strict=True)]}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     stem.with_suffix(".md").write_text(table)
     return stem

@@ -163,7 +163,7 @@ def child(out_json: Path, argv: list[str]) -> None:
 
 
 def measure(quick: bool) -> dict[str, Any]:
-    """Run the command in a fresh process with an empty cache; wall time and peak memory from outside."""
+    """Run the command in a fresh process with an empty cache; wall time and peak memory outside."""
     with tempfile.TemporaryDirectory() as tmp:
         out, res_json = Path(tmp) / "results", Path(tmp) / "child.json"
         argv = ["evaluate", "zoo:standard", *(QUICK_ARGS if quick else []), "--out", str(out)]
@@ -177,7 +177,8 @@ def measure(quick: bool) -> dict[str, Any]:
         if os.waitstatus_to_exitcode(status):
             raise RuntimeError(f"the command failed:\n{log.read_text()[-3000:]}")
         data = json.loads(res_json.read_text())
-    # the command's wall time ends when the evaluation does (the pricing afterwards is the benchmark's)
+    # the command's wall time ends when the evaluation does (the pricing afterwards is the
+    # benchmark's)
     data.update(
         command=" ".join(README_COMMAND[:2] + argv[1:-2]),
         wall_s=data["finished_epoch"] - t0,
@@ -189,18 +190,23 @@ def measure(quick: bool) -> dict[str, Any]:
 
 
 def targets(d: dict[str, Any]) -> list[Target]:
-    """README command < 3 min, run within 1.3x of its passes, corruption generation < 25 % of model time."""
+    """README command < 3 min, run within 1.3x of its passes, corruptions < 25 % of model time."""
     rest = d["run_s"] - d["model_s"] - d["corruption_s"]
     why_floor = (
         f"Of {d['run_s']:.0f} s in the run, {d['model_s']:.0f} s are inside the models (hooks), "
-        f"{d['corruption_s']:.0f} s generate corruptions and {rest:.0f} s go elsewhere (attack bookkeeping, "
-        f"data generation {d['data_s']:.0f} s, files); the calibrated passes alone take {d['floor_s']:.0f} s."
+        f"{d['corruption_s']:.0f} s generate corruptions and {rest:.0f} s go elsewhere "
+        f"(attack bookkeeping, data generation {d['data_s']:.0f} s, files); "
+        f"the calibrated passes alone take {d['floor_s']:.0f} s."
     )
     why_readme = (
-        f"Imports take {d['imports_s']:.0f} s, the run {d['run_s']:.0f} s; C&W's 40 steps alone are "
+        f"Imports take {d['imports_s']:.0f} s, the run {d['run_s']:.0f} s; "
+        "C&W's 40 steps alone are "
         "40 of the ~55 forward + backward passes per image."
     )
-    why_corr = f"Corruption generation {d['corruption_s']:.1f} s vs {d['model_s']:.1f} s in the models (see the corruption table)."
+    why_corr = (
+        f"Corruption generation {d['corruption_s']:.1f} s vs {d['model_s']:.1f} s in the models "
+        "(see the corruption table)."
+    )
     return [
         Target(
             "README first command wall time", d["wall_s"], TARGETS["readme_s"], " s", why_readme
@@ -236,13 +242,18 @@ def markdown(d: dict[str, Any]) -> str:
             f"| wall time (outside view, incl. interpreter start) | {fmt_s(d['wall_s'])} |",
             f"| interpreter start and imports | {fmt_s(d['imports_s'])} |",
             f"| evaluation (in process) | {fmt_s(d['run_s'])} |",
-            f"| inside the models (forward + backward, hooks) | {fmt_s(d['model_s'])} ({d['model_s'] / d['run_s']:.0%}) |",
-            f"| corruption generation | {fmt_s(d['corruption_s'])} ({d['corruption_s'] / d['run_s']:.0%}) |",
-            f"| everything else (attack bookkeeping, data, files, plots) | {fmt_s(rest)} ({rest / d['run_s']:.0%}) |",
+            f"| inside the models (forward + backward, hooks) | {fmt_s(d['model_s'])} "
+            f"({d['model_s'] / d['run_s']:.0%}) |",
+            f"| corruption generation | {fmt_s(d['corruption_s'])} "
+            f"({d['corruption_s'] / d['run_s']:.0%}) |",
+            f"| everything else (attack bookkeeping, data, files, plots) | {fmt_s(rest)} "
+            f"({rest / d['run_s']:.0%}) |",
             f"| of which test-split loading/generation | {fmt_s(d['data_s'])} |",
             f"| share outside the models | {1 - d['model_s'] / d['run_s']:.0%} |",
-            f"| passes it must make: forward / fwd+bwd / surrogate fwd / surrogate fwd+bwd (image-passes) | "
-            f"{p['forward']:,} / {p['gradient']:,} / {p['surrogate_forward']:,} / {p['surrogate_gradient']:,} |",
+            "| passes it must make: forward / fwd+bwd / surrogate fwd / surrogate fwd+bwd "
+            "(image-passes) | "
+            f"{p['forward']:,} / {p['gradient']:,} / "
+            f"{p['surrogate_forward']:,} / {p['surrogate_gradient']:,} |",
             f"| their cost at the calibrated rates (the floor) | {fmt_s(d['floor_s'])} |",
             f"| peak resident memory | {d['peak_rss_mib']:.0f} MiB |",
         ]

@@ -84,7 +84,8 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"# robench benchmark suite ({meta['date']}{', quick' if meta['quick'] else ''})",
         "",
         f"- Command: `{meta['command']}` (total {meta['total_s'] / 60:.1f} min)",
-        f"- Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_mib']} MiB, torch threads {mach['torch_threads']}, "
+        f"- Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_mib']} MiB, "
+        f"torch threads {mach['torch_threads']}, "
         f"GPU: {mach['gpu'] or 'none'}; load average (1/5/15 min) at start {load}",
         f"- Device: {meta['device']}; {mach['platform']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),

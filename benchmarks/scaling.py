@@ -109,7 +109,8 @@ def markdown(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         base.setdefault(r["job"], r["seconds"])
         lines.append(
-            f"| {r['job']} | {r['layout']} | {fmt_s(r['seconds'])} | {base[r['job']] / r['seconds']:.2f}x |"
+            f"| {r['job']} | {r['layout']} | {fmt_s(r['seconds'])} "
+            f"| {base[r['job']] / r['seconds']:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -61,10 +61,12 @@ def main() -> None:
     lines = [
         f"# shapes baseline ({date})",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, "
+        f"{machine['torch_threads']} torch threads, "
         f"torch {torch.__version__}, robench {robench.__version__}.",
         "",
-        f"Training command: `{card.command}` (small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)",
+        f"Training command: `{card.command}` "
+        f"(small_cnn, seed {card.seed}, {card.epochs} epochs, Adam 0.002, batch 256)",
         "",
         f"- training wall time: {card.wall_time_s:.0f} s",
         f"- clean test accuracy (2000 images): {card.clean_accuracy:.4f}",

@@ -110,7 +110,8 @@ def markdown(data: dict[str, Any]) -> str:
     """The throughput table, relative to ``standard``."""
     std = next((r["images_s"] for r in data["rows"] if r["defense"] == "standard"), None)
     lines = [
-        f"`fit` on small_cnn (width 32), batch {data['batch']}, {data['steps']} timed steps after a warm-up, "
+        f"`fit` on small_cnn (width 32), batch {data['batch']}, "
+        f"{data['steps']} timed steps after a warm-up, "
         f"{data['device']}.",
         "",
         "| defense | images/s | time / step | vs standard | setup | trainable params |",

@@ -38,7 +38,8 @@ class RngSnapshot:
         return (
             torch.equal(self.torch, now.torch)
             and all(
-                np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(self.numpy, now.numpy)
+                np.array_equal(np.asarray(a), np.asarray(b))
+                for a, b in zip(self.numpy, now.numpy, strict=True)
             )
             and self.py == now.py
         )
@@ -52,7 +53,7 @@ def rng_guard() -> RngSnapshot:
 
 @pytest.fixture(scope="session")
 def tiny_trained() -> torch.nn.Module:
-    """A small_cnn (width 8) trained for a few seconds on shapes: well above chance, far from perfect."""
+    """A small_cnn (width 8) trained a few seconds on shapes: above chance, far from perfect."""
     from robench.data import load_dataset
     from robench.models import create_model
 

@@ -25,6 +25,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_cli_mtlat_one_epoch_writes_a_checkpoint_that_evaluate_accepts(tmp_path: Path) -> None:
     ckpt = tmp_path / "mtlat.pt"
     res = CliRunner().invoke(
@@ -72,6 +73,7 @@ def test_unknown_defense_and_option_are_one_sentence(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "no option 'beta'" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None:
     kw = dict(epochs=1, train_images=256, batch_size=64, arch_kwargs={"width": 8})
     a = train("fgsm", seed=3, out=tmp_path / "a.pt", **kw)
@@ -83,61 +85,89 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None
 
 
 def _partial_epoch(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001  (absent or being replaced)
-        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
 
 
+# `robench train` in a child process whose defense step does ACTION at step (EPOCH, STEP) of the
+# run: "kill" sends itself SIGKILL, "hold" writes READY and waits forever (holding the checkpoint's
+# lock), "fail" exits with status 3. The faults land at a chosen point, not after a guessed delay.
+_CHILD = """
+import os, signal, sys, threading
+from pathlib import Path
+from robench.cli import main
+from robench.defenses import build_defense
+
+defense, epoch, step, action, ready = sys.argv[1:6]
+cls = type(build_defense(defense))
+original = cls.step
+
+def step_then_act(self, model, x, y, ctx):
+    if (ctx.epoch, ctx.step) == (int(epoch), int(step)):
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "fail":
+            os._exit(3)
+        Path(ready).write_text("holding the lock")
+        threading.Event().wait()
+    return original(self, model, x, y, ctx)
+
+cls.step = step_then_act
+main(["train", "--defense", defense, *sys.argv[6:]], prog_name="robench")
+"""
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _child(
+    defense: str, at: tuple[int, int], action: str, args: list[str], ready: Path | None = None
+) -> list[str]:
+    where = [str(at[0]), str(at[1]), action, str(ready or "")]
+    return [sys.executable, "-c", _CHILD, defense, *where, *args]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_kill_9_during_training_then_rerun_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
-    args = ["train", "--defense", "tlat", "--epochs", "4", "--seed", "1", *TINY]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole.pt"
+    args = ["--epochs", "3", "--seed", "1", *TINY]
+    whole, killed = tmp_path / "whole.pt", tmp_path / "killed.pt"
     subprocess.run(
-        [sys.executable, "-m", "robench", *args, "--out", str(whole)],
-        env=env,
+        [sys.executable, "-m", "robench", "train", "--defense", "tlat", *args, "--out", str(whole)],
+        env=_ENV,
         check=True,
         capture_output=True,
     )
-
-    killed = tmp_path / "killed.pt"
-    cmd = [sys.executable, "-m", "robench", *args, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SIGKILL in the middle of the second epoch (8 steps each): the first one is on disk
+    out = ["--out", str(killed)]
+    proc = subprocess.run(_child("tlat", (1, 3), "kill", args + out), env=_ENV, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     partial = killed.with_name(killed.name + ".partial")
-    deadline = time.monotonic() + 300
-    while _partial_epoch(partial) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before the kill: make the run longer"
-    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 3 (or right after epoch 2's checkpoint)
-    proc.wait()
-    assert not killed.exists() and _partial_epoch(partial) >= 2
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert not killed.exists() and _partial_epoch(partial) == 1
+    # the rerun resumes: a step of the first epoch would end it with status 3
+    rerun = subprocess.run(
+        _child("tlat", (0, 0), "fail", args + out), env=_ENV, capture_output=True
+    )
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     w1, w2 = _weights(whole), _weights(killed)
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     card = json.loads(killed.with_suffix(".json").read_text())
-    assert card["epochs"] == 4
+    assert card["epochs"] == 3 and not partial.exists()
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_checkpoint_stops_at_once(tmp_path: Path) -> None:
-    out = tmp_path / "busy.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "robench", "train", "--epochs", "20", *TINY, "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, ready = tmp_path / "busy.pt", tmp_path / "ready"
+    args = ["--epochs", "2", *TINY, "--out", str(out)]
+    cmd = _child("standard", (0, 0), "hold", args, ready)
+    log = tmp_path / "first.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        partial = out.with_name(out.name + ".partial")
-        deadline = time.monotonic() + 300
-        while _partial_epoch(partial) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        while not ready.exists():  # the first training holds the lock from here on, for good
+            assert proc.poll() is None, log.read_text()[-2000:]
             time.sleep(0.05)
-        assert proc.poll() is None, (
-            "the first training ended before the second started: make it longer"
-        )
-        started = time.monotonic()
-        res = CliRunner().invoke(main, ["train", "--epochs", "20", *TINY, "--out", str(out)])
+        # the holder never lets go, so a second training that returns at all was refused, not queued
+        res = CliRunner().invoke(main, ["train", *args])
         assert res.exit_code != 0 and "already working on training into" in res.output
-        assert (
-            "Traceback" not in res.output and time.monotonic() - started < 60
-        )  # refused, not queued
+        assert "Traceback" not in res.output
         assert proc.poll() is None  # the first one goes on
     finally:
         proc.kill()

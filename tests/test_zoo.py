@@ -56,6 +56,7 @@ def test_entry_has_a_full_card_a_matching_hash_and_loads_without_pickle(name: st
     assert ckpt["meta"]["defense"] == card.defense and ckpt["meta"]["arch"] == card.arch
 
 
+@pytest.mark.slow  # every zoo checkpoint on the 2000 test images
 @pytest.mark.parametrize("name", ENTRIES)
 def test_card_accuracy_is_what_the_checkpoint_scores(name: str) -> None:
     card = read_card(ZOO / f"{name}.json")

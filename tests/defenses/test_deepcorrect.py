@@ -129,7 +129,7 @@ def test_correction_priority_is_the_accuracy_gain_of_swapping_one_filter(
     convs = [model.backbone.features[p] for p in conv_positions(model.backbone)]
     assert [lay["position"] for lay in out["layers"]] == conv_positions(model.backbone)[:3]
     nonzero = 0
-    for conv, lay in zip(convs, out["layers"]):
+    for conv, lay in zip(convs[:3], out["layers"], strict=True):
         assert len(lay["tau"]) == conv.out_channels
         for j in range(conv.out_channels):
             tau, ce = _hand_priority(model, conv, clean, dist, y, j)
@@ -284,7 +284,8 @@ def _two_steps(defense: object, model: nn.Module) -> None:
         opt.step()
 
 
-# small_cnn's features: conv 0, BN 1, ..., conv 3, BN 4 first; conv 16, BN 17, conv 19, BN 20 and the head last
+# small_cnn's features: conv 0, BN 1, ..., conv 3, BN 4 first; conv 16, BN 17, conv 19, BN 20
+# and the head last
 _FIRST_TWO = (
     "backbone.features.0.",
     "backbone.features.1.",
@@ -327,10 +328,8 @@ def test_only_the_intended_parameters_train(
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _two_steps(d, model)
     after = model.state_dict()
-    for n, p in model.named_parameters():
-        assert torch.equal(before[n], after[n]) != (n in trainable), (
-            n
-        )  # frozen: unchanged; trained: moved
+    for n, _ in model.named_parameters():  # frozen: unchanged; trained: moved
+        assert torch.equal(before[n], after[n]) != (n in trainable), n
     for n, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             frozen = not m.weight.requires_grad
@@ -382,6 +381,7 @@ def test_bad_setups_are_one_sentence(init_ckpt: Path, data: tuple, tmp_path: Pat
 # --- checkpoint round trip ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deepcorrect_checkpoint_round_trip(
     init_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""Akumalla et al.'s contextual fusion: the composite model, its loss, its stages, its checkpoint."""
+"""Akumalla et al.'s contextual fusion: the composite model, its loss, stages and checkpoint."""
 
 from __future__ import annotations
 
@@ -210,6 +210,7 @@ def init_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_the_init_object_network(
     init_ckpt: Path, tmp_path: Path, capture_saved
 ) -> None:  # type: ignore[no-untyped-def]
@@ -230,6 +231,7 @@ def test_round_trip_keeps_the_init_object_network(
     init = load_model(init_ckpt).model
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), got["out"], atol=1e-6)
-        # the object network is the init classifier, untouched by stage 3 (frozen, BN statistics kept)
+        # the object network is the init classifier, untouched by stage 3 (frozen, BN statistics
+        # kept)
         assert torch.allclose(object_network(loaded.model)(x), init(x), atol=1e-6)
     assert not (tmp_path / "f.pt.setup").exists()

@@ -1,4 +1,4 @@
-"""Multi-strength adversarial training (Song et al.): eq. 2, eq. 3-4 and the random-walk selection."""
+"""Multi-strength adversarial training (Song et al.): eq. 2, eq. 3-4, the random-walk selection."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_fgsm_strengths_is_fgsm_at_each_strength() -> None:
     torch.manual_seed(0)
     m, (x, y) = nn.Sequential(nn.Flatten(), nn.Linear(48, N_CLASSES)), _batch()
     advs = mat.fgsm_strengths(m, x, y, [0.01, 0.05])
-    for s, adv in zip([0.01, 0.05], advs):
+    for s, adv in zip([0.01, 0.05], advs, strict=True):
         assert torch.equal(adv, fgsm(m, x, y, s, targeted=False))
         assert float((adv - x).abs().max()) <= s + 1e-7
 
@@ -97,7 +97,7 @@ def _parallel(strengths: list[float]) -> nn.Module:
 
 
 def _replay_parallel(m: nn.Module, x: torch.Tensor, y: torch.Tensor, strengths: list[float]):  # type: ignore[no-untyped-def]
-    """Eq. 3 per branch on its own FGSM strength, then eq. 4's vote on detached eval-mode outputs."""
+    """Eq. 3 per branch on its own FGSM strength, then eq. 4's vote on detached eval outputs."""
     net, b = m.backbone, x.shape[0]
     losses, advs = [], []
     for k, s in enumerate(strengths):
@@ -133,7 +133,9 @@ def test_parallel_each_branch_sees_clean_plus_its_own_strength_and_the_vote_lear
     # gradients: branches only from their eq.-3 losses, the voting unit only from the vote (eq. 4)
     out.loss.backward()
     branch_sum.backward()
-    for p, q in zip(m.backbone.branches.parameters(), ref.backbone.branches.parameters()):
+    for p, q in zip(
+        m.backbone.branches.parameters(), ref.backbone.branches.parameters(), strict=True
+    ):
         assert torch.allclose(p.grad, q.grad, atol=1e-5)
     g_vote = torch.autograd.grad(vote_loss, [ref.backbone.vote.weight, ref.backbone.vote.bias])
     assert torch.allclose(m.backbone.vote.weight.grad, g_vote[0], atol=1e-6)
@@ -281,6 +283,7 @@ def test_bad_input_is_one_sentence() -> None:
         ParallelMAT(N_CLASSES, branches=3, strengths=[0.1, 0.2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("defense", ["mat_parallel", "mat_mixed"])
 def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(
     defense: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

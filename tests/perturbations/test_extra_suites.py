@@ -67,13 +67,13 @@ def test_occlusion_paints_one_grey_square_of_the_scaled_side(size: int, severity
     x = _images(6, size, seed=severity)
     y = P.get("occlusion")(x, severity, seed=0)
     side = int(P.get("occlusion").params(severity)["side"] * size / 224 + 0.5)
-    for img, out in zip(x, y):
+    for img, out in zip(x, y, strict=True):
         changed = (out != img).any(0)
         rows, cols = changed.any(1).nonzero()[:, 0], changed.any(0).nonzero()[:, 0]
         assert len(rows) == len(cols) == side and int(changed.sum()) == side * side
         assert rows[-1] - rows[0] == side - 1 and cols[-1] - cols[0] == side - 1
         assert torch.all(out[:, changed] == 0.5)
-    corners = {tuple(((o != i).any(0)).nonzero()[0].tolist()) for o, i in zip(y, x)}
+    corners = {tuple(((o != i).any(0)).nonzero()[0].tolist()) for o, i in zip(y, x, strict=True)}
     assert len(corners) > 1, "every image got the same position"
 
 
@@ -108,7 +108,7 @@ def test_translation_is_an_integer_shift_of_the_scaled_distance(size: int, sever
     y = P.get("translation")(x, severity, seed=4)
     distance = P.get("translation").params(severity)["shift"] * size / 224
     directions = set()
-    for img, out in zip(x, y):
+    for img, out in zip(x, y, strict=True):
         dy, dx = _find_shift(img, out)
         assert abs(math.hypot(dx, dy) - distance) <= math.sqrt(0.5) + 1e-9
         directions.add((int(np.sign(dx)), int(np.sign(dy))))
@@ -191,7 +191,7 @@ def test_sensor_blur_is_skimage_gaussian(severity: int) -> None:
     sigma = P.get("gaussian_blur_sigma").params(severity)["sigma"]
     assert sigma == pytest.approx(np.linspace(0.4, 1.0, 5)[severity - 1])
     y = P.get("gaussian_blur_sigma")(x, severity)
-    for img, out in zip(x.numpy(), y.numpy()):
+    for img, out in zip(x.numpy(), y.numpy(), strict=True):
         ref = sk_gaussian(img, sigma=sigma, mode="nearest", truncate=4.0, channel_axis=0)
         np.testing.assert_allclose(out, ref, atol=1e-12)
 
@@ -245,7 +245,7 @@ def test_foreground_blur_only_inside_the_box(severity: int) -> None:
     int_boxes = [(4, 6, 30, 41), (0, 0, 48, 48), (10, 20, 17, 23)]
     sigma = P.get("foreground_blur").params(severity)["sigma"] * size / 224
     y = P.get("foreground_blur")(x, severity, boxes=boxes)
-    for img, out, box in zip(x.numpy(), y.numpy(), int_boxes):
+    for img, out, box in zip(x.numpy(), y.numpy(), int_boxes, strict=True):
         np.testing.assert_allclose(out, _blur_crop_reference(img, box, sigma), atol=1e-12)
         x0, y0, x1, y1 = box
         outside = np.ones(img.shape[1:], bool)

@@ -158,18 +158,31 @@ def test_separable_filter_at_224px_equals_the_dense_matrices(border: str, sigma:
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
 
 
+# the fast path runs on the CPU for h * w >= 2**14 only (smaller sizes are checked against PIL in
+# test_digital.py); 157 px: a size whose upscaling index is not a whole-number ratio
 @pytest.mark.parametrize(
-    ("preset", "side"), [("cifar", 32), ("tiny", 64), ("imagenet", 224), ("imagenet", 157)]
+    ("preset", "side"), [("cifar", 128), ("tiny", 160), ("imagenet", 157), ("imagenet", 224)]
 )
 def test_pixelate_upscale_by_interpolation_equals_pils_index(
-    preset: str, side: int, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    preset: str, side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = P.get("pixelate")
     x = _photos(2, side)
+    interpolate = torch.nn.functional.interpolate
+    upscales: list[str] = []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        upscales.append(kwargs.get("mode", ""))
+        return interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(digital.F, "interpolate", spy)
     fast = [spec(x, s, preset=preset) for s in spec.severities]
+    assert len(upscales) >= len(fast) and set(upscales) == {"nearest-exact"}, "no fast path"
     monkeypatch.setattr(digital, "_reads_pil_index", lambda n_in, n_out: False)
-    for s, got in zip(spec.severities, fast):
+    upscales.clear()
+    for s, got in zip(spec.severities, fast, strict=True):
         assert torch.equal(got, spec(x, s, preset=preset)), (side, s)
+    assert "nearest-exact" not in upscales, "the reference took the fast path too"
 
 
 def test_the_nearest_exact_check_compares_indices() -> None:
