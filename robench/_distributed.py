@@ -136,7 +136,7 @@ def shutdown() -> None:
 
 
 def world() -> World:
-    """The current world: one process unless a process group is up (and not suspended by :func:`local`)."""
+    """The current world: one process unless a process group is up and :func:`local` is not on."""
     if _SUSPENDED.get() or not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK") or 0)
@@ -164,7 +164,7 @@ def broadcast(obj: T, src: int = 0) -> T:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
-    return box[0]  # type: ignore[return-value]
+    return box[0]
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -198,7 +198,7 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
 
 
 def assemble(parts: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
-    """Put ``(positions, rows)`` pieces into one array of ``n`` rows; every position exactly once."""
+    """Put ``(positions, rows)`` pieces into one array of ``n`` rows, each position exactly once."""
     seen = np.zeros(n, dtype=np.int64)
     dtype = next((rows.dtype for _, rows in parts if len(rows)), np.dtype(bool))
     shape = next((rows.shape[1:] for _, rows in parts if len(rows)), ())
@@ -212,13 +212,14 @@ def assemble(parts: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarr
         np.add.at(seen, pos, 1)
     if not (seen == 1).all():
         raise RuntimeError(
-            f"{int((seen == 0).sum())} images missing and {int((seen > 1).sum())} counted twice across ranks"
+            f"{int((seen == 0).sum())} images missing and {int((seen > 1).sum())} counted twice "
+            "across ranks"
         )
     return out
 
 
 def gather_rows(positions: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """The run's ``n`` rows in run order on every rank, from each rank's ``rows`` at ``positions``."""
+    """The run's ``n`` rows in run order on every rank (each rank's ``rows`` at ``positions``)."""
     piece = (np.asarray(positions, dtype=np.int64), np.asarray(rows))
     parts = _all_gather(piece) if world().active else [piece]
     return assemble(parts, n)
@@ -240,7 +241,7 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
     for group in _by_kind([t.data for t in tensors]).values():
         flat = torch.cat([t.reshape(-1) for t in group])
         dist.broadcast(flat, src=src)
-        for t, part in zip(group, flat.split([t.numel() for t in group])):
+        for t, part in zip(group, torch.split(flat, [t.numel() for t in group]), strict=True):
             t.copy_(part.view_as(t))
 
 
@@ -278,17 +279,17 @@ class GradientAverager:
         dev = self.params[0].device
         has = torch.tensor([p.grad is not None for p in self.params], dtype=torch.int32, device=dev)
         dist.all_reduce(has)
-        grads = []
-        for p, n in zip(self.params, has.tolist()):
+        grads: list[torch.Tensor] = []
+        for p, n in zip(self.params, has.tolist(), strict=True):
             if n and p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if n:
+            if n and p.grad is not None:
                 grads.append(p.grad)
         for group in _by_kind(grads).values():
             flat = torch.cat([g.reshape(-1) for g in group])
             dist.all_reduce(flat)
             flat /= w.size
-            for g, part in zip(group, flat.split([g.numel() for g in group])):
+            for g, part in zip(group, torch.split(flat, [g.numel() for g in group]), strict=True):
                 g.copy_(part.view_as(g))
 
 

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class OutputError(OSError):
-    """A file robench must write cannot be written (full disk, read-only folder...); one sentence."""
+    """A file robench must write cannot be written (full disk, read-only folder): one sentence."""
 
     def __init__(self, path: str | os.PathLike[str], exc: OSError, action: str = "write") -> None:
         reason = exc.strerror or str(exc)
@@ -49,7 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     Raises:
-        OutputError: the folder cannot be created or written (the old ``path``, if any, is untouched).
+        OutputError: the folder cannot be created or written (an old ``path`` is left untouched).
     """
     path = Path(path)
     try:
@@ -104,12 +105,15 @@ class _suppress_oserror:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)  # type: ignore[arg-type]
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> bool:
+        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 def sha256_bytes_of_state(module: torch.nn.Module) -> str:
-    """SHA-256 over a module's state_dict tensors (names, shapes, bytes): provenance of in-memory models."""
+    """SHA-256 over a module's state_dict tensors (names, shapes, bytes).
+
+    The provenance of in-memory models.
+    """
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
@@ -193,9 +197,7 @@ def file_lock(
 
 def _acquire(fd: int, path: Path, what: str, poll_s: float, wait: bool = True) -> None:
     busy = f"another robench process is already working on {what or path}"
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover  (Windows)
+    if sys.platform == "win32":  # pragma: no cover
         import msvcrt
 
         while True:
@@ -206,6 +208,8 @@ def _acquire(fd: int, path: Path, what: str, poll_s: float, wait: bool = True) -
                 if not wait:
                     raise BlockingIOError(busy) from None
                 time.sleep(poll_s)
+    import fcntl
+
     told = False
     while True:
         try:
@@ -224,14 +228,14 @@ def _acquire(fd: int, path: Path, what: str, poll_s: float, wait: bool = True) -
 
 
 def _release(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover  (Windows)
+    if sys.platform == "win32":  # pragma: no cover
         import msvcrt
 
         with _suppress_oserror():
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
         return
+    import fcntl
+
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
@@ -247,6 +251,6 @@ def cache_dir() -> Path:
 
 
 def safe_slug(text: str, *, limit: int = 40) -> str:
-    """A file-name-safe slug of untrusted text plus a short hash (distinct texts, distinct slugs)."""
+    """A file-name-safe slug of untrusted text plus a short hash (distinct texts stay distinct)."""
     base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "x"
     return f"{base}-{hashlib.blake2b(text.encode('utf-8'), digest_size=4).hexdigest()}"

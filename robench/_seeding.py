@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ def global_seed_scope(seed: int) -> Iterator[None]:
     """
     py_state = random.getstate()
     np_state = np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    # torch.cuda.is_initialized carries no annotations in torch's stubs.
+    cuda_initialized = cast(Callable[[], bool], torch.cuda.is_initialized)()
+    devices = list(range(torch.cuda.device_count())) if cuda_initialized else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed) & _MASK63)
         np.random.seed(int(seed) % (2**32))

@@ -29,7 +29,8 @@ class Corrupt(nn.Module):
     Example:
         >>> import torch
         >>> from torchvision.transforms import v2
-        >>> t = v2.Compose([v2.ToDtype(torch.float32, scale=True), Corrupt("gaussian_noise", severity=(1, 2, 3))])
+        >>> to_float = v2.ToDtype(torch.float32, scale=True)
+        >>> t = v2.Compose([to_float, Corrupt("gaussian_noise", severity=(1, 2, 3))])
         >>> t(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)).shape
         torch.Size([3, 32, 32])
     """
@@ -84,6 +85,7 @@ class Corrupt(nn.Module):
         return _rewrap(x, out)
 
     def extra_repr(self) -> str:
+        """The options shown in the module's repr."""
         return f"{self.name!r}, severity={self.choices}, p={self.p}, preset={self.preset!r}"
 
 

@@ -1,4 +1,4 @@
-"""The dataset contract every loader returns: images in [0, 1], labels, and what the runner needs."""
+"""The dataset contract every loader returns: images in [0, 1], labels and what the runner needs."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class DatasetInfo:
 
 
 class ImageDataset(Dataset[tuple[Tensor, int]]):
-    """Base class: ``ds[i] -> (float C x H x W in [0, 1], label)``, plus ``info`` and ``targets``."""
+    """Base class: ``ds[i] -> (float C x H x W in [0, 1], label)`` plus ``info`` and ``targets``."""
 
     info: DatasetInfo
     targets: Tensor
@@ -105,7 +105,8 @@ class ArrayDataset(ImageDataset):
         if len(self.targets) and bool(bad.any()):
             i = int(bad.nonzero()[0])
             raise DataError(
-                f"{info.name}: label {int(self.targets[i])} of image {i} is outside 0..{info.num_classes - 1}"
+                f"{info.name}: label {int(self.targets[i])} of image {i} is outside "
+                f"0..{info.num_classes - 1}"
             )
 
     def _to_float(self, u8: Tensor) -> Tensor:

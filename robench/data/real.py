@@ -104,7 +104,7 @@ def _safe_global(module: str, name: str) -> Any:
     """The few globals a CIFAR pickle needs (numpy arrays, dtypes, scalars), or None."""
     # Arrays pickle as _reconstruct + ndarray + dtype (protocols 0-4) or _frombuffer (protocol 5).
     # Python functions are wrapped (C functions and types cannot have attributes set).
-    frombuffer = _fresh(_np_numeric._frombuffer)  # type: ignore[attr-defined]
+    frombuffer = _fresh(_np_numeric._frombuffer)  # type: ignore[attr-defined]  # private, no stub
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,

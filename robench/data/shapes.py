@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from robench._io import atomic_write_bytes, cache_dir
 from robench._seeding import derive_seed
@@ -98,13 +100,16 @@ VARIANTS = {
 }
 
 
+_Floats = npt.NDArray[np.float64]
+_Mask = npt.NDArray[np.bool_]
+
 # --- shape membership on local coordinates (u, v), shape radius 1 -------------------------------
 
 
-def _halfplanes(u: np.ndarray, v: np.ndarray, pts: list[tuple[float, float]]) -> np.ndarray:
+def _halfplanes(u: _Floats, v: _Floats, pts: list[tuple[float, float]]) -> _Mask:
     """Inside the convex polygon ``pts`` (counter-clockwise)."""
     inside = np.ones(u.shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1]):
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True):
         inside &= (x1 - x0) * (v - y0) - (y1 - y0) * (u - x0) >= 0
     return inside
 
@@ -124,7 +129,7 @@ _STAR_OUTER = _regular(5, 1.0, math.pi / 2)
 _STAR_INNER = _regular(5, 0.42, math.pi / 2 + math.pi / 5)
 
 
-def _star(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _star(u: _Floats, v: _Floats) -> _Mask:
     inside = _halfplanes(u, v, _STAR_INNER)
     for k in range(5):  # each point: triangle (inner k-1, outer k, inner k)
         tri = [_STAR_INNER[k - 1], _STAR_OUTER[k], _STAR_INNER[k]]
@@ -137,7 +142,7 @@ def _ccw(p: list[tuple[float, float]]) -> float:
     return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
 
 
-def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _shape_mask(cls: int, u: _Floats, v: _Floats) -> _Mask:
     r2 = u * u + v * v
     au, av = np.abs(u), np.abs(v)
     if cls == 0:
@@ -168,8 +173,8 @@ def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 # --- backgrounds -------------------------------------------------------------------------------
 
 
-def _pattern(style: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, size: int) -> np.ndarray:
-    """Pattern in [0, 1] for one chunk; ``p`` holds 4 uniform numbers per image, x/y are in pixels."""
+def _pattern(style: int, x: _Floats, y: _Floats, p: _Floats, size: int) -> _Floats:
+    """Pattern in [0, 1] for one chunk; ``p`` holds uniform numbers per image, x/y are in pixels."""
     period = (0.12 + 0.14 * p[:, 0, None, None]) * size
     phase = p[:, 1, None, None] * period
     if style == 0:
@@ -191,10 +196,11 @@ def _pattern(style: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, size: int)
     if style == 6:
         a, b = p[:, 2, None, None] * 2 - 1, p[:, 3, None, None] * 2 - 1
         t = (a * x + b * y) / (size * (np.abs(a) + np.abs(b) + 1e-9))
-        return t - t.min(axis=(1, 2), keepdims=True)
+        low: _Floats = t.min(axis=(1, 2), keepdims=True)
+        return t - low
     if style == 7:
-        cx, cy = p[:, 2, None, None] * size, p[:, 3, None, None] * size
-        return np.minimum(((x - cx) ** 2 + (y - cy) ** 2) / (0.8 * size) ** 2, 1.0)
+        px, py = p[:, 2, None, None] * size, p[:, 3, None, None] * size
+        return np.minimum(((x - px) ** 2 + (y - py) ** 2) / (0.8 * size) ** 2, 1.0)
     if style == 8:
         w = np.maximum(period / 6, 1.0)
         return ((np.mod(x + phase, period) < w) | (np.mod(y + phase, period) < w)).astype(
@@ -203,11 +209,14 @@ def _pattern(style: int, x: np.ndarray, y: np.ndarray, p: np.ndarray, size: int)
     # blobs: a coarse 4x4 random grid, bilinearly interpolated
     grid = p[:, 4:20].reshape(-1, 4, 4)
     gx, gy = np.clip(x / size * 3, 0, 3), np.clip(y / size * 3, 0, 3)
-    ix, iy = np.minimum(gx.astype(int), 2), np.minimum(gy.astype(int), 2)
+    ix: npt.NDArray[np.int_] = np.minimum(gx.astype(int), 2)
+    iy: npt.NDArray[np.int_] = np.minimum(gy.astype(int), 2)
     fx, fy = gx - ix, gy - iy
     n = np.arange(grid.shape[0])[:, None, None]
-    g00, g01 = grid[n, iy, ix], grid[n, iy, ix + 1]
-    g10, g11 = grid[n, iy + 1, ix], grid[n, iy + 1, ix + 1]
+    g00: _Floats = grid[n, iy, ix]
+    g01: _Floats = grid[n, iy, ix + 1]
+    g10: _Floats = grid[n, iy + 1, ix]
+    g11: _Floats = grid[n, iy + 1, ix + 1]
     return (g00 * (1 - fx) + g01 * fx) * (1 - fy) + (g10 * (1 - fx) + g11 * fx) * fy
 
 
@@ -267,7 +276,7 @@ def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def render_shapes(cfg: ShapesConfig, split: str) -> dict[str, np.ndarray]:
-    """Render a split from scratch (no cache): images uint8 N x S x S x 3, labels, boxes, context."""
+    """Render a split without the cache: uint8 N x S x S x 3 images, labels, boxes, context."""
     n = cfg.n_train if split == "train" else cfg.n_test
     rng = np.random.Generator(np.random.PCG64(derive_seed(cfg.seed, "shapes", cfg.size, split)))
     labels = rng.integers(0, len(CLASSES), n)
@@ -315,7 +324,7 @@ def load_shapes(
             import io
 
             buf = io.BytesIO()
-            np.savez(buf, **data)
+            np.savez(buf, allow_pickle=False, **data)
             try:
                 atomic_write_bytes(path, buf.getvalue())
             except OSError as exc:  # a read-only cache still gives the data
@@ -334,7 +343,7 @@ def load_shapes(
     )
 
 
-def _loader(cfg: ShapesConfig, name: str):  # type: ignore[no-untyped-def]
+def _loader(cfg: ShapesConfig, name: str) -> Callable[..., ImageDataset]:
     def load(
         *, split: str, root: Path | None, download: bool, channels: int | None
     ) -> ImageDataset:
@@ -351,7 +360,10 @@ for _name, _cfg in VARIANTS.items():
         DatasetSpec(
             name=_name,
             loader=_loader(_cfg, _name),
-            description=f"embedded procedural shapes, {_cfg.size} px, {_cfg.n_train}/{_cfg.n_test} train/test, 10 classes",
+            description=(
+                f"embedded procedural shapes, {_cfg.size} px, "
+                f"{_cfg.n_train}/{_cfg.n_test} train/test, 10 classes"
+            ),
             image_size=_cfg.size,
             preset=_cfg.preset,
             num_classes=len(CLASSES),

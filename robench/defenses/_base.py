@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol
+from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from robench._registry import Registry
+from robench.data import DatasetInfo, ImageDataset
+from robench.models import ImageClassifier
 
 __all__ = [
     "StepContext",
@@ -19,6 +22,7 @@ __all__ = [
     "FitFn",
     "Setup",
     "Defense",
+    "DefenseBase",
     "DEFENSES",
     "register_defense",
     "build_defense",
@@ -77,7 +81,7 @@ class TrainConfig:
 
 
 class FitFn(Protocol):
-    """The training loop as handed to a composite defense's ``setup`` (:func:`robench.training.fit`).
+    """The training loop handed to a composite defense's ``setup`` (:func:`robench.training.fit`).
 
     Composite defenses train their parts (MAT's single-strength runs, fusion's stages) with the
     run's own loop, checkpointed and resumable under ``out``; the loop is passed in rather than
@@ -87,14 +91,15 @@ class FitFn(Protocol):
     def __call__(
         self,
         model: nn.Module,
-        defense: Any,
-        train_ds: Any,
+        defense: Defense,
+        train_ds: ImageDataset,
         cfg: TrainConfig,
         *,
-        out: Any,
+        out: Path,
         progress: bool = ...,
         fingerprint: Mapping[str, Any] | None = ...,
-    ) -> Any: ...
+    ) -> object:
+        """Train ``model`` in place with ``defense``, checkpointed and resumable at ``out``."""
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,12 @@ class SetupContext:
 
     arch: str
     arch_kwargs: Mapping[str, Any]
-    info: Any
-    train_ds: Any
-    test_ds: Any
+    info: DatasetInfo
+    train_ds: ImageDataset
+    test_ds: ImageDataset
     seed: int
     device: str
-    workdir: Any
+    workdir: Path
     batch_size: int = 256
     lr: float = 0.002
     progress: bool = False
@@ -136,11 +141,11 @@ class Setup:
     """What ``setup`` returns: the model to train and how to rebuild it from a checkpoint.
 
     ``create_model(arch, num_classes, in_chans=..., **arch_kwargs)`` must rebuild ``model``'s exact
-    structure (so the checkpoint loads with ``weights_only=True``, no code from the file). Parameters
-    with ``requires_grad=False`` are not trained.
+    structure (so the checkpoint loads with ``weights_only=True``, no code from the file).
+    Parameters with ``requires_grad=False`` are not trained.
     """
 
-    model: nn.Module
+    model: ImageClassifier
     arch: str
     arch_kwargs: dict[str, Any]
     notes: str = ""
@@ -168,27 +173,47 @@ class Defense(Protocol):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    source: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
-    def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput: ...
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        """The loss and logits of one batch (``training.fit`` does the backward and the update)."""
+        ...
 
 
-DEFENSES: Registry[Any] = Registry("defense")
+class DefenseBase:
+    """Declares the class attributes :func:`register_defense` sets, for type checkers.
+
+    A defense dataclass derives from it so that its class satisfies :class:`Defense`; the values
+    come from the decorator (or, for a defense that is never registered, from the class body).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    source: ClassVar[str]
 
 
-def register_defense(name: str, description: str, source: str) -> Callable[[type], type]:
-    """Class decorator registering a defense dataclass."""
+_DefenseT = TypeVar("_DefenseT", bound=Defense)
 
-    def wrap(cls: type) -> type:
-        cls.name = name  # type: ignore[attr-defined]
-        cls.description = description  # type: ignore[attr-defined]
-        cls.source = source  # type: ignore[attr-defined]
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+
+def register_defense(
+    name: str, description: str, source: str
+) -> Callable[[type[_DefenseT]], type[_DefenseT]]:
+    """Class decorator registering a defense dataclass (a :class:`DefenseBase` subclass)."""
+
+    def wrap(cls: type[_DefenseT]) -> type[_DefenseT]:
+        cls.name = name
+        cls.description = description
+        cls.source = source
         DEFENSES.add(name, cls)
         return cls
 
     return wrap
 
 
-def build_defense(name: str, options: Mapping[str, str] | None = None) -> Any:
+def build_defense(name: str, options: Mapping[str, str] | None = None) -> Defense:
     """Instantiate a defense from ``-o key=value`` options, converting values to the field types."""
     cls = DEFENSES.get(name)
     known = {f.name: f for f in fields(cls)}
@@ -239,6 +264,7 @@ def _loop_of(ctx: SetupContext) -> FitFn:
     """The training loop a setup was handed; one sentence when a caller forgot it."""
     if ctx.fit is None:
         raise ValueError(
-            "this defense trains parts of its model in setup: pass SetupContext(fit=robench.training.fit)"
+            "this defense trains parts of its model in setup: "
+            "pass SetupContext(fit=robench.training.fit)"
         )
     return ctx.fit

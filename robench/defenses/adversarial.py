@@ -1,5 +1,7 @@
-"""The defenses of Laugros et al.: Mixup, FGSM-AT, targeted FGSM-AT, label smoothing,
-TLAT, M-TLAT (Algorithm 1) and IAT.
+"""The defenses of Laugros et al.: Mixup, FGSM-AT and its variants, M-TLAT and IAT.
+
+The defenses: Mixup, FGSM-AT, targeted FGSM-AT, label smoothing, TLAT, M-TLAT (Algorithm 1) and
+IAT.
 
 Adversarial defenses train on clean and adversarial samples together: the batch is split in two
 halves, the first kept clean (or Mixup-ed), the second made adversarial; the loss is the sum of
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robench.defenses._base import StepContext, StepOutput, register_defense
+from robench.defenses._base import DefenseBase, StepContext, StepOutput, register_defense
 from robench.defenses._ops import (
     beta,
     fgsm,
@@ -37,7 +39,7 @@ def _halves(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _two_losses(
     model: nn.Module, xa: Tensor, ta: Tensor, xb: Tensor, tb: Tensor, **metrics: float
 ) -> StepOutput:
-    """loss = L(xa, ta) + L(xb, tb) with soft targets; logits of both halves, in order."""
+    """The loss ``L(xa, ta) + L(xb, tb)`` with soft targets; logits of both halves, in order."""
     logits = model(torch.cat([xa, xb]))
     la, lb = logits[: xa.shape[0]], logits[xa.shape[0] :]
     loss1, loss2 = soft_cross_entropy(la, ta), soft_cross_entropy(lb, tb)
@@ -50,12 +52,13 @@ def _two_losses(
 
 @register_defense("mixup", "Mixup with Beta(alpha, alpha) interpolation of images and labels", _SRC)
 @dataclass(frozen=True)
-class Mixup:
+class Mixup(DefenseBase):
     """Mixup (Zhang et al.), alpha 0.4 as in Laugros et al."""
 
     alpha: float = 0.4
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        """Soft cross-entropy on the Mixup of the batch with a shuffled copy of itself."""
         lam = beta(self.alpha, ctx.generator)
         xm, ym = mix(x, one_hot(y, ctx.num_classes), lam, ctx.generator)
         logits = model(xm)
@@ -63,8 +66,8 @@ class Mixup:
 
 
 @dataclass(frozen=True)
-class _FGSMFamily:
-    """Clean first half + FGSM second half; subclasses choose the attack and the adversarial label."""
+class _FGSMFamily(DefenseBase):
+    """Clean first half + FGSM second half; subclasses choose the attack and adversarial label."""
 
     eps_max: float = 0.025
 
@@ -113,6 +116,7 @@ class LabelSmoothingAT(_FGSMFamily):
     targeted = True
 
     def adversarial_label(self, y_soft: Tensor, target_soft: Tensor, eps: float) -> Tensor:
+        """The true label smoothed by ``eps``."""
         return smooth_labels(y_soft, eps)
 
 
@@ -124,6 +128,7 @@ class TLAT(_FGSMFamily):
     targeted = True
 
     def adversarial_label(self, y_soft: Tensor, target_soft: Tensor, eps: float) -> Tensor:
+        """``(1 - eps) y + eps y_target`` (eq. 4)."""
         return tlat_labels(y_soft, target_soft, eps)
 
 
@@ -131,13 +136,17 @@ class TLAT(_FGSMFamily):
     "mtlat", "M-TLAT, Algorithm 1: Mixup pair 1 clean + Mixup pair 2 with TLAT, loss1 + loss2", _SRC
 )
 @dataclass(frozen=True)
-class MTLAT:
-    """Laugros et al. Algorithm 1, one step: (x1, x2) and (x3, x4) are pairs within each half of the batch."""
+class MTLAT(DefenseBase):
+    """Laugros et al. Algorithm 1, one step.
+
+    (x1, x2) and (x3, x4) are pairs within each half of the batch.
+    """
 
     alpha: float = 0.4
     eps_max: float = 0.025
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        """Mixup on the first half; Mixup then targeted FGSM with TLAT labels on the second."""
         g, n = ctx.generator, ctx.num_classes
         lam1, lam2 = beta(self.alpha, g), beta(self.alpha, g)
         eps = uniform(self.eps_max, g)
@@ -158,13 +167,14 @@ class MTLAT:
     "Lamb et al. (Laugros et al. ref. 28)",
 )
 @dataclass(frozen=True)
-class IAT:
-    """IAT: a Mixup half of clean images + a half made adversarial (untargeted FGSM) and then mixed."""
+class IAT(DefenseBase):
+    """IAT: a Mixup half of clean images + a half made adversarial (untargeted FGSM), then mixed."""
 
     alpha: float = 0.4
     eps_max: float = 0.025
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        """Mixup on the first half; untargeted FGSM then Mixup on the second."""
         g, n = ctx.generator, ctx.num_classes
         lam1, lam2 = beta(self.alpha, g), beta(self.alpha, g)
         eps = uniform(self.eps_max, g)

@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from robench import perturbations
 from robench._io import atomic_write_text
 from robench._seeding import derive_seed, make_generator
+from robench.data import ImageDataset
 from robench.defenses._base import (
+    DefenseBase,
     Setup,
     SetupContext,
     StepContext,
@@ -40,8 +42,17 @@ from robench.defenses._base import (
     eval_mode,
     register_defense,
 )
-from robench.models import create_model
-from robench.models.deepcorrect import conv_positions, correction_units, layout_of, weight_layers
+from robench.models import ImageClassifier, create_model
+from robench.models.deepcorrect import (
+    conv_positions,
+    correction_units,
+    features_of,
+    layout_of,
+    weight_layers,
+)
+
+if TYPE_CHECKING:
+    from robench.models.checkpoint import CheckpointMeta
 
 __all__ = [
     "Finetune",
@@ -116,7 +127,7 @@ def distort(
 
 
 @dataclass(frozen=True)
-class _HalfDistorted:
+class _HalfDistorted(DefenseBase):
     """Shared by both defenses: the init option, the half-distorted step and frozen-BN handling."""
 
     init: str = "zoo:standard"
@@ -149,7 +160,7 @@ class _HalfDistorted:
                 m.eval()
 
 
-def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
+def _load_init(init: str, ctx: SetupContext) -> tuple[ImageClassifier, CheckpointMeta, str]:
     """The trained model to start from, its checkpoint metadata and its SHA-256."""
     from robench.models.checkpoint import FORMAT, read_checkpoint
     from robench.models.loading import load_model
@@ -162,8 +173,8 @@ def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
     ):
         raise ValueError(wrong)
     loaded = load_model(init)
-    meta = loaded.meta
-    if meta is None:
+    meta, model = loaded.meta, loaded.model.cpu()
+    if meta is None or not isinstance(model, ImageClassifier):
         raise ValueError(wrong)
     layout_of(meta.arch)
     if meta.num_classes != ctx.info.num_classes or meta.in_chans != ctx.info.channels:
@@ -171,7 +182,7 @@ def _load_init(init: str, ctx: SetupContext) -> tuple[nn.Module, Any, str]:
             f"init {init!r} has {meta.num_classes} classes and {meta.in_chans} channels, "
             f"the data {ctx.info.num_classes} and {ctx.info.channels}"
         )
-    return loaded.model.cpu(), meta, str(loaded.sha256)
+    return model, meta, str(loaded.sha256)
 
 
 def _train_only(model: nn.Module, modules: list[nn.Module]) -> None:
@@ -193,7 +204,10 @@ def _count(model: nn.Module) -> int:
 )
 @dataclass(frozen=True)
 class Finetune(_HalfDistorted):
-    """Finetune-k (section 5.1.1): weight layers 1..k train (a conv with its batch norm; the last one is the head)."""
+    """Finetune-k (section 5.1.1): weight layers 1..k train, the rest is frozen.
+
+    A weight layer is a conv with its batch norm; the last one is the head.
+    """
 
     def setup(self, ctx: SetupContext) -> Setup:
         """Load ``init`` and freeze everything but its first ``k`` weight layers."""
@@ -209,9 +223,9 @@ class Finetune(_HalfDistorted):
 
 
 def ranking_set(
-    ds: Any, per_class: int, names: tuple[str, ...], seed: int, preset: str
+    ds: ImageDataset, per_class: int, names: tuple[str, ...], seed: int, preset: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Algorithm 1's validation triplets: ``per_class`` random images per class, clean and distorted.
+    """Algorithm 1's validation triplets: ``per_class`` random images per class, clean, distorted.
 
     Every image is distorted (kind and level drawn per image), as Algorithm 1 measures accuracy on
     distorted images only. Returns ``(clean, distorted, labels)``.
@@ -240,7 +254,7 @@ def _score(logits: Tensor, y: Tensor, m: int) -> tuple[list[int], list[float]]:
 
 
 def correction_priority(
-    model: nn.Module, arch: str, clean: Tensor, dist: Tensor, y: Tensor, k: int
+    model: ImageClassifier, arch: str, clean: Tensor, dist: Tensor, y: Tensor, k: int
 ) -> dict[str, Any]:
     """Algorithm 1 on the first ``k`` conv layers of a model whose backbone has a supported layout.
 
@@ -253,16 +267,14 @@ def correction_priority(
         ``{"p_b": float, "images": M, "layers": [{"position", "tau", "ce_gain"}, ...]}``.
     """
     tail, bb, m = layout_of(arch).tail, model.backbone, len(y)
+    feats = features_of(bb)
     with eval_mode(model), torch.no_grad():
         a_clean, a_dist = model.normalize(clean), model.normalize(dist)
-        (hit_b,), (ce_b,) = _score(tail(bb, bb.features(a_dist)), y, m)
+        (hit_b,), (ce_b,) = _score(tail(bb, feats(a_dist)), y, m)
         layers, start = [], 0
         for p in conv_positions(bb)[:k]:
-            a_clean, a_dist = (
-                bb.features[start : p + 1](a_clean),
-                bb.features[start : p + 1](a_dist),
-            )
-            start, suffix, n = p + 1, bb.features[p + 1 :], a_dist.shape[1]
+            a_clean, a_dist = feats[start : p + 1](a_clean), feats[start : p + 1](a_dist)
+            start, suffix, n = p + 1, feats[p + 1 :], a_dist.shape[1]
             hits, ces = [], []
             step = max(1, _MAX_ROWS // m)
             for j0 in range(0, n, step):
@@ -279,7 +291,10 @@ def correction_priority(
 
 
 def top_filters(tau: list[float], ce_gain: list[float], beta: float) -> list[int]:
-    """The ``round(beta * N)`` filters (at least 1) of highest priority, ties broken by ``ce_gain``, ascending."""
+    """The ``round(beta * N)`` filters (at least 1) of highest priority, in ascending order.
+
+    Ties are broken by ``ce_gain``.
+    """
     n = len(tau)
     count = min(n, max(1, int(beta * n + 0.5)))
     ranked = sorted(range(n), key=lambda j: (-tau[j], -ce_gain[j], j))
@@ -319,8 +334,10 @@ class DeepCorrect(_HalfDistorted):
                 f"got {self.rank_per_class} and {self.last_layers}"
             )
 
-    def _ranking(self, model: nn.Module, arch: str, sha: str, ctx: SetupContext) -> dict[str, Any]:
-        """Algorithm 1's priorities, cached in the run's workdir (a rerun after a kill reuses them)."""
+    def _ranking(
+        self, model: ImageClassifier, arch: str, sha: str, ctx: SetupContext
+    ) -> dict[str, Any]:
+        """Algorithm 1's priorities, cached in the run's workdir (a rerun reuses them)."""
         preset = perturbations.preset_for_size(int(ctx.info.image_size))
         key = {
             "init_sha256": sha,
@@ -353,7 +370,7 @@ class DeepCorrect(_HalfDistorted):
         return result
 
     def setup(self, ctx: SetupContext) -> Setup:
-        """Rank the filters of ``init``, build the DeepCorrect model on it and freeze what is not trained."""
+        """Rank the filters of ``init``, build DeepCorrect on it and freeze what is not trained."""
         base, meta, sha = _load_init(self.init, ctx)
         n_conv, n_layers = (
             len(conv_positions(base.backbone)),
@@ -365,11 +382,12 @@ class DeepCorrect(_HalfDistorted):
             )
         if self.train_last and self.last_layers > n_layers:
             raise ValueError(
-                f"last_layers must be in 1..{n_layers} (the weight layers of {meta.arch}), got {self.last_layers}"
+                f"last_layers must be in 1..{n_layers} (the weight layers of {meta.arch}), "
+                f"got {self.last_layers}"
             )
         ranking = self._ranking(base, meta.arch, sha, ctx)
         filters = [top_filters(lay["tau"], lay["ce_gain"], self.beta) for lay in ranking["layers"]]
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "base": meta.arch,
             "base_kwargs": dict(meta.arch_kwargs),
             "k": self.k,

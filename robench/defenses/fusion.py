@@ -37,7 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robench._seeding import derive_seed
+from robench.data import ImageDataset
 from robench.defenses._base import (
+    Defense,
+    DefenseBase,
     Setup,
     SetupContext,
     StepContext,
@@ -47,6 +50,7 @@ from robench.defenses._base import (
     register_defense,
 )
 from robench.defenses.standard import Standard
+from robench.models import ImageClassifier
 
 __all__ = ["Fusion", "ContextCE", "fusion_loss"]
 
@@ -54,8 +58,12 @@ _SRC = "Akumalla et al."
 
 
 @dataclass(frozen=True)
-class ContextCE:
+class ContextCE(DefenseBase):
     """Cross-entropy on the context labels of the batch (trains the context network)."""
+
+    name = "context_ce"  # never registered: a stage of ``fusion``'s setup
+    description = "cross-entropy on the context labels"
+    source = _SRC
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         """Loss against ``ctx.context`` instead of the class labels."""
@@ -68,7 +76,8 @@ class ContextCE:
 def fusion_loss(
     logits: Tensor, y: Tensor, object_weight: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Akumalla et al.'s loss (section 3.4) divided by the batch size ``B``:
+    """Akumalla et al.'s loss (section 3.4) divided by the batch size ``B``.
+
     ``mean CE(logits, y) + alpha / B * ||object_weight||^2``.
 
     Returns:
@@ -85,7 +94,7 @@ def fusion_loss(
     _SRC,
 )
 @dataclass(frozen=True)
-class Fusion:
+class Fusion(DefenseBase):
     """Contextual fusion; options: ``alpha``, ``init``, ``context_width``, ``pre_epochs``."""
 
     alpha: float = 10.0
@@ -120,9 +129,10 @@ class Fusion:
         from robench.models import create_model
         from robench.models.fusion import fusion_net
 
-        if ctx.train_ds.context is None:
+        train_context = ctx.train_ds.context
+        if train_context is None:
             raise ValueError("fusion needs context labels per image; use the shapes dataset")
-        n_ctx = _context_classes(ctx)
+        n_ctx = _context_classes(train_context, ctx.test_ds)
         obj, base, base_kwargs, note = self._object_network(ctx)
         mean, std = obj.normalize.mean.flatten().tolist(), obj.normalize.std.flatten().tolist()
         cnet, context_kwargs = self._context_network(ctx, mean, std, n_ctx)
@@ -142,19 +152,25 @@ class Fusion:
         for p in [*net.object.parameters(), *net.context.parameters()]:
             p.requires_grad_(False)
         acc = _context_accuracy(cnet, ctx.test_ds)
-        notes = f"object network: {note}; context network: {ctx.arch} {context_kwargs}, {acc:.1%} on test context labels; alpha {self.alpha:g}"
+        notes = (
+            f"object network: {note}; context network: {ctx.arch} {context_kwargs}, "
+            f"{acc:.1%} on test context labels; alpha {self.alpha:g}"
+        )
         return Setup(model, "fusion", kwargs, notes)
 
-    def _object_network(self, ctx: SetupContext) -> tuple[nn.Module, str, dict[str, Any], str]:
+    def _object_network(
+        self, ctx: SetupContext
+    ) -> tuple[ImageClassifier, str, dict[str, Any], str]:
         from robench.models import create_model
         from robench.models.loading import load_model
 
         if self.init and self.init.lower() != "none":
             loaded = load_model(self.init)
-            meta = loaded.meta
-            if meta is None:
+            meta, obj = loaded.meta, loaded.model.cpu().eval()
+            if meta is None or not isinstance(obj, ImageClassifier):
                 raise ValueError(
-                    f"fusion init {self.init!r} must be a robench checkpoint (its architecture is needed)"
+                    f"fusion init {self.init!r} must be a robench checkpoint "
+                    "(its architecture is needed)"
                 )
             if (
                 meta.arch == "fusion"
@@ -162,10 +178,11 @@ class Fusion:
                 or meta.in_chans != ctx.info.channels
             ):
                 raise ValueError(
-                    f"fusion init {self.init!r} is not a plain {ctx.info.num_classes}-class classifier of this data"
+                    f"fusion init {self.init!r} is not a plain {ctx.info.num_classes}-class "
+                    "classifier of this data"
                 )
             return (
-                loaded.model.cpu().eval(),
+                obj,
                 meta.arch,
                 dict(meta.arch_kwargs),
                 f"{self.init} ({meta.arch})",
@@ -183,7 +200,7 @@ class Fusion:
 
     def _context_network(
         self, ctx: SetupContext, mean: list[float], std: list[float], n_ctx: int
-    ) -> tuple[nn.Module, dict[str, Any]]:
+    ) -> tuple[ImageClassifier, dict[str, Any]]:
         from robench.models import MODELS, create_model
 
         kwargs = dict(ctx.arch_kwargs)
@@ -200,14 +217,16 @@ class Fusion:
         return model, kwargs
 
 
-def _context_classes(ctx: SetupContext) -> int:
-    top = int(ctx.train_ds.context.max())
-    if getattr(ctx.test_ds, "context", None) is not None:
-        top = max(top, int(ctx.test_ds.context.max()))
+def _context_classes(train_context: Tensor, test_ds: ImageDataset) -> int:
+    top = int(train_context.max())
+    if test_ds.context is not None:
+        top = max(top, int(test_ds.context.max()))
     return top + 1
 
 
-def _pretrain(model: nn.Module, defense: Any, ctx: SetupContext, stage: str, epochs: int) -> None:
+def _pretrain(
+    model: nn.Module, defense: Defense, ctx: SetupContext, stage: str, epochs: int
+) -> None:
     """Train one network with the run's loop, resumable from the setup folder."""
     fit = _loop_of(ctx)
 
@@ -233,14 +252,15 @@ def _pretrain(model: nn.Module, defense: Any, ctx: SetupContext, stage: str, epo
     model.cpu().eval()
 
 
-def _context_accuracy(model: nn.Module, ds: Any, batch_size: int = 500) -> float:
+def _context_accuracy(model: nn.Module, ds: ImageDataset, batch_size: int = 500) -> float:
     """Accuracy of the context network on ``ds``'s context labels (nan without them)."""
-    if getattr(ds, "context", None) is None or len(ds) == 0:
+    context = ds.context
+    if context is None or len(ds) == 0:
         return float("nan")
     correct = 0
     with torch.no_grad():
         for start in range(0, len(ds), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(ds)))
             x, _ = ds.get_batch(idx)
-            correct += int((model(x).argmax(1) == ds.context[idx]).sum())
+            correct += int((model(x).argmax(1) == context[idx]).sum())
     return correct / len(ds)

@@ -1,19 +1,19 @@
 """Multi-strength adversarial training, mixed and parallel (Song et al.).
 
 - ``mat_mixed`` (eq. 2): one model; every batch is used clean and made adversarial (FGSM, crafted
-  against the current model in eval mode) at each of the S strengths; the loss is the unweighted
-  sum ``CE(clean) + sum_j CE(FGSM_j)``, i.e. every original and every adversarial example counts
-  once, the "full size" variant the paper recommends (each adversarial set as large as the original).
+  against the current model in eval mode) at each of the S strengths; the loss is the unweighted sum
+  ``CE(clean) + sum_j CE(FGSM_j)``, i.e. every original and every adversarial example counts once,
+  the "full size" variant the paper recommends (each adversarial set as large as the original).
 - ``mat_parallel`` (eq. 3-4): S sub-networks (the ``mat_parallel`` architecture over ``--arch``);
   branch k is trained on ``CE(clean) + CE(FGSM at s_k)`` with examples crafted against itself, as if
   trained alone (the branches share nothing, so one joint step equals S separate ones). The voting
-  unit is trained at the same time by the cross-entropy of the voted prediction ``sum_k a_k p_k``
-  on the clean and all adversarial examples of the step, with the branch outputs detached (computed
-  in eval mode, as at test time): the vote learns which copy to trust, the copies stay eq. 3.
+  unit is trained at the same time by the cross-entropy of the voted prediction ``sum_k a_k p_k`` on
+  the clean and all adversarial examples of the step, with the branch outputs detached (computed in
+  eval mode, as at test time): the vote learns which copy to trust, the copies stay eq. 3.
 
 Strengths: ``-o strengths=a,b,c`` (pixel units of [0, 1] images), or, when empty (default), chosen
-in ``setup`` by the paper's random walk (section 4.3) over an accuracy matrix of short single-strength
-runs; see :func:`accuracy_matrix` and :func:`random_walk_select`.
+in ``setup`` by the paper's random walk (section 4.3) over an accuracy matrix of short
+single-strength runs; see :func:`accuracy_matrix` and :func:`random_walk_select`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from robench._io import atomic_write_text
 from robench._seeding import derive_seed, make_generator
 from robench.data import ImageDataset
 from robench.defenses._base import (
+    DefenseBase,
     Setup,
     SetupContext,
     StepContext,
@@ -43,7 +44,15 @@ from robench.defenses._base import (
     register_defense,
 )
 from robench.defenses.standard import Standard
-from robench.models import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, MODELS, create_model
+from robench.models import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    ImageClassifier,
+    create_model,
+)
 from robench.models.mat import ParallelMAT, branch_view
 
 __all__ = [
@@ -64,7 +73,7 @@ CANDIDATES = (0.01, 0.02, 0.04, 0.06, 0.08)
 def fgsm_strengths(
     model: nn.Module, x: Tensor, y: Tensor, strengths: Sequence[float]
 ) -> list[Tensor]:
-    """Untargeted FGSM at several strengths from one gradient (crafted in eval mode), clipped to [0, 1].
+    """Untargeted FGSM at several strengths from one gradient (in eval mode), clipped to [0, 1].
 
     ``x + s * sign(grad_x CE(model(x), y))`` for every ``s``: the gradient does not depend on ``s``.
     """
@@ -75,23 +84,23 @@ def fgsm_strengths(
     return [(x.detach() + float(s) * sign).clamp(0.0, 1.0) for s in strengths]
 
 
-# --------------------------------------------------------------------------- the random walk (section 4.3)
+# ------------------------------------------------------------------ the random walk (section 4.3)
 
 
 def transition_matrix(acc: Tensor) -> Tensor:
-    """State transition matrix P of the walk over strengths, from the accuracy matrix ``acc`` (n x n).
+    """Transition matrix P of the walk over strengths, from the accuracy matrix ``acc`` (n x n).
 
     ``A_M = acc / row sums`` is each single-strength model's accuracy profile over the attack
     strengths. From strength i the walker moves to j (j != i) in proportion to how much model j's
-    profile exceeds model i's, ``sum_c max(A_M[j, c] - A_M[i, c], 0)`` (plus a small floor that keeps
-    the chain irreducible): it tends to go where the current model is weak, i.e. to complementary
-    strengths, as edge weights grow with dissimilarity in graph-based saliency (the paper's ref. [21]).
+    profile exceeds model i's, ``sum_c max(A_M[j, c] - A_M[i, c], 0)`` (plus a small floor that
+    keeps the chain irreducible): it tends to go where the current model is weak, i.e. to
+    complementary strengths, as edge weights grow with dissimilarity in graph-based saliency (the
+    paper's ref. [21]).
     """
     a = acc.double()
     am = a / a.sum(1, keepdim=True).clamp_min(1e-12)
-    gain = (
-        (am.unsqueeze(0) - am.unsqueeze(1)).clamp_min(0).sum(2)
-    )  # gain[i, j] = sum_c max(am[j,c] - am[i,c], 0)
+    # gain[i, j] = sum_c max(am[j,c] - am[i,c], 0)
+    gain = (am.unsqueeze(0) - am.unsqueeze(1)).clamp_min(0).sum(2)
     n = a.shape[0]
     off = 1.0 - torch.eye(n, dtype=a.dtype)
     w = (gain + 1e-3 / max(n, 1)) * off
@@ -99,7 +108,7 @@ def transition_matrix(acc: Tensor) -> Tensor:
 
 
 def walk_score(acc: Tensor, chosen: Sequence[int], penalty: float) -> float:
-    """G = H - penalty * S: the estimated accuracy of MAT with the ``chosen`` strengths minus a size penalty.
+    """G = H - penalty * S: estimated accuracy of MAT with the ``chosen`` strengths, less a penalty.
 
     H is the mean over attack strengths (columns) of the best single-strength accuracy among the
     chosen rows: at each strength the copy trained for it decides, the working-zone argument of
@@ -120,11 +129,12 @@ def random_walk_select(
     """Choose strengths (row indices of ``acc``) by ``trials`` random walks of ``steps`` moves.
 
     Each walk starts at a strength drawn in proportion to its model's mean accuracy, moves with
-    :func:`transition_matrix`, and every set of strengths it has visited so far is a candidate scored by
-    :func:`walk_score`; the best candidate over all walks wins (the first found on ties).
+    :func:`transition_matrix`, and every set of strengths it has visited so far is a candidate
+    scored by :func:`walk_score`; the best candidate over all walks wins (the first found on ties).
 
     Args:
-        acc: accuracy matrix, ``acc[i, j]`` = accuracy of the model trained at strength i under FGSM at j.
+        acc: accuracy matrix, ``acc[i, j]`` = accuracy of the model trained at strength i under FGSM
+            at j.
         generator: every draw comes from it.
         num_strengths: S; 0 lets the penalty decide, otherwise only sets of exactly S count (a walk
             then goes on until it has visited S strengths).
@@ -161,11 +171,11 @@ def random_walk_select(
     return best[1]
 
 
-# --------------------------------------------------------------------------- the accuracy matrix (pre-computation)
+# ------------------------------------------------------- the accuracy matrix (pre-computation)
 
 
 class _Slice(ImageDataset):
-    """Images ``start .. start + n - 1`` of ``base`` (a held-out validation part of the training set)."""
+    """Images ``start .. start + n - 1`` of ``base`` (a held-out part of the training set)."""
 
     def __init__(self, base: ImageDataset, start: int, n: int) -> None:
         self.base, self.start, self.info = base, start, base.info
@@ -198,8 +208,8 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
     """The paper's matrix A of single-strength accuracies, measured on held-out training images.
 
     A shared start is trained first (plain cross-entropy, ``walk_pretrain_epochs`` on the first
-    ``walk_images`` training images); row i continues it at candidate strength i (clean + FGSM, eq. 3)
-    for ``walk_epochs``; column j is that model's accuracy under FGSM at candidate j on the next
+    ``walk_images`` training images); row i continues it at candidate strength i (clean + FGSM, eq.
+    3) for ``walk_epochs``; column j is that model's accuracy under FGSM at candidate j on the next
     ``walk_val`` training images (validation: the test set is never seen). The shared start makes
     short runs comparable: rows differ by their strength, not by where their training began.
 
@@ -281,18 +291,20 @@ def accuracy_matrix(ctx: SetupContext, d: _MAT) -> list[list[float]]:
     return rows
 
 
-# --------------------------------------------------------------------------- the defenses
+# ------------------------------------------------------------------------------- the defenses
 
 
 @dataclass(frozen=True)
-class _MAT:
+class _MAT(DefenseBase):
     """Options shared by both MAT structures (strengths and their random-walk selection).
 
     Attributes:
-        strengths: FGSM strengths in [0, 1] pixel units; empty: chosen by the random walk in ``setup``.
+        strengths: FGSM strengths in [0, 1] pixel units; empty: chosen by the random walk in
+            ``setup``.
         candidates: the strengths the walk chooses from (and evaluates at).
         num_strengths: S for the walk; 0 lets the size penalty decide.
-        walk_penalty: accuracy an extra strength must add to be worth it (the paper's coefficient a).
+        walk_penalty: accuracy an extra strength must add to be worth it (the paper's
+            coefficient a).
         walk_steps: moves per walk (0: twice the number of candidates).
         walk_trials: number of walks.
         walk_pretrain_epochs: epochs of the shared clean start of the single-strength runs.
@@ -326,7 +338,8 @@ class _MAT:
         if not 0 <= self.num_strengths <= len(self.candidates):
             n = len(self.candidates)
             raise ValueError(
-                f"num_strengths must be in 0..{n} (the number of candidates), got {self.num_strengths}"
+                f"num_strengths must be in 0..{n} (the number of candidates), "
+                f"got {self.num_strengths}"
             )
         for name in ("walk_trials", "walk_epochs", "walk_images", "walk_val", "walk_batch_size"):
             if getattr(self, name) < 1:
@@ -350,7 +363,8 @@ class _MAT:
             trials=self.walk_trials,
         )
         chosen = tuple(float(self.candidates[i]) for i in idx)
-        # setup completes the configuration once, before training: the card and the resume check record it
+        # setup completes the configuration once, before training: the card and the resume check
+        # record it
         object.__setattr__(self, "strengths", chosen)
         rows = "; ".join(" ".join(f"{v:.2f}" for v in r) for r in acc.tolist())
         return (
@@ -360,10 +374,10 @@ class _MAT:
 
     def _need_strengths(self) -> tuple[float, ...]:
         if not self.strengths:
-            name = type(self).name  # type: ignore[attr-defined]
+            name = type(self).name
             raise ValueError(
-                f"{name} has no strengths: give -o strengths=a,b,... or train it with robench train, "
-                "whose setup selects them by random walk"
+                f"{name} has no strengths: give -o strengths=a,b,... or train it with "
+                "robench train, whose setup selects them by random walk"
             )
         return self.strengths
 
@@ -390,6 +404,7 @@ class MATMixed(_MAT):
         return Setup(model, ctx.arch, dict(ctx.arch_kwargs), notes)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        """Cross-entropy of the clean batch plus one per FGSM strength, summed (eq. 2)."""
         strengths = self._need_strengths()
         advs = fgsm_strengths(model, x, y, strengths)
         parts = model(torch.cat([x, *advs])).split(x.shape[0])
@@ -411,10 +426,11 @@ class MATParallel(_MAT):
     """Parallel MAT (eq. 3-4) on the ``mat_parallel`` composite built over ``--arch``."""
 
     def setup(self, ctx: SetupContext) -> Setup:
-        """Select the strengths (unless given) and build one ``--arch`` branch per strength plus the vote."""
+        """Select the strengths (unless given); build one ``--arch`` branch each, and the vote."""
         if ctx.arch == "mat_parallel":
             raise ValueError(
-                "mat_parallel builds its own composite: give the sub-network with --arch (e.g. small_cnn)"
+                "mat_parallel builds its own composite: "
+                "give the sub-network with --arch (e.g. small_cnn)"
             )
         notes = self._resolve(ctx)
         kw = {
@@ -423,9 +439,8 @@ class MATParallel(_MAT):
             "branches": len(self.strengths),
             "strengths": list(self.strengths),
         }
-        big = (
-            MODELS.get(ctx.arch).input_size >= 128
-        )  # the base's normalisation, as create_model would pick it
+        # the base's normalisation, as create_model would pick it
+        big = MODELS.get(ctx.arch).input_size >= 128
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if big else (CIFAR_MEAN, CIFAR_STD)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "init", "mat_parallel", ctx.arch))
@@ -440,20 +455,22 @@ class MATParallel(_MAT):
         return Setup(model, "mat_parallel", kw, notes)
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
-        net = getattr(model, "backbone", None)
-        if not isinstance(net, ParallelMAT):
+        """Each branch on clean + its own FGSM (eq. 3); the vote on detached branches (eq. 4)."""
+        net = model.backbone if isinstance(model, ImageClassifier) else None
+        if not isinstance(model, ImageClassifier) or not isinstance(net, ParallelMAT):
             raise ValueError(
-                "mat_parallel trains the 'mat_parallel' composite its setup builds, not a plain model"
+                "mat_parallel trains the 'mat_parallel' composite its setup builds, "
+                "not a plain model"
             )
         strengths = net.strengths or self._need_strengths()
         if len(strengths) != len(net.branches):
             raise ValueError(
-                f"mat_parallel model has {len(net.branches)} branches but {len(strengths)} strengths"
+                f"mat_parallel model has {len(net.branches)} branches "
+                f"but {len(strengths)} strengths"
             )
         b, branch_losses, advs = x.shape[0], [], []
-        for k, s in enumerate(
-            strengths
-        ):  # eq. 3 per branch, examples crafted against the branch itself
+        # eq. 3 per branch, examples crafted against the branch itself
+        for k, s in enumerate(strengths):
             view = branch_view(model, k)
             adv = fgsm_strengths(view, x, y, [s])[0]
             z = view(torch.cat([x, adv]))

@@ -29,8 +29,15 @@ from torch import Tensor, nn
 
 from robench import perturbations
 from robench._seeding import derive_seed
-from robench.defenses._base import Setup, SetupContext, StepContext, StepOutput, register_defense
-from robench.perturbations import preset_for_size
+from robench.defenses._base import (
+    DefenseBase,
+    Setup,
+    SetupContext,
+    StepContext,
+    StepOutput,
+    register_defense,
+)
+from robench.perturbations import CorruptionSpec, preset_for_size
 
 __all__ = [
     "Constant",
@@ -65,7 +72,7 @@ def perturb_images(
     Returns:
         The perturbed batch (a new tensor).
     """
-    spec = perturbations.get(name)
+    spec: CorruptionSpec = perturbations.get(name)
     idx = torch.arange(x.shape[0]) if indices is None else indices.detach().cpu().to(torch.int64)
     preset = preset_for_size(x.shape[-1])
     with torch.no_grad():
@@ -73,7 +80,7 @@ def perturb_images(
             return spec(x, severity, seed=seed, indices=idx, preset=preset)
         levels = image_levels(seed, idx, spec.severities)
         out = x.clone()
-        for level in levels.unique().tolist():
+        for level in torch.unique(levels).tolist():
             mask = levels == level
             out[mask.to(x.device)] = spec(
                 x[mask.to(x.device)], int(level), seed=seed, indices=idx[mask], preset=preset
@@ -82,15 +89,17 @@ def perturb_images(
 
 
 def perturbed_share(epoch: int, epochs: int, start: float = 0.05, end: float = 1.0) -> float:
-    """Incremental learning's share of perturbed images: ``start`` in the first epoch, rising
-    linearly per epoch to ``end`` in the last."""
+    """Incremental learning's share of perturbed images in epoch ``epoch``.
+
+    ``start`` in the first epoch, rising linearly per epoch to ``end`` in the last.
+    """
     if epochs <= 1:
         return start
     return start + (end - start) * min(epoch, epochs - 1) / (epochs - 1)
 
 
 @dataclass(frozen=True)
-class _PerturbedData:
+class _PerturbedData(DefenseBase):
     """Options shared by the three defenses: which corruption, which level, when it is drawn."""
 
     perturbation: str = "gaussian_noise_var"
@@ -110,7 +119,8 @@ class _PerturbedData:
         if self.severity != 0 and self.severity not in spec.severities:
             levels = f"{spec.severities[0]}..{spec.severities[-1]}"
             raise ValueError(
-                f"severity must be in {levels} for {self.perturbation} (or 0: random per image), got {self.severity}"
+                f"severity must be in {levels} for {self.perturbation} "
+                f"(or 0: random per image), got {self.severity}"
             )
 
     def data_seed(self, ctx: StepContext) -> int:
@@ -182,7 +192,8 @@ class Incremental(_PerturbedData):
 
 @register_defense(
     "transfer",
-    "transfer learning: new FC layers (256, 512) on a trained model, fine-tuned on perturbed images",
+    "transfer learning: new FC layers (256, 512) on a trained model, "
+    "fine-tuned on perturbed images",
     _SRC,
 )
 @dataclass(frozen=True)
@@ -200,25 +211,27 @@ class Transfer(_PerturbedData):
 
     def setup(self, ctx: SetupContext) -> Setup:
         """Load ``init``, swap its output layer for the new head, copy every other weight."""
-        from robench.models import create_model
+        from robench.models import ImageClassifier, create_model
         from robench.models.loading import load_model
         from robench.models.transfer import check_hidden, last_linear
 
         loaded = load_model(self.init)
-        meta = loaded.meta
-        if meta is None:
+        meta, old = loaded.meta, loaded.model
+        if meta is None or not isinstance(old, ImageClassifier):
             raise ValueError(
-                f"transfer init {self.init!r} must be a robench checkpoint (its architecture is needed)"
+                f"transfer init {self.init!r} must be a robench checkpoint "
+                "(its architecture is needed)"
             )
         if meta.arch == "transfer_mlp":
             raise ValueError(
-                f"transfer init {self.init!r} is already a transfer model; give the original network"
+                f"transfer init {self.init!r} is already a transfer model; "
+                "give the original network"
             )
         if meta.in_chans != ctx.info.channels:
             raise ValueError(
-                f"transfer init has {meta.in_chans} input channels, the data has {ctx.info.channels}"
+                f"transfer init has {meta.in_chans} input channels, "
+                f"the data has {ctx.info.channels}"
             )
-        old = loaded.model
         head = last_linear(old.backbone)[2]
         head_name = next(n for n, m in old.backbone.named_modules() if m is head)
         prefix = f"backbone.{head_name}."
@@ -244,7 +257,10 @@ class Transfer(_PerturbedData):
         for name, p in model.named_parameters():
             p.requires_grad_(not self.freeze or name.startswith(prefix))
         what = "new layers only (rest frozen)" if self.freeze else "all layers"
-        notes = f"from {self.init} ({meta.arch}); output layer {head_name} -> FC {kwargs['hidden']} + output; trains {what}"
+        notes = (
+            f"from {self.init} ({meta.arch}); output layer {head_name} -> "
+            f"FC {kwargs['hidden']} + output; trains {what}"
+        )
         return Setup(model, "transfer_mlp", kwargs, notes)
 
     def on_train(self, model: nn.Module) -> None:

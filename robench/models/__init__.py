@@ -1,4 +1,4 @@
-"""Models: the architecture registry, composite models, checkpoints, loading any model file, the zoo.
+"""Models: the architecture registry, composite models, checkpoints, loading model files, the zoo.
 
 Every model takes images in [0, 1]: the normalisation lives inside the model (``Normalize``), so
 attack epsilons are in pixel units and checkpoints carry their own mean/std.

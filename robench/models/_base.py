@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,8 @@ class ModelSpec:
 
     Args:
         name: registry name.
-        build: ``build(num_classes, in_chans, **kwargs) -> nn.Module`` (the backbone, on normalised input).
+        build: ``build(num_classes, in_chans, **kwargs) -> nn.Module``, the backbone (on normalised
+            input).
         input_size: the image side it is meant for.
         description: one line.
         source: where it comes from.
@@ -66,7 +67,10 @@ def register_model(
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel, with mean/std stored as buffers (they travel in the state_dict)."""
+    """``(x - mean) / std`` per channel; mean and std are buffers, saved in the state_dict."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -76,6 +80,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` (N x C x H x W) channel by channel."""
         return (x - self.mean) / self.std
 
 
@@ -88,7 +93,8 @@ class ImageClassifier(nn.Module):
         self.backbone = backbone
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(self.normalize(x))
+        """Logits of the backbone on the normalised ``x``."""
+        return cast(Tensor, self.backbone(self.normalize(x)))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -111,7 +117,8 @@ def create_model(
         name: a name from :func:`list_models`.
         num_classes: output logits.
         in_chans: input channels (1 or 3).
-        mean: normalisation mean per channel (default: CIFAR's for small inputs, ImageNet's for 224 px).
+        mean: normalisation mean per channel (default: CIFAR's for small inputs, ImageNet's for
+            224 px).
         std: normalisation std per channel.
         **kwargs: architecture options (e.g. ``width`` for ``small_cnn``).
 

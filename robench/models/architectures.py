@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import cast
+
+from torch import Tensor, nn
 
 from robench.models._base import register_model
 
@@ -18,7 +20,7 @@ def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> list[nn.Module
 
 
 class SmallCNN(nn.Module):
-    """Cavey et al.'s CIFAR net: conv-BN-ReLU pairs, max pooling, dropout 0.2 after each pool, linear head.
+    """Cavey et al.'s CIFAR net: conv-BN-ReLU pairs, max pooling, dropout 0.2 per pool, linear head.
 
     Args:
         num_classes: output logits.
@@ -47,12 +49,13 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.head(self.pool(self.features(x)).flatten(1))
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits: the pooled features through the linear head."""
+        return cast(Tensor, self.head(self.pool(self.features(x)).flatten(1)))
 
 
 class AllConvNet(nn.Module):
-    """Springenberg et al.'s All-Convolutional Net with batch norm after each conv (Borkar and Karam, Fig. 3a).
+    """Springenberg et al.'s All-Convolutional Net with batch norms (Borkar & Karam, Fig. 3a).
 
     Args:
         num_classes: output logits.
@@ -76,8 +79,9 @@ class AllConvNet(nn.Module):
         self.classifier = nn.Conv2d(w2, num_classes, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.pool(self.classifier(self.features(x))).flatten(1)
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits: the 1x1-conv class maps, averaged over the image."""
+        return cast(Tensor, self.pool(self.classifier(self.features(x)))).flatten(1)
 
 
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -107,8 +111,9 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.head(self.pool(self.features(x)).flatten(1))
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits: the pooled features through the linear head."""
+        return cast(Tensor, self.head(self.pool(self.features(x)).flatten(1)))
 
 
 @register_model(
@@ -153,10 +158,10 @@ def vgg11(num_classes: int = 10, in_chans: int = 3, width_div: int = 1) -> nn.Mo
     source="He et al.; torchvision",
 )
 def resnet18_cifar(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
-    """torchvision's ResNet-18 with the 7x7/2 stem and max-pool replaced by a 3x3/1 conv."""
+    """The torchvision ResNet-18 with its 7x7/2 stem and max-pool replaced by a 3x3/1 conv."""
     from torchvision.models import resnet18
 
-    m = resnet18(weights=None, num_classes=num_classes)
+    m: nn.Module = resnet18(weights=None, num_classes=num_classes)
     m.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
     m.maxpool = nn.Identity()
     return m
@@ -165,7 +170,7 @@ def resnet18_cifar(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
 def _torchvision(fn_name: str, num_classes: int, in_chans: int) -> nn.Module:
     import torchvision.models as tvm
 
-    m = getattr(tvm, fn_name)(weights=None, num_classes=num_classes)
+    m: nn.Module = getattr(tvm, fn_name)(weights=None, num_classes=num_classes)
     if in_chans != 3:
         m.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
     return m
@@ -178,7 +183,7 @@ def _torchvision(fn_name: str, num_classes: int, in_chans: int) -> nn.Module:
     source="He et al.; torchvision",
 )
 def resnet50(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    """torchvision ResNet-50, random weights."""
+    """The torchvision ResNet-50, random weights."""
     return _torchvision("resnet50", num_classes, in_chans)
 
 
@@ -189,5 +194,5 @@ def resnet50(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     source="Xie et al.; torchvision",
 )
 def resnext50_32x4d(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
-    """torchvision ResNeXt-50 32x4d, random weights."""
+    """The torchvision ResNeXt-50 32x4d, random weights."""
     return _torchvision("resnext50_32x4d", num_classes, in_chans)

@@ -131,7 +131,9 @@ def _normalize_of(model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: CheckpointMeta) -> str:
     """Write ``model``'s weights and ``meta`` atomically; returns the file's SHA-256."""
     mean, std = _normalize_of(model)
-    if len(mean) != len(meta.mean) or any(abs(a - b) > 1e-6 for a, b in zip(mean, meta.mean)):
+    if len(mean) != len(meta.mean) or any(
+        abs(a - b) > 1e-6 for a, b in zip(mean, meta.mean, strict=True)
+    ):
         raise CheckpointError("meta.mean does not match the model's normalisation")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     meta_d = meta.to_dict()
@@ -147,7 +149,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], meta: Checkp
 
 
 def content_digest(meta: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the metadata (canonical JSON) and every tensor's name, dtype, shape and bytes."""
+    """SHA-256 over the metadata (canonical JSON) and each tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=repr).encode())
     for name in sorted(state):
         t = state[name]
@@ -159,7 +161,7 @@ def content_digest(meta: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with one-sentence errors; runs no code from the file."""
+    """``torch.load(path, weights_only=True)`` with one-sentence errors (runs no code from it)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
@@ -181,8 +183,9 @@ def read_checkpoint_bytes(data: bytes, name: str) -> dict[str, Any]:
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text or "Unsupported operand" in text:
             raise CheckpointError(
-                f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code when loaded; "
-                "refusing it (save a state_dict or a robench checkpoint instead, or pass --trust-pickle if you trust the file)"
+                f"{p} holds pickled Python objects (e.g. a whole nn.Module), which could run code "
+                "when loaded; refusing it (save a state_dict or a robench checkpoint instead, "
+                "or pass --trust-pickle if you trust the file)"
             ) from None
         raise CheckpointError(
             f"{p} is not a readable checkpoint (truncated or corrupt?): {first_line(exc)}"
@@ -231,7 +234,8 @@ def model_from_checkpoint(
     """
     if obj.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not a robench checkpoint (a raw state_dict? give its architecture with --arch)"
+            f"{path} is not a robench checkpoint "
+            "(a raw state_dict? give its architecture with --arch)"
         )
     version = obj.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -253,7 +257,8 @@ def model_from_checkpoint(
         ) from None
     if not intact:
         raise CheckpointError(
-            f"{path} is corrupted or was modified: its content does not match the digest it was saved with"
+            f"{path} is corrupted or was modified: "
+            "its content does not match the digest it was saved with"
         )
     meta = CheckpointMeta.from_dict(raw_meta)
     kwargs = dict(in_chans=meta.in_chans, mean=meta.mean, std=meta.std, **dict(meta.arch_kwargs))

@@ -1,5 +1,7 @@
-"""Contextual fusion (Akumalla et al.): an object network and a context network side by
-side, and a joint linear classifier on their concatenated penultimate features.
+"""Contextual fusion (Akumalla et al.): object and context networks, one joint classifier.
+
+An object network and a context network sit side by side, and a joint linear classifier reads
+their concatenated penultimate features.
 
 In the paper the foreground (object) and background (scene) classifiers are ResNet-18s whose
 512-d features are concatenated into a 1024-d vector for one fully connected layer. Here each
@@ -10,7 +12,7 @@ branch is any registered backbone with a linear output layer; the branch keeps t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ __all__ = ["Branch", "FusionNet", "fusion", "object_network", "context_network",
 
 
 class Branch(nn.Module):
-    """A backbone cut before its output layer: ``features(x)`` and ``forward(x) = head(features(x))``.
+    """A backbone cut before its output layer: ``features(x)``, ``forward(x) = head(features(x))``.
 
     Args:
         backbone: a registered backbone (on normalised input), modified in place.
@@ -42,13 +44,14 @@ class Branch(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features, N x feature_dim."""
-        return self.body(x)
+        return cast(Tensor, self.body(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
+        """Logits of the uncut backbone: ``head(features(x))``."""
+        return cast(Tensor, self.head(self.body(x)))
 
     def load_backbone_state(self, state: Mapping[str, Tensor]) -> None:
-        """Load the state_dict of the uncut backbone (e.g. a trained ``small_cnn``'s ``backbone``)."""
+        """Load the state_dict of the uncut backbone (e.g. a trained ``small_cnn``'s backbone)."""
         prefix = self.head_name + "."
         self.body.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)})
         self.head.load_state_dict(
@@ -72,10 +75,12 @@ class FusionNet(nn.Module):
         self.joint = nn.Linear(self.object.feature_dim + self.context.feature_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.joint(torch.cat([self.object.features(x), self.context.features(x)], dim=1))
+        """Joint logits from the concatenated object and context features."""
+        joint = torch.cat([self.object.features(x), self.context.features(x)], dim=1)
+        return cast(Tensor, self.joint(joint))
 
     def object_weight(self) -> Tensor:
-        """The joint classifier's weights on the object features (theta_fg of the paper's L2 term)."""
+        """The joint classifier's weights on the object features (theta_fg in the paper's L2)."""
         return self.joint.weight[:, : self.object.feature_dim]
 
     def context_weight(self) -> Tensor:
@@ -86,7 +91,9 @@ class FusionNet(nn.Module):
 @register_model(
     "fusion",
     input_size=32,
-    description="object network + context network, joint linear classifier on concatenated features",
+    description=(
+        "object network + context network, joint linear classifier on concatenated features"
+    ),
     source="Akumalla et al.",
 )
 def fusion(
@@ -130,7 +137,7 @@ def fusion_net(model: nn.Module) -> FusionNet:
 
 
 def object_network(model: ImageClassifier) -> nn.Module:
-    """The object classifier of a fusion model on [0, 1] images (shares its weights and normalisation).
+    """The object classifier of a fusion model on [0, 1] images (shares weights and normalisation).
 
     The paper crafts FGSM on this network and scores the joint classifier on the result.
     """

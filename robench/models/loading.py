@@ -15,9 +15,10 @@ import os
 import pickle
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ class LoadedModel:
         model_id: a short stable name for tables and file names.
         source: what the user gave (path or ``zoo:NAME``).
         sha256: hash of the file (None for in-memory models).
-        kind: ``robench-checkpoint``, ``torchscript``, ``export``, ``state_dict``, ``pickle`` or ``python``.
+        kind: ``robench-checkpoint``, ``torchscript``, ``export``, ``state_dict``, ``pickle`` or
+            ``python``.
         meta: checkpoint metadata when known.
         card: the zoo card as a dict, for zoo entries.
     """
@@ -65,7 +67,8 @@ class ExportedModel(nn.Module):
         self.program = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
+        """The exported program's output on ``x``."""
+        return cast(torch.Tensor, self.program(x))
 
     def train(self, mode: bool = True) -> ExportedModel:
         """Record the flag only: exported graphs refuse ``train()``/``eval()``."""
@@ -82,7 +85,8 @@ def _is_torchscript(data: bytes) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
 
 
-# Operators that reach outside the process (files), and the operator namespaces a classifier may use.
+# Operators that reach outside the process (files), and the operator namespaces a classifier may
+# use.
 # TorchScript and torch.export files are programs: robench reads them before running anything and
 # refuses one that calls anything else (``--trust-pickle`` overrides, for files you trust).
 _DENIED_OPS = frozenset(
@@ -191,7 +195,8 @@ def check_graph(module: nn.Module, name: str) -> None:
                     )
             if not ok:
                 raise CheckpointError(
-                    f"{name}: its graph calls {target!r} ({node.op}), which is not an allowed operator; "
+                    f"{name}: its graph calls {target!r} ({node.op}), "
+                    "which is not an allowed operator; "
                     "refusing it (pass --trust-pickle only if you trust the file)"
                 )
 
@@ -209,8 +214,14 @@ def _refuse(*args: Any, **kwargs: Any) -> Any:
     raise pickle.UnpicklingError("refusing a TorchScript object inside a torch.export file")
 
 
+def _jit_load(data: bytes, device: str | torch.device) -> nn.Module:
+    """``torch.jit.load`` of an in-memory TorchScript archive."""
+    load = cast(Callable[..., nn.Module], torch.jit.load)  # torch leaves it unannotated
+    return load(io.BytesIO(data), map_location=device)
+
+
 def _load_export(data: bytes, name: str, device: str | torch.device) -> nn.Module:
-    """``torch.export.load`` with every unpickling path it has forced to run no code, then the graph checked."""
+    """``torch.export.load`` with its unpickling forced to run no code, then its graph checked."""
     from unittest import mock
 
     real_load = torch.load
@@ -241,7 +252,7 @@ _EXPORT_GUARD = threading.Lock()  # the patches above are process-wide: one expo
 
 
 def _card_beside(path: Path, digest: str) -> dict[str, Any] | None:
-    """The model card next to a checkpoint (``x.json`` for ``x.pt``), after checking the hash it states."""
+    """The model card beside a checkpoint (``x.json`` for ``x.pt``), once its hash is checked."""
     card_path = path.with_suffix(".json")
     if card_path == path or not card_path.is_file():
         return None
@@ -329,7 +340,7 @@ def load_model(
         if not trust_pickle:
             check_torchscript_code(data, text)
         try:
-            module = torch.jit.load(io.BytesIO(data), map_location=device)
+            module = _jit_load(data, device)
         except RuntimeError as exc:
             raise CheckpointError(
                 f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}"
@@ -392,7 +403,8 @@ def _load_torch_file(
         raise CheckpointError(f"{path} is neither a robench checkpoint nor a state_dict of tensors")
     if arch is None:
         raise CheckpointError(
-            f"{path} is a raw state_dict; say which architecture it is with --arch (see `robench list models`)"
+            f"{path} is a raw state_dict; say which architecture it is with --arch "
+            "(see `robench list models`)"
         )
     n = num_classes or _infer_classes(state)
     model = create_model(arch, n, **(arch_kwargs or {}))

@@ -70,18 +70,24 @@ class ParallelMAT(nn.Module):
         return F.softmax(self.vote(torch.cat(list(probs), dim=1)), dim=1)
 
     def combine(self, logits: Sequence[Tensor]) -> Tensor:
-        """``log(sum_k a_k softmax(z_k))`` for branch logits ``z_k``: the voted log-probabilities."""
+        """``log(sum_k a_k softmax(z_k))`` for branch logits ``z_k`` (voted log-probabilities)."""
         logp = torch.stack([F.log_softmax(z, dim=1) for z in logits], dim=1)  # N x S x C
         a = self.vote_weights([lp.exp() for lp in logp.unbind(1)])
         return torch.logsumexp(logp + torch.log(a.clamp_min(1e-12)).unsqueeze(2), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The voted log-probabilities of the branches on (normalised) ``x``."""
         return self.combine(self.branch_logits(x))
 
 
 def branch_view(model: ImageClassifier, k: int) -> nn.Module:
-    """Branch ``k`` of a ``mat_parallel`` classifier as a classifier of [0, 1] images (shares weights)."""
-    view = nn.Sequential(model.normalize, model.backbone.branches[k])
+    """Branch ``k`` of a ``mat_parallel`` classifier, on [0, 1] images (it shares the weights)."""
+    net = model.backbone
+    if not isinstance(net, ParallelMAT):
+        raise TypeError(
+            f"branch_view expects a mat_parallel classifier, not one built on {type(net).__name__}"
+        )
+    view = nn.Sequential(model.normalize, net.branches[k])
     view.training = model.training  # so that eval_mode(view) restores the composite's mode
     return view
 

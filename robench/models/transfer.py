@@ -61,7 +61,7 @@ def split_head(backbone: nn.Module) -> tuple[nn.Module, nn.Linear, str]:
 
 
 def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
-    """Fully connected layers ``in -> hidden[0] -> ReLU -> ... -> num_classes`` (no final activation)."""
+    """Linear layers ``in -> hidden[0] -> ReLU -> ... -> num_classes`` (no final activation)."""
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
@@ -84,7 +84,9 @@ def check_hidden(hidden: Sequence[Any]) -> list[int]:
 @register_model(
     "transfer_mlp",
     input_size=32,
-    description="a registered backbone whose output layer is replaced by new FC layers (256, 512 + ReLU)",
+    description=(
+        "a registered backbone whose output layer is replaced by new FC layers (256, 512 + ReLU)"
+    ),
     source="Cavey et al., section VI-C, Fig. 9",
 )
 def transfer_mlp(

@@ -135,7 +135,8 @@ def resolve_zoo(name: str, *, verify: bool = True) -> tuple[Path, ZooCard | None
         actual = sha256_file(ckpt)
         if actual != card.sha256:
             raise CheckpointError(
-                f"{ckpt} does not match its model card (sha256 {actual[:12]}... != {card.sha256[:12]}...); "
+                f"{ckpt} does not match its model card "
+                f"(sha256 {actual[:12]}... != {card.sha256[:12]}...); "
                 "refusing a tampered or corrupted zoo file"
             )
     return ckpt, card
@@ -151,7 +152,10 @@ def list_zoo() -> list[tuple[str, str]]:
         if card_path.is_file():
             try:
                 c = read_card(card_path)
-                desc = f"{c.defense} {c.arch}, clean acc {c.clean_accuracy:.3f}, {c.epochs} epochs, seed {c.seed}"
+                desc = (
+                    f"{c.defense} {c.arch}, clean acc {c.clean_accuracy:.3f}, "
+                    f"{c.epochs} epochs, seed {c.seed}"
+                )
             except CheckpointError as exc:
                 desc = str(exc)
         rows.append((f"zoo:{ckpt.parent.name}/{ckpt.stem}", desc))

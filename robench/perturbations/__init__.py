@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from robench.perturbations import (  # noqa: F401  (importing registers the entries)
     attack_specs,
@@ -87,6 +87,8 @@ register_suite(
 register_suite("deepcorrect", ("awgn", "blur"))
 register_suite("context", ("foreground_blur",))
 
+_Spec = TypeVar("_Spec", CorruptionSpec, attack_specs.AttackSpec)
+
 
 def get(name: str) -> Any:
     """The registered perturbation called ``name`` (a :class:`CorruptionSpec` or an attack spec)."""
@@ -119,6 +121,7 @@ def suites() -> dict[str, tuple[str, ...]]:
     return dict(SUITES)
 
 
-def register(spec: Any) -> Any:
+def register(spec: _Spec) -> _Spec:
     """Register a ready-made spec (a :class:`CorruptionSpec` or an attack spec) under its name."""
-    return PERTURBATIONS.add(spec.name, spec)
+    PERTURBATIONS.add(spec.name, spec)
+    return spec

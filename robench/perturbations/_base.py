@@ -48,7 +48,10 @@ SUITES: dict[str, tuple[str, ...]] = {}
 
 
 def preset_for_size(side: int) -> Preset:
-    """Preset of an image side when a dataset declares none: <=48 cifar, <=128 tiny, else imagenet."""
+    """The preset of an image side for a dataset that declares none.
+
+    ``cifar`` up to 48 px, ``tiny`` up to 128 px, else ``imagenet``.
+    """
     if side <= 48:
         return "cifar"
     if side <= 128:
@@ -60,13 +63,13 @@ def check_preset(preset: str) -> Preset:
     """Validate a preset name."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    return preset  # type: ignore[return-value]
+    return preset
 
 
 _PARALLEL_NUMEL = 1 << 15
 
 
-def _each(fn: Callable[[int], None], items: range, *, large: bool) -> None:
+def _each(fn: Callable[[int], object], items: range, *, large: bool) -> None:
     """Run ``fn`` over image indices; large per-image work goes to a small thread pool.
 
     Each image owns its generator and its output slot, so the result is identical to the
@@ -295,8 +298,9 @@ class CorruptionSpec:
             x: float batch in [0, 1], any device; never modified.
             severity: 1..5 (1..6 for the DeepCorrect levels).
             generator: one generator (split into per-image seeds) or one per image.
-            seed: run seed; with ``indices`` (dataset positions, default ``0..N-1``) each image's
-                randomness is ``derive_seed(seed, name, severity, index)``, independent of batching.
+            seed: run seed; with ``indices`` each image's randomness is
+                ``derive_seed(seed, name, severity, index)``, independent of batching.
+            indices: dataset positions of the images, for ``seed`` (default ``0..N-1``).
             preset: parameter table: ``cifar`` (32 px), ``tiny`` (64 px) or ``imagenet`` (224 px).
             boxes: N x 4 (x0, y0, x1, y1) pixel boxes, for corruptions that need them.
             engine: ``torch`` (robench's batched kernels) or ``imagecorruptions`` (the authors'
@@ -314,9 +318,8 @@ class CorruptionSpec:
                 f"{self.name} expects square images, got {x.shape[-2]} x {x.shape[-1]}"
             )
         params = self.params(severity, preset)
-        x = (
-            x.detach()
-        )  # corruptions are data, not a differentiable layer (and never touch the caller's graph)
+        # corruptions are data, not a differentiable layer (and never touch the caller's graph)
+        x = x.detach()
         if x.shape[0] == 0:
             return x.clone()
         rng = make_random_source(
@@ -335,11 +338,21 @@ class CorruptionSpec:
             return corrupt_reference(self.name, x, severity, seeds=seeds, preset=preset)
         if engine != "torch":
             raise ValueError(f"engine must be 'torch' or 'imagecorruptions', got {engine!r}")
+        return self._run(x, rng, params, self._extra(x, boxes))
+
+    def _extra(self, x: Tensor, boxes: Tensor | None) -> dict[str, Any]:
+        """The kernel's extra inputs: the boxes, checked, for corruptions that need them."""
         extra: dict[str, Any] = {}
         if self.needs_boxes:
             if boxes is None or tuple(boxes.shape) != (x.shape[0], 4):
                 raise ValueError(f"{self.name} needs boxes of shape ({x.shape[0]}, 4)")
             extra["boxes"] = boxes
+        return extra
+
+    def _run(
+        self, x: Tensor, rng: RandomSource, params: Mapping[str, Any], extra: dict[str, Any]
+    ) -> Tensor:
+        """The kernel on ``x``, in chunks of ``cpu_chunk`` values on CPU, clipped to [0, 1]."""
         step = x.shape[0]
         if self.cpu_chunk and x.device.type == "cpu":
             step = max(1, self.cpu_chunk // x[0].numel())
@@ -376,7 +389,9 @@ def register_corruption(
     """
 
     def wrap(kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        full = {p: tuple(table.get(p, table.get("all", ()))) for p in PRESETS}
+        full: dict[str, tuple[Mapping[str, Any], ...]] = {
+            p: tuple(table.get(p, table.get("all", ()))) for p in PRESETS
+        }
         if any(len(v) == 0 for v in full.values()):
             raise ValueError(f"{name}: table must cover every preset or give 'all'")
         kwargs: dict[str, Any] = {} if describe is None else {"describe": describe}

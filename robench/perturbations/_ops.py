@@ -1,9 +1,10 @@
-"""Batched image operators shared by the corruption kernels (filters with the originals' borders)."""
+"""Batched image operators shared by the corruption kernels (filters with the originals' edges)."""
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -47,7 +48,7 @@ def gaussian_kernel1d(
 
 
 def _pad(x: Tensor, pad: tuple[int, int, int, int], mode: Border) -> Tensor:
-    """Pad (left, right, top, bottom); 'symmetric' is scipy's half-sample 'reflect' (edge repeated)."""
+    """Pad (left, right, top, bottom); 'symmetric' is scipy's half-sample 'reflect' (edge twice)."""
     if not any(pad):
         return x
     if mode == "symmetric":
@@ -75,10 +76,12 @@ def _symmetric_index(i: Tensor, n: int) -> Tensor:
     return torch.where(i >= n, period - 1 - i, i)
 
 
-def _pad_index(x: Tensor, pad: tuple[int, int, int, int], fold: object) -> Tensor:
+def _pad_index(
+    x: Tensor, pad: tuple[int, int, int, int], fold: Callable[[Tensor, int], Tensor]
+) -> Tensor:
     h, w = x.shape[-2:]
-    rows = fold(torch.arange(-pad[2], h + pad[3], device=x.device), h)  # type: ignore[operator]
-    cols = fold(torch.arange(-pad[0], w + pad[1], device=x.device), w)  # type: ignore[operator]
+    rows = fold(torch.arange(-pad[2], h + pad[3], device=x.device), h)
+    cols = fold(torch.arange(-pad[0], w + pad[1], device=x.device), w)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
@@ -87,7 +90,7 @@ def _pad_symmetric(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
 
 
 def depthwise_conv2d(x: Tensor, kernel: Tensor, border: Border = "replicate") -> Tensor:
-    """Correlate every channel of ``x`` (N, C, H, W) with one 2-D ``kernel`` (kh, kw), same size out.
+    """Correlate each channel of ``x`` (N, C, H, W) with one 2-D ``kernel`` (kh, kw), same size out.
 
     Correlation, like OpenCV's ``filter2D`` and scipy's ``correlate``; odd kernel sizes centre
     on the pixel, as the originals do.
@@ -156,7 +159,7 @@ def scipy_gaussian_weights(sigma: float, truncate: float = 4.0) -> list[float]:
 
 
 def _correlate1d_symmetric(v: Tensor, weights: list[float], dim: int) -> Tensor:
-    """scipy's symmetric ``correlate1d`` (mode 'nearest') in its own summation order."""
+    """The symmetric ``correlate1d`` of scipy (mode 'nearest'), in its own summation order."""
     r = len(weights) // 2
     if r == 0:
         return v * weights[0]
@@ -197,11 +200,12 @@ def filter_matrix(n: int, weights: Tensor, border: Border = "replicate") -> Tens
     """
     r = weights.numel() // 2
     o = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :]
-    fold = {
+    folds: dict[str, Callable[[Tensor], Tensor]] = {
         "replicate": lambda i: i.clamp(0, n - 1),
         "reflect": lambda i: _reflect101_index(i, n),
         "symmetric": lambda i: _symmetric_index(i, n),
-    }[border]
+    }
+    fold = folds[border]
     b = torch.zeros(n, n, dtype=weights.dtype)
     b.index_put_(
         (fold(o), torch.arange(n)[:, None].expand_as(o)),

@@ -45,7 +45,7 @@ _ZOOM_IMAGENET = [
 
 
 def _rows(keys: tuple[str, ...], values: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [dict(zip(keys, v)) for v in values]
+    return [dict(zip(keys, v, strict=True)) for v in values]
 
 
 # --------------------------------------------------------------------------- defocus
@@ -73,6 +73,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
     A 17x17 grid and a 3x3 alias blur for r <= 8, else a (2r+1)^2 grid and a 5x5 blur.
     """
+    coords: np.ndarray  # integer offsets for r <= 8, else float ones from -r to r
     if radius <= 8:
         coords, ksize = np.arange(-8, 8 + 1), 3
     else:
@@ -128,7 +129,8 @@ def _glass_pass_sources(codes: Tensor, h: int, w: int, d: int) -> tuple[Tensor, 
 
     Args:
         codes: (N, T) int64 in [0, 4 d^2): ``dx = code % 2d - d``, ``dy = code // 2d - d``.
-        h: image height; w: image width.
+        h: image height.
+        w: image width.
         d: the maximal shift; offsets lie in [-d, d-1].
     """
     span = w - 2 * d
@@ -162,7 +164,7 @@ def glass_shuffle(levels: Tensor, codes: Tensor, d: int) -> Tensor:
 
 
 def _skimage_gaussian(x: Tensor, sigma: float) -> Tensor:
-    """skimage's gaussian (truncate 4, mode 'nearest') at matrix-product speed, in ``x``'s dtype."""
+    """The skimage gaussian (truncate 4, mode 'nearest') at matmul speed, in ``x``'s dtype."""
     return separable_filter(x, torch.tensor(scipy_gaussian_weights(sigma)), "replicate")
 
 
@@ -193,7 +195,7 @@ def _skimage_gaussian(x: Tensor, sigma: float) -> Tensor:
 def glass_blur(
     x: Tensor, *, rng: RandomSource, sigma: float, max_delta: int, iterations: int
 ) -> Tensor:
-    """gaussian -> uint8 truncation -> ``iterations`` passes of the copy loop -> gaussian.
+    """Gaussian -> uint8 truncation -> ``iterations`` passes of the copy loop -> gaussian.
 
     Each target and pass draws one code uniform over the (2d)^2 offset pairs, i.e. dx and dy
     independent and uniform on [-d, d-1] like numpy's ``randint(-d, d)``. Both blurs are

@@ -57,7 +57,7 @@ def _fused(x: Tensor, rng: RandomSource, finish: Finish) -> Tensor | None:
     describe=_sigma,
 )
 def gaussian_noise(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
-    """x + N(0, sigma^2) per element."""
+    """Add N(0, sigma^2) to each element: ``x + noise``."""
     return additive_gaussian(x, rng, sigma)
 
 
@@ -140,7 +140,7 @@ def impulse_noise(x: Tensor, *, rng: RandomSource, amount: float) -> Tensor:
     describe=_sigma,
 )
 def speckle_noise(x: Tensor, *, rng: RandomSource, sigma: float) -> Tensor:
-    """x + x * N(0, sigma^2) per element."""
+    """Add multiplicative noise to each element: ``x + x * N(0, sigma^2)``."""
 
     def finish(o: Tensor, xi: Tensor, g: torch.Generator) -> None:
         a, b = o.normal_(generator=g).numpy(), xi.numpy()

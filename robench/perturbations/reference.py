@@ -108,7 +108,7 @@ def _pkg_resources_stub() -> Iterator[None]:
         yield
         return
     stub = types.ModuleType("pkg_resources")
-    stub.resource_filename = _resource_filename  # type: ignore[attr-defined]
+    stub.resource_filename = _resource_filename  # type: ignore[attr-defined]  # a stub module
     sys.modules["pkg_resources"] = stub
     try:
         yield
@@ -125,7 +125,7 @@ def _gaussian(
 
     if multichannel is not None:
         kwargs.setdefault("channel_axis", -1 if multichannel else None)
-    return gaussian(image, sigma, **kwargs)  # type: ignore[no-untyped-call]
+    return gaussian(image, sigma, **kwargs)  # type: ignore[no-untyped-call]  # skimage: no hints
 
 
 def _random_noise(image: Any, **kwargs: Any) -> Any:
@@ -133,7 +133,7 @@ def _random_noise(image: Any, **kwargs: Any) -> Any:
     from skimage.util import random_noise
 
     kwargs.setdefault("rng", int(np.random.randint(0, 2**31 - 1)))
-    return random_noise(image, **kwargs)  # type: ignore[no-untyped-call]
+    return random_noise(image, **kwargs)  # type: ignore[no-untyped-call]  # skimage: no hints
 
 
 def _patch(module: types.ModuleType) -> None:
@@ -141,6 +141,7 @@ def _patch(module: types.ModuleType) -> None:
     import skimage
     import skimage.util
 
+    # the three rebinds below patch a third-party module's globals, unknown to the type checker
     module.np = _Delegate(np, float_=np.float64)  # type: ignore[attr-defined]
     module.gaussian = _gaussian  # type: ignore[attr-defined]
     util = _Delegate(skimage.util, random_noise=_random_noise)
@@ -245,7 +246,7 @@ def corrupt_reference(
     corrupt = load_imagecorruptions().corrupt
     images = to_uint8_images(x)
     outs = []
-    for image, seed in zip(images, seeds):
+    for image, seed in zip(images, seeds, strict=True):
         with _numpy_seed(int(seed)):
             arr = image[..., 0] if image.shape[-1] == 1 else image
             outs.append(corrupt(arr, severity=severity, corruption_name=name))

@@ -8,6 +8,7 @@ reproduces exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,8 +34,8 @@ _IMAGENET = [
 ]
 
 
-def _table(rows: list[tuple[float, ...]]) -> list[dict[str, Any]]:
-    return [dict(zip(_KEYS, r)) for r in rows]
+def _table(rows: Sequence[tuple[float, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(_KEYS, r, strict=True)) for r in rows]
 
 
 def _describe(p: Any) -> str:
@@ -80,8 +81,10 @@ def whiten(x: Tensor, blend: float) -> Tensor:
 @register_corruption(
     "snow",
     table={
-        "cifar": _table([r + (b,) for r, b in zip(_LAYER, (0.95, 0.9, 0.9, 0.85, 0.8))]),
-        "tiny": _table([r + (b,) for r, b in zip(_LAYER, (0.8, 0.8, 0.7, 0.65, 0.6))]),
+        "cifar": _table(
+            [r + (b,) for r, b in zip(_LAYER, (0.95, 0.9, 0.9, 0.85, 0.8), strict=True)]
+        ),
+        "tiny": _table([r + (b,) for r, b in zip(_LAYER, (0.8, 0.8, 0.7, 0.65, 0.6), strict=True)]),
         "imagenet": _table(_IMAGENET),
     },
     family="weather",

@@ -203,7 +203,7 @@ def fog(x: Tensor, *, rng: RandomSource, s: float, decay: float) -> Tensor:
     # one draw per image, split by level: the same numbers as one draw per level (torch's
     # uniform_ takes one 32-bit value per element), 24 Python-level draws per image fewer
     sizes = [3 << (2 * i) for i in range(levels)]
-    flat = rng.uniform(-1.0, 1.0, sum(sizes)).split(sizes, dim=1)
+    flat = torch.split(rng.uniform(-1.0, 1.0, sum(sizes)), sizes, dim=1)
     uniforms = [u.view(-1, 3, 1 << i, 1 << i) for i, u in enumerate(flat)]
     plasma = plasma_fractal(uniforms, decay)[:, None, :side, :side]
     peak = x.amax(dim=(1, 2, 3), keepdim=True).to(torch.float64)
@@ -230,7 +230,7 @@ def water_distance(layer: np.ndarray) -> np.ndarray:
 
 
 def _blur64(layer: Tensor, sigma: float) -> Tensor:
-    """skimage ``gaussian`` (mode 'nearest', truncate 4) of float64 maps (..., S, S), as matmuls.
+    """The skimage ``gaussian`` (mode 'nearest', truncate 4) of float64 maps (..., S, S) by matmul.
 
     Banded float64 matrix products (:func:`~robench.perturbations._ops.banded_matmul`) are much
     faster than a float64 convolution on CPU.
@@ -240,7 +240,7 @@ def _blur64(layer: Tensor, sigma: float) -> Tensor:
 
 
 def _blur_float32(m: Tensor, sigma: float) -> Tensor:
-    """skimage ``gaussian`` of float32 maps: float64 sums, rounded to float32 after each axis."""
+    """The skimage ``gaussian`` of float32 maps: float64 sums, rounded to float32 per axis."""
     g = gaussian_matrix(m.shape[-1], sigma, truncate=4.0, border="nearest").to(m.device)
     rows = banded_matmul(g, m.to(torch.float64), -2).to(torch.float32)
     return banded_matmul(g, rows.to(torch.float64), -1).to(torch.float32)

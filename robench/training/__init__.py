@@ -1,4 +1,4 @@
-"""Training: ``loop`` holds :func:`fit`, the one training loop; ``job`` holds :func:`train`, the job.
+"""Training: ``loop`` holds :func:`fit`, the one loop; ``job`` holds the job, :func:`train`.
 
 :func:`train` builds the data, the model and the defense, calls :func:`fit`, and writes the
 checkpoint and its zoo card; :func:`fit` only trains.

@@ -1,4 +1,4 @@
-"""``robench.train``: build data, model and defense, run ``fit``, write the checkpoint and its card."""
+"""``robench.train``: build data, model and defense, run ``fit``, write the checkpoint and card."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from robench._io import file_lock
 from robench._seeding import derive_seed
 from robench._version import __version__
 from robench.data import SubsetDataset, load_dataset
-from robench.defenses import SetupContext, build_defense
+from robench.defenses import Setup, SetupContext, build_defense
 from robench.models import create_model
 from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.models.zoo import ZooCard, write_card
@@ -228,18 +228,17 @@ def _train(
     return out_path
 
 
-def _setup_rank_by_rank(setup: Any, ctx: SetupContext) -> Any:
+def _setup_rank_by_rank(setup: Callable[[SetupContext], Setup], ctx: SetupContext) -> Setup:
     """A defense's setup, rank 0 first (its resumable work lands in the workdir), then the others.
 
     Each runs as a lone process (a setup's own training is not shared); DDP then starts every rank
     from rank 0's weights.
     """
-    w, built = distributed.world(), None
-    if w.is_main:
-        with distributed.local():
-            built = setup(ctx)
-    distributed.barrier()
-    if not w.is_main:
-        with distributed.local():
-            built = setup(ctx)
+    main = distributed.world().is_main
+    if not main:
+        distributed.barrier()  # rank 0 first
+    with distributed.local():
+        built = setup(ctx)
+    if main:
+        distributed.barrier()
     return built

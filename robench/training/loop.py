@@ -5,9 +5,9 @@ and the global RNG that dropout draws from (fenced, restored afterwards). A run 
 point and restarted from its last epoch checkpoint therefore ends with the same weights as an
 uninterrupted run (on the same device and threads).
 
-Under torchrun (see :mod:`robench.distributed`; gloo on the CPU, nccl on CUDA) the ranks train one
+Under torchrun (see :mod:`robench._distributed`; gloo on the CPU, nccl on CUDA) the ranks train one
 model data-parallel, as DistributedDataParallel does: rank 0's weights at the start, the mean of
-the ranks' gradients after every backward (:class:`~robench.distributed.GradientAverager`, which
+the ranks' gradients after every backward (:class:`~robench._distributed.GradientAverager`, which
 also works for defenses that call sub-modules directly). ``batch_size`` stays the global batch:
 every rank takes an equal, contiguous slice of each batch of the epoch's permutation, so the images
 of a step, the steps per epoch and the LR schedule are those of a one-process run. Each rank's
@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import nn
@@ -39,7 +39,10 @@ from robench import _distributed as distributed
 from robench._io import atomic_torch_save, first_line
 from robench._seeding import derive_seed, make_generator
 from robench.data import ImageDataset
-from robench.defenses import StepContext, TrainConfig
+from robench.defenses import Defense, StepContext, TrainConfig
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "evaluate_accuracy"]
 
@@ -73,7 +76,7 @@ def evaluate_accuracy(
 
 def _optimizer(
     model: nn.Module, cfg: TrainConfig, steps_total: int
-) -> tuple[torch.optim.Optimizer, Any]:
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     marks = sorted({max(1, int(round(f * steps_total))) for f in cfg.milestones})
@@ -86,7 +89,7 @@ def _state_path(out: Path) -> Path:
 
 def fit(
     model: nn.Module,
-    defense: Any,
+    defense: Defense,
     train_ds: ImageDataset,
     cfg: TrainConfig,
     *,
@@ -160,7 +163,7 @@ def fit(
     return result
 
 
-def _bar(progress: bool, total: int, initial: int):  # type: ignore[no-untyped-def]
+def _bar(progress: bool, total: int, initial: int) -> tqdm[NoReturn] | None:
     if not progress:
         return None
     from tqdm.auto import tqdm
@@ -171,7 +174,8 @@ def _bar(progress: bool, total: int, initial: int):  # type: ignore[no-untyped-d
 def _check_shares(batch_size: int, n: int, ranks: int) -> None:
     if batch_size % ranks:
         raise ValueError(
-            f"--batch-size {batch_size} must be a multiple of the {ranks} processes (one equal share each)"
+            f"--batch-size {batch_size} must be a multiple of the {ranks} processes "
+            "(one equal share each)"
         )
     if n < ranks:
         raise ValueError(f"{n} training images cannot be shared by {ranks} processes")
@@ -182,7 +186,7 @@ def _read_state(out: Path, run_id: Mapping[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (a torn file of any kind means: start again)
         log.warning(
             "ignoring unreadable %s (%s); starting from scratch", path, first_line(exc, 100)
@@ -191,15 +195,15 @@ def _read_state(out: Path, run_id: Mapping[str, Any]) -> dict[str, Any] | None:
     if state.get("run_id") != run_id:
         log.warning("%s belongs to another run (different settings); starting from scratch", path)
         return None
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def _maybe_resume(
     out: Path,
     run_id: Mapping[str, Any],
     model: nn.Module,
-    opt: Any,
-    sched: Any,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
     result: TrainResult,
 ) -> int:
     state = distributed.broadcast(_read_state(out, run_id) if distributed.world().is_main else None)
@@ -228,14 +232,14 @@ def _rank_seed(seed: int, what: str, epoch: int) -> int:
 def _run_epoch(
     model: nn.Module,
     sync: distributed.GradientAverager | None,
-    defense: Any,
+    defense: Defense,
     ds: ImageDataset,
     cfg: TrainConfig,
-    opt: Any,
-    sched: Any,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     steps: int,
-    bar: Any,
+    bar: tqdm[NoReturn] | None,
 ) -> dict[str, float]:
     """One epoch; under torchrun ``sync`` keeps the ranks' models equal."""
     w = distributed.world()
@@ -268,7 +272,7 @@ def _run_epoch(
                 ),
             )
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            torch.autograd.backward(out.loss)  # what Tensor.backward runs (and it is typed)
             if sync is not None:
                 sync.average_gradients()
             opt.step()
