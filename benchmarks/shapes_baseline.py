@@ -76,9 +76,10 @@ def main() -> None:
         "| --- | " + " | ".join("---" for _ in range(5)) + " | --- |",
     ]
     for name in PERTURBATIONS:
-        e = rep.record["perturbations"][name]
-        accs = " | ".join(f"{s['accuracy']:.3f}" for s in e["severities"])
-        lines.append(f"| {name} | {accs} | {e['R']:.3f} |")
+        e = rep.record.perturbations[name]
+        accs = " | ".join(f"{s.accuracy:.3f}" for s in e.severities)
+        r = e.scores.R if e.scores is not None and e.scores.R is not None else float("nan")
+        lines.append(f"| {name} | {accs} | {r:.3f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"shapes-baseline-{date}.md").write_text("\n".join(lines) + "\n")
     (args.out / f"shapes-baseline-{date}.json").write_text(
@@ -87,7 +88,7 @@ def main() -> None:
                 "card": card.__dict__,
                 "eval_seconds": eval_s,
                 "accuracy": {
-                    n: [s["accuracy"] for s in rep.record["perturbations"][n]["severities"]]
+                    n: [s.accuracy for s in rep.record.perturbations[n].severities]
                     for n in PERTURBATIONS
                 },
             },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +58,7 @@ def _user_errors(fn: F) -> F:
 
 
 class _Terminated(BaseException):
-    """SIGTERM, raised where the process is, so that ``finally`` blocks and temp-file cleanup run."""
+    """SIGTERM, raised where the process is, so ``finally`` blocks and temp-file cleanup run."""
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -66,7 +66,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _catch_sigterm() -> Any:
-    """Turn SIGTERM into :class:`_Terminated` for the command's duration; returns the handler to restore."""
+    """Turn SIGTERM into :class:`_Terminated` for the command; returns the handler to restore."""
     import os
     import signal
 
@@ -100,7 +100,7 @@ def main(verbose: bool) -> None:
 def _rows_perturbations(kind: str | None, suite: str | None) -> list[tuple[str, ...]]:
     from robench import perturbations as P
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name in P.names(kind=kind, suite=suite):
         spec = P.get(name)
         status = (
@@ -112,7 +112,7 @@ def _rows_perturbations(kind: str | None, suite: str | None) -> list[tuple[str, 
     return rows
 
 
-def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def _rows(what: str, suite: str | None) -> tuple[tuple[str, ...], Sequence[tuple[str, ...]]]:
     if what in ("perturbations", "corruptions", "attacks"):
         kind = {"perturbations": None, "corruptions": "corruption", "attacks": "attack"}[what]
         return ("name", "kind", "family", "description"), _rows_perturbations(kind, suite)
@@ -209,7 +209,8 @@ def data_preview(
     ds = load_dataset(dataset, split, root=data_root, download=download)
     atomic_write_bytes(out, figure_png(preview_figure(ds, n=n_images, show_boxes=boxes)))
     click.echo(
-        f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, {len(ds)} in the split)"
+        f"wrote {out} ({min(n_images, len(ds))} images of {dataset}/{split}, "
+        f"{len(ds)} in the split)"
     )
 
 
@@ -317,7 +318,8 @@ def gallery_cmd(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Print the forward/backward passes the run will make and an estimated time; evaluate nothing.",
+    help="Print the forward/backward passes the run will make and an estimated time; "
+    "evaluate nothing.",
 )
 @_user_errors
 def evaluate_cmd(
@@ -344,8 +346,8 @@ def evaluate_cmd(
 ) -> None:
     """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots.
 
-    Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share the
-    images and rank 0 writes the files.
+    Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share
+    the images and rank 0 writes the files.
     """
     from robench import _distributed as distributed
     from robench import evaluate
@@ -404,28 +406,27 @@ def evaluate_cmd(
     from robench.report.tables import safe_text
 
     click.echo(
-        f"\nR = A_perturbed / A_clean  ({safe_text(rec['model']['id'])} on {dataset}, {rec['dataset']['n_images']} images, seed {seed};"
-        f" clean accuracy {report.clean_accuracy:.4f})"
+        f"\nR = A_perturbed / A_clean  ({safe_text(rec.model.id)} on {dataset}, "
+        f"{rec.dataset.n_images} images, seed {seed}; clean accuracy {report.clean_accuracy:.4f})"
     )
-    base = rec.get("baseline")
     click.echo(
-        f"markers: +/- vs {safe_text(base['id'])} (rounded to 2 decimals)"
-        if base
+        f"markers: +/- vs {safe_text(rec.baseline.id)} (rounded to 2 decimals)"
+        if rec.baseline
         else "markers: none (no baseline)"
     )
     click.echo(str(report))
-    fam = rec["summary"].get("mean_R", {})
+    fam = {} if rec.summary is None else rec.summary.mean_R
     if fam:
         click.echo(
             "mean R per family (never averaged across): "
             + ", ".join(f"{k} {v:.3f}" for k, v in fam.items())
         )
-    checks = rec.get("gradient_masking") or []
-    failed = [c for c in checks if c.get("passed") is False]
+    checks = rec.gradient_masking or ()
+    failed = [c for c in checks if c.passed is False]
     if checks:
         click.echo("gradient-masking checks: " + ("all passed" if not failed else "FLAGGED"))
         for c in failed:
-            click.echo(f"  {safe_text(c['name'])}: {safe_text(c['detail'])}")
+            click.echo(f"  {safe_text(c.name)}: {safe_text(c.detail)}")
     for key, path in report.paths.items():
         click.echo(f"{key:>12}: {path}")
 
@@ -547,8 +548,8 @@ def train_cmd(
         click.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 
-def _check_arch_options(arch: str, akw: dict[str, object]) -> None:
-    """Build ``arch`` with ``-a`` options on the meta device (no memory, no time): bad options fail here."""
+def _check_arch_options(arch: str, akw: dict[str, Any]) -> None:
+    """Build ``arch`` with ``-a`` options on the meta device (costs nothing): bad ones fail here."""
     if not akw:
         return
     import torch

@@ -1,4 +1,4 @@
-"""Small result sets for the leaderboard tests: real ``robench.evaluate`` runs plus hand-edited copies."""
+"""Small result sets for the leaderboard tests: real ``robench.evaluate`` runs and edited copies."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from robench import evaluate
+from robench.evaluation.record import Record
 from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -20,7 +21,7 @@ _SHARED: dict[str, dict[str, Any]] = {}
 
 
 def shared_results(tmp_path_factory: Any, trained: torch.nn.Module) -> dict[str, Any]:
-    """:func:`make_results` once per test session (both leaderboard test modules read the same files)."""
+    """:func:`make_results` once per session (both leaderboard test modules read the same files)."""
     if "data" not in _SHARED:
         _SHARED["data"] = make_results(tmp_path_factory.mktemp("lb-results"), trained)
     return _SHARED["data"]
@@ -42,10 +43,13 @@ def _save(model: torch.nn.Module, path: Path, defense: str) -> Path:
 
 
 def make_results(root: Path, trained: torch.nn.Module) -> dict[str, Any]:
-    """Two evaluated checkpoints (``base`` with a white-box attack, ``noisy`` against it) and an XSS copy on another dataset.
+    """Two evaluated checkpoints and an XSS copy on another dataset.
 
-    Returns paths and records: ``dir`` (the result folder), ``base``, ``noisy``, ``xss`` (records),
-    ``paths`` (name -> json path), ``ckpt`` (name -> checkpoint path).
+    ``base`` has a white-box attack, ``noisy`` is scored against it.
+
+    Returns paths and records: ``dir`` (the result folder), ``base``, ``noisy`` (typed records),
+    ``xss`` (the hostile copy, as parsed JSON), ``paths`` (name -> json path), ``ckpt`` (name ->
+    checkpoint path).
     """
     results, ckpts = root / "results", root / "ckpt"
     ckpts.mkdir(parents=True)
@@ -60,7 +64,7 @@ def make_results(root: Path, trained: torch.nn.Module) -> dict[str, Any]:
     }
     kw = {"n_images": N_IMAGES, "out": results, "surrogate": "none", "plots": False}
     base = evaluate(str(ck["base"]), model_id="base", baseline="none", perturbations=FAST, **kw)
-    # no white-box attack for the second model: no gradient-masking checks either (they cost seconds)
+    # no white-box attack for the second model: no gradient-masking checks (they cost seconds)
     other = evaluate(
         str(ck["noisy"]),
         model_id="noisy",
@@ -81,9 +85,9 @@ def make_results(root: Path, trained: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def hostile_copy(record: dict[str, Any]) -> dict[str, Any]:
-    """A valid record whose every free-text field carries markup, on another dataset, flagged for masking."""
-    rec = copy.deepcopy(record)
+def hostile_copy(record: Record) -> dict[str, Any]:
+    """A valid record with markup in every free-text field, another dataset, flagged for masking."""
+    rec = record.to_dict()
     rec["model"].update(
         id=XSS,
         source=XSS_TITLE,
@@ -113,9 +117,10 @@ def hostile_copy(record: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def bad_files(folder: Path, good: dict[str, Any]) -> dict[str, str]:
+def bad_files(folder: Path, record: Record) -> dict[str, str]:
     """Write broken result files; returns file name -> a phrase its skip reason must contain."""
     folder.mkdir(parents=True, exist_ok=True)
+    good = record.to_dict()
     (folder / "truncated.json").write_text(json.dumps(good)[:500])
     other_version = dict(good, schema_version=2)
     (folder / "v2.json").write_text(json.dumps(other_version))

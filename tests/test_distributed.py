@@ -79,7 +79,7 @@ def test_batches_cover_every_image_once_in_single_process_batches(
     met = sorted((int(p), r) for r, s in enumerate(shards) for p in s.positions())
     assert [p for p, _ in met] == list(range(n))  # no image dropped or repeated, no padding
     for r, s in enumerate(shards):
-        for b, batch in zip(s.ids, s):
+        for b, batch in zip(s.ids, s, strict=True):
             assert list(batch[0]) == alone[b] and b % world == r  # the very batch one process makes
 
 
@@ -177,7 +177,7 @@ def _one_process(ckpt: Path, sur: Path, names: list[str], out: Path) -> dict:
         surrogate=str(sur),
         out=out,
         plots=False,
-    ).record
+    ).record.to_dict()
 
 
 def test_two_ranks_score_every_image_exactly_like_one_process(
@@ -190,7 +190,7 @@ def test_two_ranks_score_every_image_exactly_like_one_process(
     one = _one_process(ckpt, sur, names, tmp_path / "one")
     (cache,) = set(transfer.glob("*.pt")) - before  # the adversarials one process crafted
     adv_one = torch.load(cache, weights_only=True)["adv"]
-    cache.unlink()  # the 2 ranks craft them again, each its own batches, and rank 0 writes the cache
+    cache.unlink()  # the 2 ranks craft them again, each its own batches; rank 0 writes the cache
     res = _torchrun(
         [
             "-m",
@@ -272,7 +272,7 @@ class _Stop(Exception):
 
 @dataclass(frozen=True)
 class _StopAtEpoch:
-    """``standard``, but raising when epoch ``stop`` starts (a crash both ranks see at the same step)."""
+    """``standard``, but raising when epoch ``stop`` starts (both ranks crash at the same step)."""
 
     stop: int
 
@@ -290,7 +290,7 @@ def _fit(out: Path, defense: object) -> dict[str, torch.Tensor]:
 
 
 def _worker(work: Path) -> None:
-    """What each rank runs: a full 2-epoch fit, a fit stopped after epoch 1 then resumed, a train()."""
+    """What each rank runs: a 2-epoch fit, a fit stopped after epoch 1 then resumed, a train()."""
     from robench.training.job import train
 
     w = distributed.setup("cpu")

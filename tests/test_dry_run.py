@@ -1,4 +1,4 @@
-"""``evaluate --dry-run``: the counted passes are the passes a real run makes, minus finished parts."""
+"""``evaluate --dry-run``: the counted passes are those a real run makes, minus finished parts."""
 
 from __future__ import annotations
 
@@ -17,11 +17,21 @@ RUN = {"n_images": 40, "batch_size": 16, "baseline": "none", "surrogate": "none"
 
 
 class _PassCounter:
-    """Images through the model's forward, with a gradient (attack steps) or without."""
+    """Images through the model's forward, with a gradient (attack steps) or without.
+
+    A context manager: the hook is removed on exit, so the shared model stays as it was.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.forward = self.gradient = 0
-        model.register_forward_hook(self._hook)
+        self.model = model
+
+    def __enter__(self) -> _PassCounter:
+        self.handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if torch.is_grad_enabled() and args[0].requires_grad:
@@ -36,10 +46,10 @@ def test_counted_passes_equal_the_passes_of_the_real_run(
     names = ["gaussian_noise", "pgd", "cw_l2"]
     plan = plan_evaluation(tiny_trained, perturbations=names, out=tmp_path, **RUN)
     assert [c.what for c in plan.counts] == ["clean", *names, "gradient-masking checks"]
-    counter = _PassCounter(
-        tiny_trained
-    )  # after planning: the calibration's passes are not the run's
-    evaluate(tiny_trained, perturbations=names, out=tmp_path, plots=False, **RUN)
+    # after planning: the calibration's passes are not the run's
+    with _PassCounter(tiny_trained) as counter:
+        evaluate(tiny_trained, perturbations=names, out=tmp_path, plots=False, **RUN)
+    assert not tiny_trained._forward_hooks  # the session's model is left as it was
     assert (plan.total("forward"), plan.total("gradient")) == (counter.forward, counter.gradient)
     assert plan.total("gradient") == 40 * (10 + 40) + 16 * (
         10 + 10 + 10 + 40 + 10

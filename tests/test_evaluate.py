@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from robench import evaluate
 from robench.cli import main
 from robench.data import load_dataset
 from robench.evaluation.loop import select_indices
+from robench.evaluation.record import MaskingCheck, Record, read_record
 from robench.models import create_model
 from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 from robench.report import TABLE1_COLUMNS
@@ -62,7 +64,7 @@ def test_torchscript_and_state_dict_models_score_end_to_end(tmp_path: Path) -> N
     rep = evaluate(
         str(ts), perturbations=FAST, n_images=60, out=tmp_path / "r", baseline="none", plots=False
     )
-    assert rep.record["model"]["kind"] == "torchscript"
+    assert rep.record.model.kind == "torchscript"
     assert rep.clean_accuracy == pytest.approx(_independent_accuracy(plain, 60))
     torch.manual_seed(1)
     sd_model = create_model("small_cnn", 10).eval()
@@ -80,7 +82,7 @@ def test_torchscript_and_state_dict_models_score_end_to_end(tmp_path: Path) -> N
         plots=False,
     )
     # raw state_dict of the backbone: create_model's default normalisation applies, as documented
-    assert rep2.record["model"]["kind"] == "state_dict"
+    assert rep2.record.model.kind == "state_dict"
     assert rep2.clean_accuracy == pytest.approx(_independent_accuracy(sd_model, 60))
 
 
@@ -103,16 +105,22 @@ def test_robench_checkpoint_clean_accuracy_equals_independent_count(tmp_path: Pa
         str(path), perturbations=FAST, n_images=80, out=tmp_path / "r", baseline="none", plots=False
     )
     assert rep.clean_accuracy == pytest.approx(_independent_accuracy(m, 80))
-    per = rep.record["perturbations"]["gaussian_noise"]
-    assert [s["severity"] for s in per["severities"]] == [1, 2, 3, 4, 5]
-    assert per["R"] == pytest.approx(
-        np.mean([s["accuracy"] for s in per["severities"]]) / rep.clean_accuracy
+    per = rep.record.perturbations["gaussian_noise"]
+    assert [s.severity for s in per.severities] == [1, 2, 3, 4, 5]
+    assert per.scores is not None
+    assert per.scores.R == pytest.approx(
+        np.mean([s.n_correct / s.n for s in per.severities]) / rep.clean_accuracy
     )
 
 
-def test_csv_header_and_long_table_roundtrip(tmp_path: Path) -> None:
+def test_csv_header_and_long_table_roundtrip(tmp_path: Path, tiny_trained: torch.nn.Module) -> None:
     rep = evaluate(
-        _small(), model_id="tiny", perturbations=FAST, n_images=40, out=tmp_path, baseline="none"
+        tiny_trained,
+        model_id="tiny",
+        perturbations=FAST,
+        n_images=40,
+        out=tmp_path,
+        baseline="none",
     )
     header = Path(rep.paths["csv"]).read_text().splitlines()[0].split(",")
     assert header == ["model", "Clean", *TABLE1_COLUMNS]
@@ -144,11 +152,28 @@ def test_csv_header_and_long_table_roundtrip(tmp_path: Path) -> None:
         "mi_fgsm_0.04",
         "mi_fgsm_0.08",
     ]
-    long = pd.read_csv(rep.paths["long_csv"])
+    # the files written are what the report gives, and the report's numbers are the record's counts
+    assert Path(rep.paths["csv"]).read_text() == rep.to_csv()
+    frame = rep.to_frame()
+    long = pd.read_csv(rep.paths["long_csv"], keep_default_na=False, na_values={"R": [""]})
+    pd.testing.assert_frame_equal(long, frame, check_dtype=False)
     assert len(long) == 1 + 5 * len(FAST)
-    pd.testing.assert_frame_equal(
-        long, pd.read_csv(pd.io.common.StringIO(long.to_csv(index=False)))
-    )
+    rec = rep.record
+    assert rec.clean is not None
+    expected = [(0, rec.clean.n, rec.clean.n_correct)] + [
+        (s.severity, s.n, s.n_correct) for name in FAST for s in rec.perturbations[name].severities
+    ]
+    assert list(zip(long["severity"], long["n"], long["n_correct"], strict=True)) == expected
+    np.testing.assert_allclose(long["accuracy"], long["n_correct"] / long["n"])
+    clean = rec.clean.n_correct / rec.clean.n
+    assert clean > 0 and long["R"][0] == 1.0
+    np.testing.assert_allclose(long["R"][1:], long["accuracy"][1:] / clean)
+    wide = pd.read_csv(rep.paths["csv"], dtype=str, keep_default_na=False).iloc[0]
+    for name in FAST:
+        s = rec.perturbations[name].scores
+        assert s is not None and s.R is not None
+        assert wide[name] == f"{s.R:.2f}"  # no baseline: no marker
+    assert wide["shot_noise"] == "" and wide["Clean"] == f"{clean:.2f}"
     assert Path(rep.paths["severity_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -184,9 +209,7 @@ def test_resume_never_recomputes_a_finished_perturbation(
         plots=False,
     )
     assert calls == ["gaussian_noise"]
-    assert json.dumps(both.record["perturbations"]["contrast"]) == json.dumps(
-        first.record["perturbations"]["contrast"]
-    )
+    assert both.record.perturbations["contrast"] == first.record.perturbations["contrast"]
     calls.clear()
     evaluate(
         m,
@@ -220,20 +243,47 @@ def test_markers_and_significance_against_a_baseline(tmp_path: Path) -> None:
         baseline=str(base.paths["json"]),
         plots=False,
     )
-    rec = other.record
-    assert rec["baseline"]["id"] == "base"
+    rec, base_rec = other.record, base.record
+    assert rec.baseline is not None and rec.baseline.id == "base"
     for name in FAST:
-        e = rec["perturbations"][name]
-        expect = (
-            "+"
-            if round(e["R"], 2) > round(e["baseline_R"], 2)
-            else "-"
-            if round(e["R"], 2) < round(e["baseline_R"], 2)
-            else ""
-        )
-        assert e["marker"] == expect and 0.0 <= e["p_value"] <= 1.0
-    assert "mce_vs_baseline" in rec["summary"] and rec["summary"]["mce_vs_alexnet"] is None
-    assert set(rec["summary"]["mean_R"]) == {"corruption"}
+        s = rec.perturbations[name].scores
+        assert s is not None
+        r, base_r = _r_by_hand(rec, name), _r_by_hand(base_rec, name)
+        assert s.R == pytest.approx(r) and s.baseline_R == pytest.approx(base_r)
+        assert s.marker == _marker_by_hand(r, base_r)
+        assert s.p_value == pytest.approx(_mcnemar_by_hand(rec, base_rec, name))
+        assert s.significant == (s.p_value < 0.05)
+    assert rec.summary is not None and rec.summary.vs_baseline is not None
+    assert rec.summary.mce_vs_alexnet is None  # shapes is not ImageNet
+    assert set(rec.summary.mean_R) == {"corruption"}
+    assert rec.summary.mean_R["corruption"] == pytest.approx(
+        np.mean([_r_by_hand(rec, n) for n in FAST])
+    )
+
+
+def _r_by_hand(rec: Record, name: str) -> float:
+    """R from the raw counts: mean accuracy over the severities / clean accuracy."""
+    assert rec.clean is not None
+    sevs = rec.perturbations[name].severities
+    return sum(s.n_correct / s.n for s in sevs) / len(sevs) / (rec.clean.n_correct / rec.clean.n)
+
+
+def _marker_by_hand(r: float, base_r: float) -> str:
+    """The paper's marker: compare the numbers as printed with 2 decimals."""
+    a, b = float(f"{r:.2f}"), float(f"{base_r:.2f}")
+    return "+" if a > b else "-" if a < b else ""
+
+
+def _mcnemar_by_hand(rec: Record, base: Record, name: str) -> float:
+    """Exact McNemar p-value of the discordant images, by scipy's binomial test."""
+    from scipy.stats import binomtest
+
+    a = np.concatenate([s.bits() for s in rec.perturbations[name].severities])
+    b = np.concatenate([s.bits() for s in base.perturbations[name].severities])
+    right_wrong, wrong_right = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    if right_wrong + wrong_right == 0:
+        return 1.0
+    return float(binomtest(right_wrong, right_wrong + wrong_right, 0.5).pvalue)
 
 
 def test_n_images_subset_is_seeded_and_fixed() -> None:
@@ -280,9 +330,10 @@ from robench import evaluate
 from robench.models import create_model
 torch.manual_seed(0)
 m = create_model("small_cnn", 10, width=4).eval()
-evaluate(m, model_id="tiny", perturbations=["gaussian_noise", "contrast", "impulse_noise", "pixelate", "glass_blur",
-                                            "zoom_blur", "motion_blur"],
-         n_images=160, out=sys.argv[1], baseline="none", plots=False, batch_size=40)
+names = ["gaussian_noise", "contrast", "impulse_noise", "pixelate", "glass_blur", "zoom_blur",
+         "motion_blur"]
+evaluate(m, model_id="tiny", perturbations=names, n_images=160, out=sys.argv[1], baseline="none",
+         plots=False, batch_size=40)
 """
 
 
@@ -354,25 +405,18 @@ def test_checkpoint_that_does_not_fit_the_dataset_is_refused(tmp_path: Path) -> 
 def test_masking_flags_reach_the_long_csv() -> None:
     from robench.report.tables import long_table, masking_flags
 
-    rec = json.loads(
-        json.dumps(
-            {
-                "model": {"id": "m", "sha256": None},
-                "dataset": {"name": "shapes", "preset": "cifar", "n_images": 2},
-                "config": {"seed": 0},
-                "robench_version": "x",
-                "perturbations": {},
-                "clean": {"n": 2, "n_correct": 1, "accuracy": 0.5, "ci95": [0.1, 0.9]},
-                "gradient_masking": [
-                    {
-                        "name": "large_eps_reaches_zero",
-                        "passed": False,
-                        "detail": "PGD accuracy 0.6 at eps 0.5",
-                    },
-                    {"name": "accuracy_falls_with_eps", "passed": True, "detail": "ok"},
-                ],
-            }
-        )
+    committed = (
+        Path(__file__).parents[1] / "leaderboard" / "shapes" / "standard__shapes__s0__n500.json"
+    )
+    rec = replace(
+        read_record(committed),
+        perturbations={},
+        gradient_masking=(
+            MaskingCheck(
+                name="large_eps_reaches_zero", passed=False, detail="PGD accuracy 0.6 at eps 0.5"
+            ),
+            MaskingCheck(name="accuracy_falls_with_eps", passed=True, detail="ok"),
+        ),
     )
     assert masking_flags(rec) == "large_eps_reaches_zero: PGD accuracy 0.6 at eps 0.5"
     assert long_table([rec])["gradient_masking"].tolist() == [
@@ -398,7 +442,7 @@ def test_export_program_and_trusted_pickle(tmp_path: Path, tiny_trained: torch.n
         baseline="none",
         plots=False,
     )
-    assert rep.record["model"]["kind"] == "export"
+    assert rep.record.model.kind == "export"
     assert rep.clean_accuracy == pytest.approx(_independent_accuracy(tiny_trained, 40))
     pickled = tmp_path / "module.pt"
     torch.save(tiny_trained, pickled)
@@ -419,7 +463,7 @@ def test_export_program_and_trusted_pickle(tmp_path: Path, tiny_trained: torch.n
         baseline="none",
         plots=False,
     )
-    assert rep2.record["model"]["kind"] == "pickle" and rep2.clean_accuracy == rep.clean_accuracy
+    assert rep2.record.model.kind == "pickle" and rep2.clean_accuracy == rep.clean_accuracy
 
 
 class _Evil:
@@ -453,13 +497,18 @@ def test_default_baseline_is_the_zoo_standard_evaluated_on_the_same_images(
         plots=False,
     )
     rec = rep.record
-    assert (
-        rec["baseline"]["id"] == "standard"
-    )  # the id `robench evaluate zoo:standard` gives: one shared run file
-    e = rec["perturbations"]["contrast"]
-    assert (
-        e["baseline_R"] is not None and e["marker"] in ("+", "-", "") and e["p_value"] is not None
+    # the id `robench evaluate zoo:standard` gives: one shared run file
+    assert rec.baseline is not None and rec.baseline.id == "standard"
+    base = read_record(tmp_path / "standard__shapes__s0__n24.json")
+    assert base.model.sha256 == rec.baseline.sha256 and base.dataset == rec.dataset
+    s = rec.perturbations["contrast"].scores
+    assert s is not None
+    base_r = _r_by_hand(base, "contrast")
+    assert s.baseline_R == pytest.approx(base_r)
+    assert s.marker == _marker_by_hand(_r_by_hand(rec, "contrast"), base_r)
+    assert s.p_value == pytest.approx(_mcnemar_by_hand(rec, base, "contrast"))
+    assert rec.clean is not None and rec.clean.comparison is not None
+    assert rec.clean.comparison.baseline_accuracy == pytest.approx(
+        base.clean.n_correct / base.clean.n  # type: ignore[union-attr]
     )
-    base = json.loads((tmp_path / "standard__shapes__s0__n24.json").read_text())
-    assert base["perturbations"]["contrast"]["R"] == pytest.approx(e["baseline_R"])
-    assert "mce_vs_baseline" in rec["summary"]
+    assert rec.summary is not None and rec.summary.vs_baseline is not None

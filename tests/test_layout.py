@@ -1,4 +1,4 @@
-"""The package's shape: imports point one way between rooms, with no cycle, and few top-level modules.
+"""The package's shape: imports point one way between rooms, no cycle, few top-level modules.
 
 Every import statement of the package is read with ``ast`` (function-level ones included; only
 ``if TYPE_CHECKING:`` blocks are skipped), so a lazy import cannot hide an upward edge or a cycle.

@@ -1,8 +1,7 @@
-"""The static leaderboard: validation, escaping, tables, CSV round trips, pages, CLI (no browser here)."""
+"""The static leaderboard: skipped files, escaping, tables, CSV round trips, pages and CLI."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ from click.testing import CliRunner
 from leaderboard_data import XSS, XSS_TITLE, bad_files, shared_results
 
 from robench.cli import main
-from robench.evaluation.record import ResultError, correct_bits
+from robench.evaluation.record import Record
 from robench.report import TABLE1_COLUMNS
 from robench.report.leaderboard.build import (
     build_leaderboard,
@@ -25,7 +24,6 @@ from robench.report.leaderboard.build import (
     load_results,
     read_long_csv,
     read_wide_csv,
-    validate_record,
 )
 from robench.report.leaderboard.plots import r_matrix
 
@@ -94,31 +92,6 @@ def test_bad_files_are_reported_by_name_and_skipped(site: Any) -> None:
     assert all(name in listed for name in expected)
 
 
-@pytest.mark.parametrize(
-    ("edit", "phrase"),
-    [
-        (lambda r: r["model"].pop("kind"), "'kind' is a required property"),
-        (lambda r: r["model"].update(sha256="XYZ"), "model.sha256"),
-        (
-            lambda r: r["perturbations"]["contrast"].update(status="maybe"),
-            "perturbations.contrast.status",
-        ),
-        (
-            lambda r: r["perturbations"]["contrast"].pop("severities"),
-            "marked done but has no severities",
-        ),
-        (lambda r: r["clean"].update(correct="!!"), "unreadable per-image correctness"),
-        (lambda r: r["clean"].update(n_correct=r["clean"]["n_correct"] + 1), "disagree"),
-    ],
-)
-def test_validate_record_names_the_problem(data: dict[str, Any], edit: Any, phrase: str) -> None:
-    rec = copy.deepcopy(data["noisy"])
-    validate_record(rec, "ok.json")
-    edit(rec)
-    with pytest.raises(ResultError, match=re.escape(phrase)):
-        validate_record(rec, "bad.json")
-
-
 def test_untrusted_text_is_shown_as_text_never_markup(site: Any, data: dict[str, Any]) -> None:
     lb, _ = site
     pages = [lb.index, *sorted((lb.out / "models").glob("*.html")), lb.out / "gallery.html"]
@@ -164,23 +137,23 @@ def test_index_cells_show_r_markers_significance_and_clean(site: Any, data: dict
         len(head) == 3 + len(TABLE1_COLUMNS) + 1 + 3 + 1
     )  # model, dataset, clean, 24 (+ the hostile extra), 3 means, flags
     rows = {r["attrs"]["data-name"]: r for r in page.rows}
-    rec = data["noisy"]
+    rec: Record = data["noisy"]
+    assert rec.clean is not None and rec.summary is not None
     cells = rows["noisy"]["cells"]
-    assert _cell_text(cells[2]).startswith(f"{rec['clean']['accuracy']:.2f}")
-    assert float(cells[2]["attrs"]["data-sort"]) == pytest.approx(
-        rec["clean"]["accuracy"], abs=1e-6
-    )
+    assert _cell_text(cells[2]).startswith(f"{rec.clean.accuracy:.2f}")
+    assert float(cells[2]["attrs"]["data-sort"]) == pytest.approx(rec.clean.accuracy, abs=1e-6)
     for name in ("gaussian_noise", "contrast"):
-        e = rec["perturbations"][name]
+        s = rec.perturbations[name].scores
+        assert s is not None and s.R is not None
         cell = cells[3 + TABLE1_COLUMNS.index(name)]
-        expect = f"{e['R']:.2f}{e['marker']}" + ("*" if e["significant"] and e["marker"] else "")
+        expect = f"{s.R:.2f}{s.marker}" + ("*" if s.significant and s.marker else "")
         assert _cell_text(cell) == expect
-        assert float(cell["attrs"]["data-sort"]) == pytest.approx(e["R"], abs=1e-6)
-        assert f"accuracy {e['accuracy']:.3f}" in cell["attrs"]["title"]
+        assert float(cell["attrs"]["data-sort"]) == pytest.approx(s.R, abs=1e-6)
+        assert f"accuracy {s.accuracy:.3f}" in cell["attrs"]["title"]
     assert _cell_text(cells[3 + TABLE1_COLUMNS.index("shot_noise")]) == ""  # not evaluated
     fam = cells[-4:-1]  # the three family means, before the masking column
     assert [_cell_text(c) for c in fam] == [
-        f"{rec['summary']['mean_R']['corruption']:.2f}",
+        f"{rec.summary.mean_R['corruption']:.2f}",
         "-",
         "-",
     ]
@@ -202,11 +175,11 @@ def test_wide_and_long_csv_round_trip_through_pandas(site: Any, data: dict[str, 
     pd.testing.assert_frame_equal(back, wide.reset_index(drop=True))
     assert list(back.columns[:26]) == ["model", "Clean", *TABLE1_COLUMNS]
     row = back[back["model"] == "noisy"].iloc[0]
-    e = data["noisy"]["perturbations"]["contrast"]
-    assert row["contrast"] == f"{e['R']:.2f}{e['marker']}"
-    assert row["mean_R_corruption"] == pytest.approx(
-        data["noisy"]["summary"]["mean_R"]["corruption"]
-    )
+    noisy: Record = data["noisy"]
+    s = noisy.perturbations["contrast"].scores
+    assert s is not None and s.R is not None and noisy.summary is not None
+    assert row["contrast"] == f"{s.R:.2f}{s.marker}"
+    assert row["mean_R_corruption"] == pytest.approx(noisy.summary.mean_R["corruption"])
     assert np.isnan(row["mean_R_transfer"]) and np.isnan(row["mean_R_white-box"])
     assert "accuracy_falls_with_eps" in back[back["model"] == XSS].iloc[0]["gradient_masking"]
     long_back = read_long_csv(lb.files["long_csv"])
@@ -222,28 +195,31 @@ def test_r_matrix_is_models_by_perturbations(data: dict[str, Any]) -> None:
     recs = [data["base"], data["noisy"]]
     m = r_matrix(recs, ["a", "b"])
     assert list(m.columns) == ["gaussian_noise", "contrast", "pgd"]
-    assert m.loc["b", "contrast"] == pytest.approx(data["noisy"]["perturbations"]["contrast"]["R"])
+    s = data["noisy"].perturbations["contrast"].scores
+    assert m.loc["b", "contrast"] == pytest.approx(s.R)
 
 
 def test_interrupted_run_gets_r_from_its_counts_and_duplicates_keep_one(
     data: dict[str, Any], tmp_path: Path
 ) -> None:
-    rec = copy.deepcopy(data["base"])
+    rec = data["base"].to_dict()
     for e in rec["perturbations"].values():
         for k in ("R", "accuracy", "marker", "baseline_R", "p_value", "significant"):
             e.pop(k, None)
     rec["summary"] = {}
     (tmp_path / "a.json").write_text(json.dumps(rec))
-    done = copy.deepcopy(data["base"])
+    done = data["base"].to_dict()
     del done["perturbations"]["pgd"]
     (tmp_path / "b.json").write_text(json.dumps(done))  # same run, fewer perturbations
     items, problems = load_results([tmp_path / "a.json", tmp_path / "b.json"])
-    assert len(items) == 1 and items[0][0].name == "a.json"
+    assert len(items) == 1 and items[0].path.name == "a.json"
     assert [p.path.name for p in problems] == ["b.json"] and "duplicates" in problems[0].reason
-    got = items[0][1]["perturbations"]["contrast"]
-    accs = [s["accuracy"] for s in got["severities"]]
-    assert got["R"] == pytest.approx(np.mean(accs) / rec["clean"]["accuracy"])
-    assert items[0][1]["_notes"]
+    got = items[0].record.perturbations["contrast"]
+    accs = [s.accuracy for s in got.severities]
+    assert got.scores is not None
+    assert got.scores.R == pytest.approx(np.mean(accs) / rec["clean"]["accuracy"])
+    assert got.scores.baseline_R is None and got.scores.marker == ""
+    assert items[0].notes and "did not finish" in items[0].notes[0]
 
 
 def test_model_page_has_plots_examples_card_and_provenance(
@@ -267,17 +243,17 @@ def test_model_page_has_plots_examples_card_and_provenance(
     assert any(
         "/pgd-" in s for s in imgs
     )  # adversarial examples: the checkpoint was found with its hash
-    rec = data["base"]
+    rec: Record = data["base"]
     text = "".join(parsed.text)
     for needle in (
-        rec["model"]["sha256"],
+        rec.model.sha256,
         "evaluation seed",
         "robench evaluate",
-        rec["environment"]["torch"],
+        rec.environment.torch,
         "small_cnn",
     ):
-        assert needle in text
-    first = correct_bits(rec["perturbations"]["contrast"]["severities"][2])[0]
+        assert needle is not None and needle in text
+    first = rec.perturbations["contrast"].severities[2].bits()[0]
     tile = html[html.index('<div class="name">contrast</div>') :]
     assert re.search(r'class="(right|wrong)"', tile).group(1) == ("right" if first else "wrong")  # type: ignore[union-attr]
     # a checkpoint that changed after the evaluation is not used for adversarial images

@@ -1,6 +1,9 @@
-"""The leaderboard in a real headless browser (Debian's Chromium): it loads, sorts, filters, links, and runs no injected code.
+"""The leaderboard in a real headless browser (Debian's Chromium).
 
-Screenshots go to ``$ROBENCH_SCREENSHOTS`` when set (else a temporary folder) for a person to look at.
+It loads, sorts, filters, links, and runs no injected code.
+
+Screenshots go to ``$ROBENCH_SCREENSHOTS`` when set (else a temporary folder) for a person to
+look at.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).is_file() and Path(DRIVER).is_file()):
     pytest.skip(
-        "headless Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does it when it can)",
+        "headless Chromium is not installed: apt-get install chromium chromium-driver "
+        "(.ci/run does it when it can)",
         allow_module_level=True,
     )
 

@@ -73,12 +73,12 @@ def test_entry_has_a_committed_evaluation_of_this_very_file(name: str) -> None:
     matches = []
     for f in RESULTS.glob("*.json"):
         rec = read_record(f)
-        if rec["model"].get("sha256") == card.sha256 and rec["model"]["id"] == name:
+        if rec.model.sha256 == card.sha256 and rec.model.id == name:
             matches.append(rec)
     assert matches, f"no result under leaderboard/shapes for zoo:{name} with its current hash"
     rec = matches[0]
-    done = [k for k, e in rec["perturbations"].items() if e.get("status") == "done"]
-    assert len(done) == 24 and rec["dataset"]["n_images"] == 500
+    done = list(rec.done())
+    assert len(done) == 24 and rec.dataset.n_images == 500
 
 
 def test_every_spelling_of_an_entry_is_one_model_id() -> None:

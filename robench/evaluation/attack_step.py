@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,13 @@ from torch import nn
 from robench import _distributed as distributed
 from robench._io import atomic_torch_save, cache_dir, first_line
 from robench.data import DatasetInfo
-from robench.evaluation.record import accuracy_entry
+from robench.evaluation.record import (
+    MaskingCheck,
+    PerturbationResult,
+    Record,
+    SeverityResult,
+    SurrogateRef,
+)
 from robench.models.loading import LoadedModel, load_model
 
 __all__ = ["attack_entry", "masking_entry", "resolve_surrogate"]
@@ -104,27 +110,31 @@ def attack_entry(
     cfg: Any,
     info: DatasetInfo,
     tick: Callable[[int], None],
-    record: dict[str, Any],
-) -> dict[str, Any]:
-    """Accuracy under one attack (one 'severity'), in the record's per-perturbation format."""
+    record: Record,
+) -> PerturbationResult:
+    """Accuracy under one attack (one 'severity'), as the record's per-perturbation result."""
     from robench.attacks import run_attack
 
-    entry: dict[str, Any] = {
-        "kind": "attack",
-        "family": spec.family,
-        "mode": spec.mode,
-        "params": {k: v for k, v in spec.params.items()},
-    }
+    entry = PerturbationResult(
+        kind="attack",
+        family=spec.family,
+        mode=spec.mode,
+        params=dict(spec.params),
+        status="done",
+    )
     correct: list[np.ndarray] = []
     if spec.mode == "transfer":
         sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
         if sur is None:
             tick(len(batches))
-            return entry | {
-                "status": "skipped",
-                "reason": f"no surrogate for {cfg.dataset} (pass --surrogate)",
-            }
-        entry["surrogate"] = {"id": sur.model_id, "source": sur.source, "sha256": sur.sha256}
+            return replace(
+                entry,
+                status="skipped",
+                reason=f"no surrogate for {cfg.dataset} (pass --surrogate)",
+            )
+        entry = replace(
+            entry, surrogate=SurrogateRef(id=sur.model_id, source=sur.source, sha256=sur.sha256)
+        )
         from robench.attacks import judge_transfer
 
         adv = _transfer_advs(spec, sur, batches, cfg, lambda n: None)
@@ -141,12 +151,11 @@ def attack_entry(
             res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist())
             correct.append(res.correct.cpu().numpy())
             tick(1)
-    sev = accuracy_entry(batches.gather(correct))
-    sev.update(severity=1, parameter=spec.parameter_text(info.preset)[0])
-    return entry | {"severities": [sev]}
+    sev = SeverityResult.of(batches.gather(correct), 1, spec.parameter_text(info.preset)[0])
+    return replace(entry, severities=(sev,))
 
 
-def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> list[dict[str, Any]]:
+def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> tuple[MaskingCheck, ...]:
     """Gradient-masking sanity checks on the first images of the run (SPEC section 3)."""
     from robench.attacks import gradient_masking_checks
 
@@ -160,4 +169,4 @@ def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> list[dict[str, An
         indices=idx.tolist(),
         surrogate=None if sur is None else sur.model.to(batches.device).eval(),
     )
-    return [asdict(c) for c in checks]
+    return tuple(MaskingCheck(name=c.name, passed=c.passed, detail=c.detail) for c in checks)

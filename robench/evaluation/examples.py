@@ -8,16 +8,16 @@ the same bytes the model is loaded from, equals the hash the result states.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
 from robench._io import first_line
+from robench.evaluation.record import Record
 from robench.models.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint_bytes
 from robench.models.loading import load_model
-from robench.perturbations import PERTURBATIONS
+from robench.perturbations._base import PERTURBATIONS
 
 __all__ = ["CheckpointAdversary", "ExampleUnavailable"]
 
@@ -108,7 +108,7 @@ class CheckpointAdversary:
 
     def craft(
         self,
-        rec: Mapping[str, Any],
+        rec: Record,
         name: str,
         x: Tensor,
         y: Tensor,
@@ -121,15 +121,14 @@ class CheckpointAdversary:
         Raises:
             ExampleUnavailable: the model or the surrogate cannot be used.
         """
-        m = rec["model"]
-        model = self._load((str(m["source"]), m.get("sha256"), str(m["kind"])), keep=False)
+        m = rec.model
+        model = self._load((m.source, m.sha256, m.kind), keep=False)
         surrogate = None
         if PERTURBATIONS.get(name).mode == "transfer":
-            sur = rec["perturbations"][name].get("surrogate") or {}
+            sur = rec.perturbations[name].surrogate
+            source, sha256 = ("", None) if sur is None else (sur.source, sur.sha256)
             try:
-                surrogate = self._load(
-                    (str(sur.get("source", "")), sur.get("sha256"), "robench-checkpoint"), keep=True
-                )
+                surrogate = self._load((source, sha256, "robench-checkpoint"), keep=True)
             except ExampleUnavailable as exc:
                 raise ExampleUnavailable(f"surrogate: {exc.reason}", of_model=False) from None
         from robench.attacks import run_attack  # Foolbox loads on first use, not with robench

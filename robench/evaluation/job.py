@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,15 @@ from robench._version import __version__
 from robench.data import DATASETS
 from robench.evaluation.attack_step import attack_entry
 from robench.evaluation.loop import EvalConfig, evaluate_record, run_stem
-from robench.evaluation.record import ResultError, finalize, read_record, write_record
+from robench.evaluation.record import BaselineRef, Record, ResultError, read_record, write_record
+from robench.evaluation.scoring import score_record
 from robench.models.loading import LoadedModel, load_model
 from robench.models.zoo import resolve_zoo
 
 __all__ = ["EvalRun", "OutputWriter", "evaluate", "resolve_baseline", "run_lock"]
 
-OutputWriter = Callable[[dict[str, Any], Path], dict[str, Path]]
-"""Writes the files derived from a finished record (tables, plots) beside its JSON; returns them by kind."""
+OutputWriter = Callable[[Record, Path], dict[str, Path]]
+"""Writes the files derived from a finished record beside its JSON; returns them by kind."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,12 @@ class EvalRun:
     """What :func:`evaluate` did: the finished record and every file written for it.
 
     Attributes:
-        record: the result record (see the JSON schema).
+        record: the scored result record.
         paths: the files written, by kind (``json`` and whatever the output writer added); empty on
             every rank but rank 0 under torchrun.
     """
 
-    record: dict[str, Any]
+    record: Record
     paths: dict[str, Path]
 
 
@@ -64,8 +65,11 @@ def _as_loaded(
 
 
 def resolve_baseline(baseline: str | None, dataset: str) -> str | None:
-    """What ``--baseline`` names: ``None`` for none (or ``auto`` without a zoo ``standard`` for the
-    dataset), else a model reference or a result ``.json``; ``auto`` becomes ``zoo:DATASET/standard``."""
+    """What ``--baseline`` names: ``None``, a model reference or a result ``.json``.
+
+    ``none`` (and ``auto`` without a zoo ``standard`` for the dataset) is ``None``; ``auto``
+    becomes ``zoo:DATASET/standard``.
+    """
     if baseline in (None, "none"):
         return None
     if baseline != "auto":
@@ -85,25 +89,24 @@ def _is_result_file(baseline: str) -> bool:
 
 def _baseline_record(
     baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool
-) -> dict[str, Any] | None:
+) -> Record | None:
     """The baseline's finished record for the same images, evaluating it first when needed."""
     baseline = resolve_baseline(baseline, cfg.dataset)
     if baseline is None:
         return None
     if _is_result_file(baseline):
         rec = read_record(baseline)
-        if rec["dataset"]["name"] != cfg.dataset or rec["config"]["seed"] != cfg.seed:
+        if rec.dataset.name != cfg.dataset or rec.config.seed != cfg.seed:
             raise ResultError(f"baseline {baseline} was computed on other data or another seed")
-        if rec["robench_version"] != __version__:
+        if rec.robench_version != __version__:
             raise ResultError(
-                f"baseline {baseline} was computed by robench {rec['robench_version']}, not {__version__}; "
-                "evaluate the baseline again (or pass --baseline none)"
+                f"baseline {baseline} was computed by robench {rec.robench_version}, "
+                f"not {__version__}; evaluate the baseline again (or pass --baseline none)"
             )
-        if rec.get("clean") is None:
+        if rec.clean is None:
             raise ResultError(f"baseline {baseline} is an unfinished run (no clean accuracy yet)")
-        return finalize(
-            rec, None, cfg.names()
-        )  # R from its raw counts, whatever state it was left in
+        # R from its raw counts, whatever state it was left in
+        return score_record(rec, None, cfg.names())
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
@@ -111,9 +114,9 @@ def _baseline_record(
         rec, path = evaluate_record(
             base, cfg, out=out, progress=progress, attack_runner=attack_entry
         )
-        finalize(rec, None, cfg.names())
+        rec = score_record(rec, None, cfg.names())
         if distributed.world().is_main:
-            write_record(rec, path)
+            rec = write_record(rec, path)
     return rec
 
 
@@ -145,13 +148,13 @@ def run_lock(out: Path, model_id: str, *, enabled: bool = True) -> Any:
     return file_lock(out / f".{stem}.lock", what=f"model {model_id!r} in {out}")
 
 
-def _same_images(record: dict[str, Any], base: dict[str, Any]) -> None:
+def _same_images(record: Record, base: Record) -> None:
     """Markers compare image by image: the baseline must have seen exactly the same images."""
-    mine, theirs = record["dataset"], base["dataset"]
-    if (mine["n_images"], mine.get("indices")) != (theirs["n_images"], theirs.get("indices")):
+    mine, theirs = record.dataset, base.dataset
+    if (mine.n_images, mine.indices) != (theirs.n_images, theirs.indices):
         raise ResultError(
-            f"baseline {base['model']['id']!r} was evaluated on other images ({theirs['n_images']} vs "
-            f"{mine['n_images']}, or another subset); markers need the same images"
+            f"baseline {base.model.id!r} was evaluated on other images ({theirs.n_images} vs "
+            f"{mine.n_images}, or another subset); markers need the same images"
         )
 
 
@@ -177,7 +180,7 @@ def evaluate(
     progress: bool = False,
     write_outputs: OutputWriter | None = None,
 ) -> EvalRun:
-    """Score ``model`` on the benchmark and write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
+    """Score ``model`` on the benchmark; write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
 
     Args:
         model: an ``nn.Module`` taking [0, 1] images, a checkpoint path or ``zoo:NAME``.
@@ -192,7 +195,8 @@ def evaluate(
         seed: run seed.
         out: output folder.
         resume: continue a finished part of the same run instead of recomputing it.
-        baseline: ``auto`` (the zoo's ``standard`` of the dataset), ``none``, ``zoo:NAME`` or a result JSON.
+        baseline: ``auto`` (the zoo's ``standard`` of the dataset), ``none``, ``zoo:NAME`` or a
+            result JSON.
         surrogate: model crafting transfer attacks (``auto``: the zoo's VGG surrogate).
         model_id: name shown in tables (default: the file's stem).
         arch: architecture of a raw state_dict.
@@ -236,21 +240,18 @@ def evaluate(
         base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
         if base is not None:
             _same_images(record, base)
-        record["baseline"] = (
+        ref = (
             None
             if base is None
-            else {
-                "id": base["model"]["id"],
-                "sha256": base["model"]["sha256"],
-                "source": base["model"]["source"],
-            }
+            else BaselineRef(id=base.model.id, sha256=base.model.sha256, source=base.model.source)
         )
         # R, markers and summary over everything the file holds, not only this call's perturbations
-        finalize(record, base, list(dict.fromkeys([*cfg.names(), *record["perturbations"]])))
+        order = list(dict.fromkeys([*cfg.names(), *record.perturbations]))
+        record = score_record(replace(record, baseline=ref), base, order)
         if not world.is_main:
             distributed.barrier()  # returns once rank 0 has written everything
             return EvalRun(record, {})
-        write_record(record, path)
+        record = write_record(record, path)
         paths = {"json": path, **(write_outputs(record, path) if write_outputs else {})}
         distributed.barrier()
         return EvalRun(record, paths)

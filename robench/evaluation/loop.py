@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,15 @@ from robench._seeding import derive_seed
 from robench._version import __version__
 from robench.data import ImageDataset, load_dataset
 from robench.evaluation.record import (
+    CleanResult,
+    DatasetEntry,
+    ModelEntry,
+    PerturbationResult,
+    Record,
     ResultError,
-    accuracy_entry,
-    entry_complete,
+    RunConfig,
+    RunKey,
+    SeverityResult,
     new_record,
     read_record,
     write_record,
@@ -102,7 +108,7 @@ def select_indices(n_total: int, n_images: int | None, seed: int, dataset: str) 
 
 
 def run_stem(model_id: str, cfg: EvalConfig, n: int) -> str:
-    """File stem of a run: model, dataset, seed and image count decide it (not the perturbation list)."""
+    """File stem of a run: model, dataset, seed and image count (not the perturbations)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("._") or "model"
     return f"{safe}__{cfg.dataset}__s{cfg.seed}__n{n}"
 
@@ -114,8 +120,8 @@ def predict(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
             logits = model(x)
         except RuntimeError as exc:
             raise ValueError(
-                f"the model failed on a batch of shape {tuple(x.shape)} (wrong input size or channels?): "
-                f"{first_line(exc, 200)}"
+                f"the model failed on a batch of shape {tuple(x.shape)} "
+                f"(wrong input size or channels?): {first_line(exc, 200)}"
             ) from None
     return check_logits(logits, x.shape[0], num_classes).argmax(1)
 
@@ -191,7 +197,7 @@ class _Batches:
         )
 
     def gather(self, parts: list[np.ndarray]) -> np.ndarray:
-        """The whole run's per-image results in run order, from this process's per-batch ``parts``."""
+        """The whole run's per-image results in run order, from this process's ``parts``."""
         rows = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
         return distributed.gather_rows(self.positions(), rows, len(self.indices))
 
@@ -204,22 +210,24 @@ def _corruption_entry(
     preset: str,
     num_classes: int,
     tick: Progress,
-) -> dict[str, Any]:
+) -> PerturbationResult:
     sevs = []
     for s in spec.severities:
         correct = []
         for idx, x, y, boxes in batches:
             if spec.needs_boxes and boxes is None:
                 raise ValueError(
-                    f"{spec.name} needs bounding boxes, which dataset {cfg.dataset!r} does not provide"
+                    f"{spec.name} needs bounding boxes, "
+                    f"which dataset {cfg.dataset!r} does not provide"
                 )
             xc = spec(x, s, seed=cfg.seed, indices=idx.tolist(), preset=preset, boxes=boxes)
             correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
             tick(1)
-        entry = accuracy_entry(batches.gather(correct))
-        entry.update(severity=s, parameter=spec.parameter_text(preset)[s - 1])
-        sevs.append(entry)
-    return {"kind": "corruption", "family": spec.family, "severities": sevs}
+        parameter = spec.parameter_text(preset)[s - 1]
+        sevs.append(SeverityResult.of(batches.gather(correct), s, parameter))
+    return PerturbationResult(
+        kind="corruption", family=spec.family, severities=tuple(sevs), status="done"
+    )
 
 
 def evaluate_record(
@@ -229,8 +237,8 @@ def evaluate_record(
     out: Path,
     resume: bool = True,
     progress: bool = True,
-    attack_runner: Callable[..., dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], Path]:
+    attack_runner: Callable[..., PerturbationResult] | None = None,
+) -> tuple[Record, Path]:
     """Run (or resume) the evaluation; returns the raw record (no baseline yet) and its path."""
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
@@ -241,36 +249,37 @@ def evaluate_record(
     model = _CheckedModel(loaded.model.to(device), info.num_classes).eval()
     world = distributed.world()
     batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
-    run_key = {
-        "model_sha256": loaded.sha256,
-        "dataset": cfg.dataset,
-        "n_images": int(len(indices)),
-        "seed": cfg.seed,
-        "preset": info.preset,
-    }
+    run_key = RunKey(
+        model_sha256=loaded.sha256,
+        dataset=cfg.dataset,
+        n_images=int(len(indices)),
+        seed=cfg.seed,
+        preset=info.preset,
+    )
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
-    record = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
+    got = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
         _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device)
         if world.is_main
         else None
     )
-    save = write_record if world.is_main else (lambda rec, p: p)
-    pending = [
-        n
-        for n in names
-        if not entry_complete(record["perturbations"].get(n), len(indices), P.get(n).severities)
-    ]
+    if got is None:  # pragma: no cover  (rank 0 always sends a record)
+        raise RuntimeError("rank 0 sent no result record")
+    record = got
+
+    def save(rec: Record) -> Record:
+        return write_record(rec, path) if world.is_main else rec
+
+    pending = [n for n in names if not _complete(record, n)]
     total = len(batches) * (
-        int(record["clean"] is None) + sum(len(P.get(n).severities) for n in pending)
+        int(record.clean is None) + sum(len(P.get(n).severities) for n in pending)
     )
     with _progress(total, progress and world.is_main) as tick:
-        if record["clean"] is None:
+        if record.clean is None:
             correct = [
                 (predict(model, x, info.num_classes) == y).cpu().numpy()
                 for _, x, y, _ in _ticking(batches, tick)
             ]
-            record["clean"] = accuracy_entry(batches.gather(correct))
-            save(record, path)
+            record = save(replace(record, clean=CleanResult.of(batches.gather(correct))))
         for name in pending:
             spec = P.get(name)
             t0 = _now()
@@ -279,38 +288,38 @@ def evaluate_record(
                     spec, model, batches, cfg, info.preset, info.num_classes, tick
                 )
             elif attack_runner is None:
-                entry = {
-                    "kind": "attack",
-                    "family": spec.family,
-                    "status": "skipped",
-                    "reason": "attacks unavailable",
-                }
+                entry = PerturbationResult(
+                    kind="attack",
+                    family=spec.family,
+                    status="skipped",
+                    reason="attacks unavailable",
+                )
             else:
                 entry = attack_runner(spec, model, batches, cfg, info, tick, record)
-            entry.setdefault("status", "done")
-            entry["seconds"] = round(_now() - t0, 3)
-            record["perturbations"][name] = entry
-            record["config"]["perturbations"] = sorted(
-                set(record["config"].get("perturbations", [])) | {name}
-            )
-            save(record, path)
+            entry = replace(entry, seconds=round(_now() - t0, 3))
+            record = save(record.with_result(name, entry))
         if attack_runner is not None and _wants_masking(record, names):
             from robench.evaluation.attack_step import masking_entry
 
             # on the run's first batch, which rank 0 holds; the others wait for its result
-            record["gradient_masking"] = distributed.broadcast(
+            checks = distributed.broadcast(
                 masking_entry(model, batches, cfg) if world.is_main else None
             )
-            save(record, path)
+            record = save(replace(record, gradient_masking=checks))
     return record, path
 
 
-def _wants_masking(record: dict[str, Any], names: list[str]) -> bool:
+def _complete(record: Record, name: str) -> bool:
+    """Whether ``name`` is finished and whole in the record (a resumed run skips it)."""
+    entry = record.perturbations.get(name)
+    return entry is not None and entry.complete(P.get(name).severities)
+
+
+def _wants_masking(record: Record, names: list[str]) -> bool:
     """Run the gradient-masking checks once, when the run scored a white-box attack."""
-    done = record["perturbations"]
-    return record.get("gradient_masking") is None and any(
-        done.get(n, {}).get("status") == "done" and done[n].get("family") == "white-box"
-        for n in names
+    done = record.done()
+    return record.gradient_masking is None and any(
+        n in done and done[n].family == "white-box" for n in names
     )
 
 
@@ -321,15 +330,18 @@ def _check_fit(loaded: LoadedModel, info: Any) -> None:
         return
     if meta.num_classes != info.num_classes:
         raise ValueError(
-            f"{loaded.source} has {meta.num_classes} classes but dataset {info.name!r} has {info.num_classes}"
+            f"{loaded.source} has {meta.num_classes} classes "
+            f"but dataset {info.name!r} has {info.num_classes}"
         )
     if meta.input_size != info.image_size:
         raise ValueError(
-            f"{loaded.source} takes {meta.input_size} px images but dataset {info.name!r} has {info.image_size} px images"
+            f"{loaded.source} takes {meta.input_size} px images "
+            f"but dataset {info.name!r} has {info.image_size} px images"
         )
     if meta.in_chans != info.channels:
         raise ValueError(
-            f"{loaded.source} takes {meta.in_chans}-channel images but dataset {info.name!r} has {info.channels}"
+            f"{loaded.source} takes {meta.in_chans}-channel images "
+            f"but dataset {info.name!r} has {info.channels}"
         )
 
 
@@ -342,13 +354,13 @@ def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
 def _resume_or_new(
     path: Path,
     resume: bool,
-    run_key: dict[str, Any],
+    run_key: RunKey,
     loaded: LoadedModel,
     cfg: EvalConfig,
     ds: ImageDataset,
     indices: np.ndarray,
     device: str,
-) -> dict[str, Any]:
+) -> Record:
     if resume and path.exists():
         try:
             old = read_record(path)
@@ -359,12 +371,12 @@ def _resume_or_new(
                 _set_aside(path).name,
             )
         else:
-            if old["run_key"] == run_key and old["robench_version"] == __version__:
-                log.info("resuming %s (%d perturbations done)", path, len(old["perturbations"]))
+            if old.run_key == run_key and old.robench_version == __version__:
+                log.info("resuming %s (%d perturbations done)", path, len(old.perturbations))
                 return old
             why = (
                 "another robench version"
-                if old["run_key"] == run_key
+                if old.run_key == run_key
                 else "other settings or another checkpoint"
             )
             log.warning(
@@ -373,35 +385,34 @@ def _resume_or_new(
                 why,
                 _set_aside(path).name,
             )
-    model_info = {
-        "id": loaded.model_id,
-        "source": loaded.source,
-        "sha256": loaded.sha256,
-        "kind": loaded.kind,
-        "meta": None if loaded.meta is None else loaded.meta.to_dict(),
-        "card": loaded.card,
-    }
-    dataset_info = {
-        "name": cfg.dataset,
-        "split": "test",
-        "size": len(ds),
-        "n_images": int(len(indices)),
-        "preset": ds.info.preset,
-        "image_size": ds.info.image_size,
-        "num_classes": ds.info.num_classes,
-        "indices_seed": None
-        if len(indices) == len(ds)
-        else derive_seed(cfg.seed, "subset", cfg.dataset),
-        "indices": None if len(indices) == len(ds) else indices.tolist(),
-    }
-    config = asdict(cfg) | {"perturbations": [], "device": device}
+    whole = len(indices) == len(ds)
+    model_info = ModelEntry(
+        id=loaded.model_id,
+        source=loaded.source,
+        sha256=loaded.sha256,
+        kind=loaded.kind,
+        meta=None if loaded.meta is None else loaded.meta.to_dict(),
+        card=loaded.card,
+    )
+    dataset_info = DatasetEntry(
+        name=cfg.dataset,
+        split="test",
+        size=len(ds),
+        n_images=int(len(indices)),
+        preset=ds.info.preset,
+        image_size=ds.info.image_size,
+        num_classes=ds.info.num_classes,
+        indices_seed=None if whole else derive_seed(cfg.seed, "subset", cfg.dataset),
+        indices=None if whole else tuple(indices.tolist()),
+    )
+    config = RunConfig(**asdict(cfg) | {"perturbations": (), "device": device})
     return new_record(
         run_key=run_key, model=model_info, dataset=dataset_info, config=config, device=device
     )
 
 
 def _set_aside(path: Path) -> Path:
-    """Rename a record that will not be resumed to ``<name>.<time>.old``: never overwrite finished work."""
+    """Rename a record that is not resumed to ``<name>.<time>.old``: finished work is kept."""
     import time
 
     aside = path.with_name(
@@ -421,14 +432,20 @@ class _progress:
     """A tqdm bar with ETA on stderr (silent when ``enabled`` is False)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.bar = total, enabled, None
+        self.total, self.enabled = total, enabled
+        self.bar: Any = None  # a tqdm bar once entered (tqdm loads on first use)
 
     def __enter__(self) -> Progress:
         if self.enabled and self.total:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, unit="batch", dynamic_ncols=True, desc="evaluate")
-            return self.bar.update  # type: ignore[union-attr,return-value]
+            bar = tqdm(total=self.total, unit="batch", dynamic_ncols=True, desc="evaluate")
+            self.bar = bar
+
+            def tick(n: int) -> None:
+                bar.update(n)
+
+            return tick
         return lambda n: None
 
     def __exit__(self, *exc: object) -> None:

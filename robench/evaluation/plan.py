@@ -1,4 +1,4 @@
-"""``robench evaluate --dry-run``: the passes a run will make, and its time from a short calibration.
+"""``robench evaluate --dry-run``: the passes a run will make, and its time from a calibration.
 
 Passes are counted per image from each algorithm (:meth:`AttackSpec.cost`: PGD = 10 forward +
 backward passes + a clean and a final forward pass; C&W = 40 + 2; a transfer attack = 10 on the
@@ -25,7 +25,7 @@ from robench import perturbations as P
 from robench._distributed import resolve_device
 from robench.data import load_dataset
 from robench.evaluation.loop import EvalConfig, run_stem, select_indices
-from robench.evaluation.record import ResultError, read_record
+from robench.evaluation.record import ResultError, RunKey, read_record
 from robench.models.loading import LoadedModel
 
 __all__ = ["PassCount", "Plan", "plan", "plan_evaluation", "time_forward", "time_gradient"]
@@ -81,7 +81,10 @@ class Plan:
         return sum(int(getattr(c, key)) for c in self.counts)
 
     def __str__(self) -> str:
-        head = f"{'part':<34}{'images':>7}{'forward':>10}{'fwd+bwd':>10}{'surr. fwd':>10}{'surr. f+b':>10}{'corrupted':>10}{'est. s':>9}"
+        head = (
+            f"{'part':<34}{'images':>7}{'forward':>10}{'fwd+bwd':>10}{'surr. fwd':>10}"
+            f"{'surr. f+b':>10}{'corrupted':>10}{'est. s':>9}"
+        )
         rows = [self.header, "", head]
         for c in self.counts:
             name = c.what if c.model == "model" else f"[baseline] {c.what}"
@@ -104,13 +107,17 @@ class Plan:
         cal = ", ".join(f"{k} {v * 1e3:.3g} ms/image" for k, v in self.calibration.items())
         if self.corruption:
             mean = sum(self.corruption.values()) / len(self.corruption)
-            cal += f", corruption generation {mean * 1e3:.3g} ms/image (mean of {len(self.corruption)})"
+            cal += (
+                f", corruption generation {mean * 1e3:.3g} ms/image "
+                f"(mean of {len(self.corruption)})"
+            )
         rows += [
             "",
-            f"{passes:,} image-passes (about {-(-passes // self.batch_size):,} batches of {self.batch_size})",
+            f"{passes:,} image-passes "
+            f"(about {-(-passes // self.batch_size):,} batches of {self.batch_size})",
             f"calibration: {cal}",
-            f"estimated time: {_duration(self.seconds)} in one process (passes x calibrated cost; overheads not"
-            " counted; N processes share it about N ways)",
+            f"estimated time: {_duration(self.seconds)} in one process (passes x calibrated cost;"
+            " overheads not counted; N processes share it about N ways)",
         ]
         return "\n".join(rows)
 
@@ -184,23 +191,20 @@ def _pending(
     names = cfg.names()
     whitebox = any(getattr(P.get(k), "family", "") == "white-box" for k in names)
     path = out / f"{run_stem(loaded.model_id, cfg, n)}.json"
-    key = {
-        "model_sha256": loaded.sha256,
-        "dataset": cfg.dataset,
-        "n_images": n,
-        "seed": cfg.seed,
-        "preset": preset,
-    }
+    key = RunKey(
+        model_sha256=loaded.sha256, dataset=cfg.dataset, n_images=n, seed=cfg.seed, preset=preset
+    )
     if not (resume and path.exists()):
         return True, names, whitebox
     try:
         rec = read_record(path)
     except ResultError:
         return True, names, whitebox
-    if rec["run_key"] != key:
+    if rec.run_key != key:
         return True, names, whitebox
-    todo = [k for k in names if rec["perturbations"].get(k, {}).get("status") != "done"]
-    return rec["clean"] is None, todo, whitebox and rec.get("gradient_masking") is None
+    done = rec.done()
+    todo = [k for k in names if k not in done]
+    return rec.clean is None, todo, whitebox and rec.gradient_masking is None
 
 
 class _Costs:
@@ -323,7 +327,7 @@ def plan(
     resume: bool = True,
     baseline: LoadedModel | None = None,
 ) -> Plan:
-    """Count the passes of ``evaluate`` (and of the baseline it would evaluate) and estimate the time.
+    """Count the passes of ``evaluate`` (and of the baseline it would evaluate); estimate the time.
 
     Args:
         loaded: the evaluated model.
@@ -363,8 +367,8 @@ def plan(
         if P.get(k).kind == "corruption"
     }
     result = Plan(
-        f"dry run: {loaded.model_id} on {cfg.dataset}, {n} images, batch {cfg.batch_size}, device {device}, "
-        f"seed {cfg.seed} (nothing is evaluated)",
+        f"dry run: {loaded.model_id} on {cfg.dataset}, {n} images, batch {cfg.batch_size}, "
+        f"device {device}, seed {cfg.seed} (nothing is evaluated)",
         batch_size=cfg.batch_size,
     )
     costs = _Costs(x, y, result.calibration)

@@ -41,6 +41,7 @@ from robench.perturbations._base import (
 from robench.perturbations._checks import check_batch
 
 __all__ = [
+    "PERTURBATIONS",
     "get",
     "names",
     "register",

@@ -12,6 +12,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from robench import perturbations as P  # noqa: E402
@@ -27,7 +28,8 @@ def _corrupt(
 ) -> Tensor:
     spec = P.get(name)
     kw = {"boxes": boxes} if spec.needs_boxes else {}
-    return spec(x, severity, seed=seed, preset=preset, **kw)
+    out: Tensor = spec(x, severity, seed=seed, preset=preset, **kw)
+    return out
 
 
 def gallery_figure(
@@ -95,7 +97,7 @@ def gallery_figure(
 def sample_images(
     dataset: str, n: int, *, root: str | None = None
 ) -> tuple[Tensor, Tensor | None, str]:
-    """The first ``n`` test images of ``dataset`` (one per class where possible), boxes, and preset."""
+    """The first ``n`` test images of ``dataset`` (one per class where possible), boxes, preset."""
     from robench.data import load_dataset
 
     ds = load_dataset(dataset, "test", root=root)
@@ -146,7 +148,7 @@ def preview_figure(
         if show_boxes and ds.boxes is not None:
             x0, y0, x1, y1 = ds.boxes[k].tolist()
             ax.add_patch(
-                plt.Rectangle(
+                Rectangle(
                     (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="yellow", lw=0.8
                 )
             )

@@ -27,7 +27,7 @@ def severity_curves(long: pd.DataFrame, *, model: str | None = None) -> Figure:
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False, sharey=True
     )
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         for m, g in corr[corr["perturbation"] == name].groupby("model", sort=False):
             g = g.sort_values("severity")
             line = ax.plot(g["severity"], g["accuracy"], marker="o", ms=3, label=str(m))[0]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 
 from robench import perturbations as P
+from robench.evaluation.record import Accuracy, CleanResult, Record
 
 __all__ = [
     "SHORT_NAMES",
@@ -54,9 +56,9 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def safe_text(value: Any) -> Any:
-    """Untrusted text made inert for CSV files and terminals; other values pass unchanged.
+    r"""Untrusted text made inert for CSV files and terminals; other values pass unchanged.
 
-    Control characters (terminal escape sequences, bidi overrides) become ``\\xNN``/``\\uNNNN``
+    Control characters (terminal escape sequences, bidi overrides) become ``\xNN``/``\uNNNN``
     and a cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) gets a
     leading ``'``. HTML escaping is the site templates' job (they autoescape).
     """
@@ -74,24 +76,26 @@ def safe_text(value: Any) -> Any:
 SETTINGS = ("dataset", "n_images", "seed", "suite", "robench_version", "schema_version")
 
 
-def settings_of(record: Mapping[str, Any]) -> dict[str, Any]:
+def settings_of(record: Record) -> dict[str, Any]:
     """What must be equal for two records' numbers to share a table."""
     return {
-        "dataset": record["dataset"]["name"],
-        "n_images": record["dataset"]["n_images"],
-        "seed": record["config"]["seed"],
-        "suite": record["config"].get("suite"),
-        "robench_version": record.get("robench_version"),
-        "schema_version": record.get("schema_version"),
+        "dataset": record.dataset.name,
+        "n_images": record.dataset.n_images,
+        "seed": record.config.seed,
+        "suite": record.config.suite,
+        "robench_version": record.robench_version,
+        "schema_version": record.schema_version,
     }
 
 
-def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per record, how its settings differ from the table's (the most common ones); ``""`` when equal."""
+def settings_notes(records: Sequence[Record]) -> list[str]:
+    """Per record, how its settings differ from the table's (the most common); ``""`` when equal."""
     if len(records) < 2:
         return [""] * len(records)
     keys = [tuple(settings_of(r).items()) for r in records]
-    common = dict(max(keys, key=keys.count))  # ties: the first record's settings
+    counts = Counter(keys)
+    top: tuple[tuple[str, Any], ...] = max(keys, key=counts.__getitem__)
+    common = dict(top)  # ties: the first record's settings
     return [
         "; ".join(
             f"{k} {safe_text(str(v))} (table: {safe_text(str(common[k]))})"
@@ -102,31 +106,44 @@ def settings_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
-def _columns(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    seen = [c for c in TABLE1_COLUMNS]
+def _columns(records: Sequence[Record]) -> list[str]:
+    seen = list(TABLE1_COLUMNS)
     for r in records:
-        seen += [n for n in r["perturbations"] if n not in seen]
+        seen += [n for n in r.perturbations if n not in seen]
     return seen
 
 
-def wide_table(
-    records: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None
-) -> pd.DataFrame:
+def _clean(record: Record) -> CleanResult:
+    """The clean result of a record that must have one (every table row has a Clean cell)."""
+    if record.clean is None:
+        raise ValueError(f"the record of {record.model.id!r} has no clean accuracy yet")
+    return record.clean
+
+
+def _r_text(record: Record, name: str) -> str:
+    """R of perturbation ``name`` with its marker (e.g. ``0.83+``); ``""`` when there is none."""
+    e = record.perturbations.get(name)
+    s = None if e is None or not e.done else e.scores
+    return "" if s is None or s.R is None else safe_text(f"{s.R:.2f}{s.marker}")
+
+
+def wide_table(records: Sequence[Record], *, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per model: model, Clean, then R per perturbation with its marker (e.g. ``0.83+``).
 
-    Missing or skipped perturbations are empty cells; numbers are rounded to 2 decimals as in the paper.
+    Missing or skipped perturbations are empty cells; numbers are rounded to 2 decimals as in the
+    paper.
     Records computed with other settings than most of the table's (images, seed, suite, robench or
     schema version) are never mixed in silently: a ``settings`` column then says how each differs.
     """
     cols = list(columns) if columns is not None else list(TABLE1_COLUMNS)
     rows = []
     for r in records:
-        clean = safe_text(f"{r['clean']['accuracy']:.2f}{r['clean'].get('marker') or ''}")
-        row: dict[str, Any] = {"model": safe_text(r["model"]["id"]), "Clean": clean}
-        for c in cols:
-            e = r["perturbations"].get(c)
-            ok = e is not None and e.get("status") == "done" and e.get("R") is not None
-            row[c] = safe_text(f"{e['R']:.2f}{e.get('marker') or ''}") if ok else ""  # type: ignore[index]
+        c = _clean(r)
+        row: dict[str, Any] = {
+            "model": safe_text(r.model.id),
+            "Clean": safe_text(f"{c.accuracy:.2f}{c.marker}"),
+        }
+        row |= {name: _r_text(r, name) for name in cols}
         rows.append(row)
     notes = settings_notes(records)
     df = pd.DataFrame(rows, columns=["model", "Clean", *cols])
@@ -135,80 +152,78 @@ def wide_table(
     return df
 
 
-def long_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def long_table(records: Iterable[Record]) -> pd.DataFrame:
     """One row per model x perturbation x severity (severity 0 = clean), numbers as numbers."""
     rows = []
     for r in records:
         base = {
-            "model": r["model"]["id"],
-            "model_sha256": r["model"].get("sha256"),
-            "dataset": r["dataset"]["name"],
-            "preset": r["dataset"]["preset"],
-            "seed": r["config"]["seed"],
-            "n_images": r["dataset"]["n_images"],
-            "robench_version": r["robench_version"],
+            "model": r.model.id,
+            "model_sha256": r.model.sha256,
+            "dataset": r.dataset.name,
+            "preset": r.dataset.preset,
+            "seed": r.config.seed,
+            "n_images": r.dataset.n_images,
+            "robench_version": r.robench_version,
             "gradient_masking": masking_flags(r),
         }
         base = {k: safe_text(v) for k, v in base.items()}
-        c = r["clean"]
-        rows.append(
-            base
-            | {
-                "perturbation": "clean",
-                "kind": "clean",
-                "family": "clean",
-                "severity": 0,
-                "n": c["n"],
-                "n_correct": c["n_correct"],
-                "accuracy": c["accuracy"],
-                "ci_low": c["ci95"][0],
-                "ci_high": c["ci95"][1],
-                "R": 1.0,
-                "parameter": "",
-            }
-        )
-        extra = sorted(n for n in r["perturbations"] if n not in TABLE1_COLUMNS)
-        for name in [
-            *TABLE1_COLUMNS,
-            *extra,
-        ]:  # a fixed order, not the one a resumed run computed them in
-            e = r["perturbations"].get(name)
-            if e is None or e.get("status") != "done":
-                continue
-            for s in e["severities"]:
-                rows.append(
-                    base
-                    | {
-                        "perturbation": safe_text(name),
-                        "kind": e["kind"],
-                        "family": safe_text(e["family"]),
-                        "severity": s["severity"],
-                        "n": s["n"],
-                        "n_correct": s["n_correct"],
-                        "accuracy": s["accuracy"],
-                        "ci_low": s["ci95"][0],
-                        "ci_high": s["ci95"][1],
-                        "R": s["accuracy"] / c["accuracy"] if c["accuracy"] else float("nan"),
-                        "parameter": safe_text(s.get("parameter", "")),
-                    }
+        c = _clean(r)
+        rows.append(base | _counts_row(c, "clean", "clean", "clean", 0, 1.0, ""))
+        done = r.done()
+        extra = sorted(n for n in done if n not in TABLE1_COLUMNS)
+        # a fixed order, not the one a resumed run computed them in
+        for name in [n for n in TABLE1_COLUMNS if n in done] + extra:
+            e = done[name]
+            rows += [
+                base
+                | _counts_row(
+                    s,
+                    safe_text(name),
+                    e.kind,
+                    safe_text(e.family),
+                    s.severity,
+                    s.accuracy / c.accuracy if c.accuracy else float("nan"),
+                    safe_text(s.parameter or ""),
                 )
+                for s in e.severities
+            ]
     return pd.DataFrame(rows)
 
 
-def masking_flags(record: Mapping[str, Any]) -> str:
+def _counts_row(
+    s: Accuracy, name: str, kind: str, family: str, severity: int, r: float, parameter: str
+) -> dict[str, Any]:
+    return {
+        "perturbation": name,
+        "kind": kind,
+        "family": family,
+        "severity": severity,
+        "n": s.n,
+        "n_correct": s.n_correct,
+        "accuracy": s.accuracy,
+        "ci_low": s.ci95[0],
+        "ci_high": s.ci95[1],
+        "R": r,
+        "parameter": parameter,
+    }
+
+
+def masking_flags(record: Record) -> str:
     """``""`` when every gradient-masking check passed (or none ran), else ``name: reason; ...``."""
-    checks = record.get("gradient_masking") or []
-    return "; ".join(f"{c['name']}: {c['detail']}" for c in checks if c.get("passed") is False)
+    checks = record.gradient_masking or ()
+    return "; ".join(f"{c.name}: {c.detail}" for c in checks if c.passed is False)
 
 
-def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) -> str:
+def format_r_table(records: Sequence[Record], *, width: int = 118) -> str:
     """The R table in the paper's layout (models as rows), split into blocks that fit ``width``."""
-    cols = [c for c in _columns(records) if any(c in r["perturbations"] for r in records)]
+    cols = [c for c in _columns(records) if any(c in r.perturbations for r in records)]
     df = wide_table(records, columns=cols)
     notes = settings_notes(records)
-    df["model"] = [f"{m} *" if note else m for m, note in zip(df["model"], notes)]
+    df["model"] = [f"{m} *" if note else m for m, note in zip(df["model"], notes, strict=True)]
     name_w = max(8, *(len(str(m)) for m in df["model"]))
-    blocks, cur, used = [], [], name_w + 8
+    blocks: list[list[str]] = []
+    cur: list[str] = []
+    used = name_w + 8
     for c in cols:
         if used + 7 > width and cur:
             blocks.append(cur)
@@ -230,7 +245,7 @@ def format_r_table(records: Sequence[Mapping[str, Any]], *, width: int = 118) ->
         lines.append("")
     lines += [
         f"* {m[:-2]}: other settings than the table's: {note}"
-        for m, note in zip(df["model"], notes)
+        for m, note in zip(df["model"], notes, strict=True)
         if note
     ]
     return "\n".join(lines).rstrip()

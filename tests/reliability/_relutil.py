@@ -1,4 +1,4 @@
-"""Helpers shared by the reliability tests: subprocess runs of the CLI, record comparison, damage."""
+"""Helpers shared by the reliability tests: CLI subprocess runs, record comparison, damage."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from robench.evaluation.record import Record
 
 EVAL_PERTURBATIONS = (
     "gaussian_noise",
@@ -144,9 +146,9 @@ def run(cmd: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess
     )
 
 
-def strip_times(rec: dict[str, Any]) -> dict[str, Any]:
+def strip_times(record: Record | dict[str, Any]) -> dict[str, Any]:
     """A record without what legitimately differs between two runs (timestamps, durations)."""
-    rec = json.loads(json.dumps(rec))
+    rec = json.loads(json.dumps(record.to_dict() if isinstance(record, Record) else record))
     for k in ("created", "updated"):
         rec.pop(k, None)
     for e in rec["perturbations"].values():
@@ -177,7 +179,7 @@ def tmp_files(folder: Path) -> set[str]:
 def timeline(
     cmd: Sequence[str], progress: Callable[[], int], limit_s: float = 300
 ) -> tuple[int, str, list[float]]:
-    """Run ``cmd`` to the end, noting when ``progress()`` first reached 1, 2, ...: (rc, stderr, times)."""
+    """Run ``cmd``, noting when ``progress()`` first reached 1, 2, ... (rc, stderr, times)."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
         list(cmd), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

@@ -1,4 +1,4 @@
-"""Reliability suite plumbing: a ledger of every fault, input and security case tried, and its summary.
+"""Reliability suite plumbing: a ledger of every fault, input and security case tried, summarised.
 
 Tests record each case through the ``cases`` fixture (``cases.check(category, label, ok)``), which
 asserts as it records, so a case is only counted when it was actually checked. At the end of the

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from robench import evaluate
 from robench import perturbations as P
 from robench.cli import main
-from robench.evaluation.record import ResultError, finalize, read_record
+from robench.evaluation.record import Record, ResultError, read_record
+from robench.evaluation.scoring import score_record
 from robench.models.checkpoint import CheckpointError
 from robench.models.loading import load_model
 
@@ -55,7 +56,7 @@ def _one_sentence(exc: BaseException) -> bool:
 
 @st.composite
 def bad_batches(draw: Any, square_only: bool = True) -> tuple[str, torch.Tensor]:
-    """A tensor that is not a valid N x C x H x W float batch in [0, 1] (and what is wrong with it)."""
+    """A tensor that is not a valid N x C x H x W float batch in [0, 1] (and what is wrong)."""
     kinds = ["rank", "dtype", "channels", "range", "nan", "inf", "meta", "zero_side"] + (
         ["not_square"] if square_only else []
     )
@@ -82,7 +83,8 @@ def bad_batches(draw: Any, square_only: bool = True) -> tuple[str, torch.Tensor]
             dtype
         )
     elif kind == "range":
-        shift = draw(st.floats(0.001, 1e4, allow_nan=False))
+        # every value leaves [0, 1] by at least 0.001 (x itself lies in [0, 1))
+        shift = 1.0 + draw(st.floats(0.001, 1e4, allow_nan=False))
         x = x + shift if draw(st.booleans()) else x - shift
     elif kind in ("nan", "inf"):
         flat = x.reshape(-1)
@@ -371,8 +373,9 @@ def test_empty_one_image_and_out_of_range_datasets(
             if what == "evaluate" and ok:
                 rec = read_record(next((tmp_path / "o").glob("*.json")))
                 ok = (
-                    rec["clean"]["n"] == 1
-                    and rec["perturbations"]["pgd"]["severities"][0]["n"] == 1
+                    rec.clean is not None
+                    and rec.clean.n == 1
+                    and rec.perturbations["pgd"].severities[0].n == 1
                 )
         else:
             ok = res.exit_code == 1 and (
@@ -536,15 +539,15 @@ def test_mutated_or_truncated_result_files_are_refused_or_fully_usable(
         cases.check("input", label, _one_sentence(exc), str(exc))
         return
     try:  # accepted: then every consumer must work on it
-        if (
-            loaded.get("clean") is not None
-        ):  # as robench uses a foreign record: finalize it, then compare to it
-            finalize(loaded, None, P.names(suite="mtlat24"))
-            finalize(json.loads(json.dumps(good_record)), loaded, P.names(suite="mtlat24"))
-            wide_table([loaded, good_record]).to_csv()
-            format_r_table([loaded, good_record])
-            Report(loaded).r_frame()
-        long_table([loaded] if loaded.get("clean") is not None else []).to_csv()
+        good = Record.from_dict(good_record)
+        names = P.names(suite="mtlat24")
+        # as robench uses a foreign record: score it, then compare to it
+        scored = score_record(loaded, None, names)
+        score_record(good, scored, names)
+        wide_table([scored, good]).to_csv()
+        format_r_table([scored, good])
+        Report(scored).r_frame()
+        long_table([loaded]).to_csv()
         ok, why = True, ""
     except Exception as exc:  # noqa: BLE001
         ok, why = False, f"{type(exc).__name__}: {exc}"

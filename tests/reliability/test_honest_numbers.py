@@ -1,9 +1,10 @@
-"""Honest numbers: provenance in every result, and numbers of other settings never mixed in silently."""
+"""Honest numbers: provenance in every result; numbers of other settings never mixed silently."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from _relutil import CaseLedger
 
 from robench import evaluate
 from robench._version import __version__
-from robench.evaluation.record import SCHEMA_VERSION, ResultError
+from robench.evaluation.record import SCHEMA_VERSION, Record, ResultError
 from robench.report.tables import format_r_table, wide_table
 
 QUICK = {"perturbations": ["contrast"], "batch_size": 16, "baseline": "none", "plots": False}
@@ -44,26 +45,26 @@ def test_every_result_states_its_provenance(
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def runs(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Record]:
     out = tmp_path_factory.mktemp("runs")
-    a = _run(tiny_ckpt, n_images=12, model_id="a", out=out)
-    same = _run(tiny_ckpt, n_images=12, model_id="same", out=out)
+
+    def run(**kw: Any) -> Record:
+        return Record.from_dict(_run(tiny_ckpt, out=out, **kw))
+
+    a = run(n_images=12, model_id="a")
+
+    def renamed(name: str, **changes: Any) -> Record:
+        return replace(a, model=replace(a.model, id=name), **changes)
+
     return {
         "a": a,
-        "same": same,
-        "n_images": _run(tiny_ckpt, n_images=16, model_id="other-n", out=out),
-        "seed": _run(tiny_ckpt, n_images=12, seed=1, model_id="other-seed", out=out),
-        "suite": {
-            **a,
-            "model": {**a["model"], "id": "other-suite"},
-            "config": {**a["config"], "suite": "imagenet-c"},
-        },
-        "robench_version": {**a, "model": {**a["model"], "id": "old"}, "robench_version": "0.0.1"},
-        "schema_version": {
-            **a,
-            "model": {**a["model"], "id": "old-schema"},
-            "schema_version": SCHEMA_VERSION - 1,
-        },
+        "same": run(n_images=12, model_id="same"),
+        "n_images": run(n_images=16, model_id="other-n"),
+        "seed": run(n_images=12, seed=1, model_id="other-seed"),
+        "suite": renamed("other-suite", config=replace(a.config, suite="imagenet-c")),
+        "robench_version": renamed("old", robench_version="0.0.1"),
+        # a file of another schema version is refused on reading; the tables still tell it apart
+        "schema_version": renamed("old-schema", schema_version=SCHEMA_VERSION - 1),
     }
 
 
@@ -71,7 +72,7 @@ def runs(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     "differs", ["n_images", "seed", "suite", "robench_version", "schema_version"]
 )
 def test_a_result_with_other_settings_is_marked_in_every_table(
-    differs: str, runs: dict[str, dict[str, Any]], cases: CaseLedger
+    differs: str, runs: dict[str, Record], cases: CaseLedger
 ) -> None:
     plain = wide_table([runs["a"], runs["same"]])
     cases.check(
@@ -96,7 +97,7 @@ def test_a_result_with_other_settings_is_marked_in_every_table(
     )
     text = format_r_table([runs["a"], runs["same"], odd])
     footnote = [line for line in text.splitlines() if line.startswith("* ")]
-    printed = f"{odd['model']['id']} *" in text and len(footnote) == 1 and differs in footnote[0]
+    printed = f"{odd.model.id} *" in text and len(footnote) == 1 and differs in footnote[0]
     cases.check(
         "provenance",
         f"{differs} differs: printed table marks the row",

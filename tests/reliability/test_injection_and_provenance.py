@@ -1,4 +1,4 @@
-"""Injected text and paths in result files and model cards; hash checks; honest, never silently mixed numbers."""
+"""Injected text and paths in result files and model cards; hash checks; honest numbers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from robench import evaluate
 from robench.cli import main
-from robench.evaluation.record import ResultError, read_record
+from robench.evaluation.record import Record, ResultError, read_record
 from robench.models.checkpoint import CheckpointError
 from robench.models.loading import load_model
 from robench.report import Report
@@ -128,7 +128,7 @@ def test_script_injection_in_every_text_field_stays_inert(
             except ResultError:
                 cases.check("security", label, True, kind="injected text refused or inert")
                 continue
-            both = [rec, record]
+            both = [rec, Record.from_dict(record)]
             term = format_r_table(both)
             ok = (
                 _inert_csv(wide_table(both).to_csv(index=False))
@@ -153,7 +153,7 @@ def test_script_injection_in_every_text_field_stays_inert(
 
 
 class _Tags(HTMLParser):
-    """Markup a browser would act on that came from a payload: event attributes, scripts calling alert."""
+    """Markup from a payload that a browser acts on: event attributes, scripts calling alert."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Untrusted files: checkpoints, TorchScript and export programs, result JSON and model cards from strangers.
+"""Untrusted files: checkpoints, TorchScript and export programs, results and model cards.
 
 Each payload is first shown to be live (the plain torch/pickle loader runs it), then robench must
 refuse the file without running it, and nothing may be written outside the output folder.

@@ -11,27 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from robench._io import atomic_write_bytes, atomic_write_text, sha256_file
-from robench.evaluation.record import ResultError, correct_bits, finalize, read_record
+from robench.evaluation.record import Record, ResultError, read_record
+from robench.evaluation.scoring import score_record
 from robench.report.figures import figure_png
 from robench.report.leaderboard import site as _site
 from robench.report.tables import long_table, wide_table
 
 __all__ = [
     "LoadProblem",
+    "LoadedResult",
     "Leaderboard",
     "find_result_files",
-    "validate_record",
     "load_results",
     "build_leaderboard",
     "leaderboard_tables",
@@ -79,6 +77,15 @@ class LoadProblem:
         return f"{self.path}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class LoadedResult:
+    """A result file that will be shown: where it lies, its record, and notes for its page."""
+
+    path: Path
+    record: Record
+    notes: tuple[str, ...] = ()
+
+
 @dataclass
 class Leaderboard:
     """What :func:`build_leaderboard` wrote.
@@ -94,7 +101,7 @@ class Leaderboard:
 
     out: Path
     index: Path
-    records: list[dict[str, Any]]
+    records: list[Record]
     sources: list[Path]
     problems: list[LoadProblem]
     files: dict[str, Path] = field(default_factory=dict)
@@ -124,77 +131,21 @@ def find_result_files(
     return list(dict.fromkeys(found))
 
 
-@lru_cache(maxsize=1)
-def _validator() -> Any:
-    import jsonschema
-
-    schema = json.loads(
-        resources.files("robench")
-        .joinpath("schemas/result.schema.json")
-        .read_text(encoding="utf-8")
-    )
-    return jsonschema.Draft202012Validator(schema)
+def _identity(rec: Record) -> str:
+    return json.dumps([rec.run_key.to_dict(), rec.model.id], sort_keys=True)
 
 
-def _where(error: Any) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "the top level"
-
-
-def validate_record(record: Mapping[str, Any], name: str = "result") -> None:
-    """Check a parsed result against the JSON schema and its own counts.
-
-    Raises:
-        ResultError: one sentence naming the first problem found.
-    """
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(record))
-    if error is not None:
-        msg = error.message if len(error.message) < 160 else error.message[:157] + "..."
-        raise ResultError(f"{name} does not match the result schema at {_where(error)}: {msg}")
-    _check_counts(record["clean"], f"{name}: clean")
-    for pname, entry in record["perturbations"].items():
-        if entry["status"] != "done":
-            continue
-        if not entry.get("severities"):
-            raise ResultError(
-                f"{name}: perturbation {pname!r} is marked done but has no severities"
-            )
-        for s in entry["severities"]:
-            _check_counts(s, f"{name}: {pname!r} severity {s.get('severity', '?')}")
-
-
-def _check_counts(entry: Mapping[str, Any], where: str) -> None:
-    """Counts, accuracy and per-image bits must tell the same story (hand-edited numbers do not)."""
-    n, k = int(entry["n"]), int(entry["n_correct"])
-    try:
-        bits = correct_bits(entry)
-    except ValueError as exc:
-        raise ResultError(f"{where} has unreadable per-image correctness ({exc})") from None
-    if int(bits.sum()) != k or k > n or abs(float(entry["accuracy"]) - k / n) > 1e-9:
-        raise ResultError(
-            f"{where}: accuracy {entry['accuracy']}, {k} of {n} correct and the per-image bits disagree"
-        )
-
-
-def _identity(rec: Mapping[str, Any]) -> str:
-    return json.dumps([rec["run_key"], rec["model"]["id"]], sort_keys=True)
-
-
-def load_results(
-    files: Sequence[Path],
-) -> tuple[list[tuple[Path, dict[str, Any]]], list[LoadProblem]]:
+def load_results(files: Sequence[Path]) -> tuple[list[LoadedResult], list[LoadProblem]]:
     """Read, validate and de-duplicate result files; the bad ones become :class:`LoadProblem`.
 
     Two files of the same run (same run key and model name) keep the one with more finished
     perturbations (then the newer); the other is reported as a duplicate.
     """
-    good: dict[str, tuple[Path, dict[str, Any]]] = {}
+    good: dict[str, LoadedResult] = {}
     problems: list[LoadProblem] = []
     for path in files:
         try:
             rec = read_record(path)
-            validate_record(rec, str(path))
         except (ResultError, FileNotFoundError) as exc:
             msg = str(exc)
             problems.append(
@@ -204,59 +155,60 @@ def load_results(
             )
             log.warning("skipping %s", problems[-1])
             continue
-        _complete(rec)
+        item = _complete(path, rec)
         key = _identity(rec)
         if key in good:
-            old_path, old = good[key]
-            keep, drop = (
-                ((path, rec), old_path) if _rank(rec) > _rank(old) else ((old_path, old), path)
-            )
+            old = good[key]
+            keep, drop = (item, old) if _rank(rec) > _rank(old.record) else (old, item)
             good[key] = keep
             problems.append(
-                LoadProblem(drop, f"duplicates {keep[0]} (same run); kept the more complete one")
+                LoadProblem(
+                    drop.path, f"duplicates {keep.path} (same run); kept the more complete one"
+                )
             )
         else:
-            good[key] = (path, rec)
+            good[key] = item
     return list(good.values()), problems
 
 
-def _rank(rec: Mapping[str, Any]) -> tuple[int, str]:
-    done = sum(1 for e in rec["perturbations"].values() if e["status"] == "done")
-    return done, str(rec.get("updated", ""))
+def _rank(rec: Record) -> tuple[int, str]:
+    return len(rec.done()), rec.updated
 
 
-def _complete(rec: dict[str, Any]) -> None:
-    """An interrupted run has counts but no R yet: derive R from the counts (no baseline markers)."""
-    done = [e for e in rec["perturbations"].values() if e["status"] == "done"]
-    if any("R" not in e or "accuracy" not in e for e in done) or "mean_R" not in rec["summary"]:
-        finalize(rec, None, list(rec["perturbations"]))
-        rec["_notes"] = [
-            "this run did not finish: R was derived from its counts, without baseline markers"
-        ]
-
-
-def _order(items: list[tuple[Path, dict[str, Any]]]) -> list[tuple[Path, dict[str, Any]]]:
-    """Table order: dataset, then clean accuracy (best first), then name."""
-    return sorted(
-        items,
-        key=lambda it: (
-            it[1]["dataset"]["name"],
-            -it[1]["clean"]["accuracy"],
-            it[1]["model"]["id"],
-        ),
+def _complete(path: Path, rec: Record) -> LoadedResult:
+    """An interrupted run has counts but no R: derive R from the counts (no baseline markers)."""
+    if rec.summary is not None and all(e.scores is not None for e in rec.done().values()):
+        return LoadedResult(path, rec)
+    return LoadedResult(
+        path,
+        score_record(rec, None, list(rec.perturbations)),
+        ("this run did not finish: R was derived from its counts, without baseline markers",),
     )
 
 
-def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The wide table (Laugros et al. Table 1: model, Clean, 24 R columns, then run facts) and the long table."""
+def _order(items: list[LoadedResult]) -> list[LoadedResult]:
+    """Table order: dataset, then clean accuracy (best first), then name."""
+
+    def key(it: LoadedResult) -> tuple[str, float, str]:
+        clean = it.record.clean
+        return it.record.dataset.name, -(clean.accuracy if clean else 0.0), it.record.model.id
+
+    return sorted(items, key=key)
+
+
+def leaderboard_tables(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The wide table and the long table.
+
+    The wide one is Laugros et al.'s Table 1 (model, Clean, 24 R columns), then the run's facts.
+    """
     from robench.report.tables import masking_flags, safe_text
 
     wide = wide_table(records)
-    wide["dataset"] = [safe_text(r["dataset"]["name"]) for r in records]
-    wide["seed"] = [int(r["config"]["seed"]) for r in records]
-    wide["n_images"] = [int(r["dataset"]["n_images"]) for r in records]
+    wide["dataset"] = [safe_text(r.dataset.name) for r in records]
+    wide["seed"] = [int(r.config.seed) for r in records]
+    wide["n_images"] = [int(r.dataset.n_images) for r in records]
     for group, col in FAMILY_COLUMNS.items():
-        wide[col] = [r["summary"].get("mean_R", {}).get(group, np.nan) for r in records]
+        wide[col] = [_mean_r(r).get(group, np.nan) for r in records]
     wide["gradient_masking"] = [safe_text(masking_flags(r)) for r in records]
     long = long_table(records)
     if len(long):
@@ -266,8 +218,12 @@ def leaderboard_tables(records: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFra
     return wide.astype({c: float for c in FAMILY_COLUMNS.values()}), long
 
 
+def _mean_r(rec: Record) -> dict[str, float]:
+    return {} if rec.summary is None else dict(rec.summary.mean_R)
+
+
 def read_wide_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read the wide CSV back with the types it was written with (R cells stay text like ``0.83+``)."""
+    """Read the wide CSV back with the types it was written with (R cells stay text: ``0.83+``)."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     for c in ("seed", "n_images"):
         df[c] = df[c].astype(int)
@@ -301,7 +257,8 @@ def build_leaderboard(
         result_paths: folders searched recursively for ``*.json`` results, or result files.
         out: the site folder (index.html, models/, plots/, CSVs); never read as input.
         plots: write the PNG plots (heatmap, severity curves, clean vs mean R, per-model plots).
-        examples: write example images (the evaluated images under each corruption, and the gallery).
+        examples: write example images (the evaluated images under each corruption, and the
+            gallery).
         attack_examples: also craft adversarial examples, for results whose robench checkpoint is
             found with the hash the result states (zoo entries, or files at the recorded path).
 
@@ -318,30 +275,31 @@ def build_leaderboard(
         raise ValueError(
             f"no result files (*.json) under {', '.join(str(p) for p in result_paths)}"
         )
-    items, problems = load_results(files)
-    items = _order(items)
-    records = [rec for _, rec in items]
+    loaded, problems = load_results(files)
+    items = _order(loaded)
+    records = [it.record for it in items]
     pages = _site.page_names(records)
     files_written = _write_tables(records, out)
     if plots:
         files_written |= _write_site_plots(records, pages, out)
-    shots: dict[str, dict[str, Any]] = {}
+    shots: dict[str, dict[str, object]] = {}
     images: set[Path] = set()
     if examples:
         from robench.report.leaderboard.examples import ExampleWriter
 
         writer = ExampleWriter(out, attacks=attack_examples)
-        shots = {page: writer.tiles(rec, page) for rec, page in zip(records, pages)}
+        shots = {page: writer.tiles(rec, page) for rec, page in zip(records, pages, strict=True)}
         files_written |= writer.gallery(records)
         images = writer.written
     env = _site.environment()
-    for (path, rec), page in zip(items, pages):
+    for it, page in zip(items, pages, strict=True):
         html = _site.render_model(
             env,
-            rec,
+            it.record,
             page=page,
-            source=path,
-            source_sha256=sha256_file(path),
+            source=it.path,
+            source_sha256=sha256_file(it.path),
+            notes=it.notes,
             records=records,
             pages=pages,
             plots=files_written,
@@ -358,11 +316,11 @@ def build_leaderboard(
         ),
     )
     _prune(out, {index, *files_written.values(), *images})
-    return Leaderboard(out, index, records, [p for p, _ in items], problems, files_written)
+    return Leaderboard(out, index, records, [it.path for it in items], problems, files_written)
 
 
 def _prune(out: Path, written: set[Path]) -> None:
-    """Delete what the previous build wrote and this one did not (its manifest says what); nothing else."""
+    """Delete what the previous build wrote and this one did not (per its manifest); only that."""
     manifest = out / MANIFEST
     now = sorted(Path(os.path.relpath(p, out)).as_posix() for p in written)
     if manifest.is_file():
@@ -378,7 +336,7 @@ def _prune(out: Path, written: set[Path]) -> None:
     atomic_write_text(manifest, "\n".join(now) + "\n")
 
 
-def _write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Path]:
+def _write_tables(records: Sequence[Record], out: Path) -> dict[str, Path]:
     wide, long = leaderboard_tables(records)
     return {
         "wide_csv": atomic_write_text(out / "results.csv", wide.to_csv(index=False)),
@@ -387,7 +345,7 @@ def _write_tables(records: Sequence[Mapping[str, Any]], out: Path) -> dict[str, 
 
 
 def _write_site_plots(
-    records: Sequence[dict[str, Any]], pages: Sequence[str], out: Path
+    records: Sequence[Record], pages: Sequence[str], out: Path
 ) -> dict[str, Path]:
     from robench.report import Report
     from robench.report.leaderboard.plots import clean_vs_mean_r, r_heatmap
@@ -396,7 +354,7 @@ def _write_site_plots(
     labels = _site.labels(records)
     long = (
         pd.concat(
-            [long_table([r]).assign(model=lab) for r, lab in zip(records, labels)],
+            [long_table([r]).assign(model=lab) for r, lab in zip(records, labels, strict=True)],
             ignore_index=True,
         )
         if records
@@ -415,7 +373,7 @@ def _write_site_plots(
         written["severity_png"] = atomic_write_bytes(
             out / "plots" / "severity.png", figure_png(severity_curves(long))
         )
-    for rec, page in zip(records, pages):
+    for rec, page in zip(records, pages, strict=True):
         rep = Report(rec)
         own = _with_baseline_curves(rec, records)
         if (own["kind"] == "corruption").any():
@@ -430,9 +388,7 @@ def _write_site_plots(
     return written
 
 
-def _with_baseline_curves(
-    rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
-) -> pd.DataFrame:
+def _with_baseline_curves(rec: Record, records: Sequence[Record]) -> pd.DataFrame:
     """The model's long table, plus its baseline's curves when that result is on the board too."""
     own = long_table([rec])
     base = _site.find_baseline(rec, records)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,19 @@ from robench import perturbations as P
 from robench._io import atomic_write_bytes, first_line, safe_slug
 from robench.data import load_dataset
 from robench.evaluation.examples import CheckpointAdversary, ExampleUnavailable
-from robench.evaluation.record import correct_bits
+from robench.evaluation.record import PerturbationResult, Record
+from robench.perturbations._base import PERTURBATIONS
 from robench.report.figures import figure_png, gallery_figure
 from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS
 
-__all__ = ["ExampleWriter", "image_png"]
+__all__ = ["ExampleWriter", "SamplesUnavailable", "image_png"]
 
 log = logging.getLogger(__name__)
 _LOAD_ERRORS = (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
 
 def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
-    """PNG bytes of one C x H x W image in [0, 1], enlarged (nearest) to at least ``min_side`` px."""
+    """PNG bytes of one C x H x W image in [0, 1], enlarged (nearest) to ``min_side`` px or more."""
     arr = (
         (x.detach().cpu().float().clamp(0, 1) * 255)
         .round()
@@ -46,7 +47,7 @@ def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
     img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
     factor = max(1, -(-min_side // max(img.size)))
     if factor > 1:
-        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+        img = img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -54,6 +55,13 @@ def image_png(x: Tensor, *, min_side: int = 96) -> bytes:
 
 def _mark(bits: Any, pos: int) -> bool | None:
     return None if bits is None or pos >= len(bits) else bool(bits[pos])
+
+
+class SamplesUnavailable(Exception):
+    """The evaluated images of a result cannot be shown here; the message says why."""
+
+
+Samples = tuple[list[int], list[int], Tensor, Tensor, Tensor | None]
 
 
 class ExampleWriter:
@@ -70,19 +78,27 @@ class ExampleWriter:
 
     def __init__(self, out: Path, *, attacks: bool = True, n_images: int = 2) -> None:
         self.out, self.attacks, self.n_images = Path(out), attacks, n_images
-        self._data: dict[str, Any] = {}
+        self._data: dict[str, Any] = {}  # dataset name -> dataset, or why it cannot be loaded
         self._adversary = CheckpointAdversary() if attacks else None
         self.written: set[Path] = set()
 
     def _dataset(self, name: str) -> Any:
+        """The test split of dataset ``name`` (loaded once).
+
+        Raises:
+            SamplesUnavailable: it cannot be loaded here (remembered: tried once).
+        """
         if name not in self._data:
             try:
                 self._data[name] = load_dataset(name, "test")
             except _LOAD_ERRORS as exc:
-                self._data[name] = (
+                self._data[name] = SamplesUnavailable(
                     f"dataset {name!r} is not available here ({first_line(exc, 120)})"
                 )
-        return self._data[name]
+        got = self._data[name]
+        if isinstance(got, SamplesUnavailable):
+            raise got
+        return got
 
     def _write(self, rel: str, x: Tensor) -> str:
         path = self.out / rel
@@ -91,40 +107,43 @@ class ExampleWriter:
             self.written.add(path)
         return rel
 
-    def samples(
-        self, rec: Mapping[str, Any]
-    ) -> tuple[list[int], list[int], Tensor, Tensor, Tensor | None] | str:
-        """Positions in the run, dataset indices, images, labels and boxes; or why there are none."""
-        ds = self._dataset(rec["dataset"]["name"])
-        if isinstance(ds, str):
-            return ds
-        info = rec["dataset"]
-        if len(ds) != info["size"] or ds.info.image_size != info["image_size"]:
-            return f"the local copy of {info['name']!r} differs from the evaluated one (size or resolution)"
-        positions = list(range(min(self.n_images, int(info["n_images"]))))
-        indices = [int(info["indices"][p]) if info.get("indices") else p for p in positions]
+    def samples(self, rec: Record) -> Samples:
+        """Positions in the run, dataset indices, images, labels and boxes of the shown images.
+
+        Raises:
+            SamplesUnavailable: the evaluated images are not available here.
+        """
+        info = rec.dataset
+        ds = self._dataset(info.name)
+        if len(ds) != info.size or ds.info.image_size != info.image_size:
+            raise SamplesUnavailable(
+                f"the local copy of {info.name!r} differs from the evaluated one "
+                "(size or resolution)"
+            )
+        positions = list(range(min(self.n_images, int(info.n_images))))
+        indices = [int(info.indices[p]) if info.indices else p for p in positions]
         if any(i >= len(ds) for i in indices):
-            return "the recorded image indices are outside the dataset"
+            raise SamplesUnavailable("the recorded image indices are outside the dataset")
         idx = torch.tensor(indices)
         x, y = ds.get_batch(idx)
         boxes = None if ds.boxes is None else ds.boxes[idx]
         return positions, indices, x, y, boxes
 
-    def tiles(self, rec: Mapping[str, Any], page: str) -> dict[str, Any]:
+    def tiles(self, rec: Record, page: str) -> dict[str, Any]:
         """The example block of one model page: images, one tile per perturbation, notes."""
-        got = self.samples(rec)
-        if isinstance(got, str):
-            return {"images": [], "tiles": [], "notes": [got]}
-        positions, indices, x, y, boxes = got
-        ds = self._dataset(rec["dataset"]["name"])
+        try:
+            positions, indices, x, y, boxes = self.samples(rec)
+        except SamplesUnavailable as exc:
+            return {"images": [], "tiles": [], "notes": [str(exc)]}
+        ds = self._dataset(rec.dataset.name)
         classes = getattr(ds.info, "classes", None) or ()
         images = [
             {"index": i, "label": classes[int(c)] if int(c) < len(classes) else str(int(c))}
-            for i, c in zip(indices, y)
+            for i, c in zip(indices, y, strict=True)
         ]
-        seed, preset = int(rec["config"]["seed"]), rec["dataset"]["preset"]
-        folder = f"examples/{safe_slug(rec['dataset']['name'])}-s{seed}"
-        clean_bits = correct_bits(rec["clean"])
+        seed, preset = int(rec.config.seed), rec.dataset.preset
+        folder = f"examples/{safe_slug(rec.dataset.name)}-s{seed}"
+        clean_bits = None if rec.clean is None else rec.clean.bits()
         tiles = [
             {
                 "name": "clean",
@@ -136,16 +155,16 @@ class ExampleWriter:
                         "correct": _mark(clean_bits, p),
                         "trail": "",
                     }
-                    for k, (p, i) in enumerate(zip(positions, indices))
+                    for k, (p, i) in enumerate(zip(positions, indices, strict=True))
                 ],
             }
         ]
         notes: list[str] = []
         for name in _names(rec):
-            entry = rec["perturbations"][name]
-            if entry["status"] != "done":
+            entry = rec.perturbations[name]
+            if not entry.done:
                 continue
-            spec = P.PERTURBATIONS.get(name) if name in P.PERTURBATIONS else None
+            spec = PERTURBATIONS.get(name) if name in PERTURBATIONS else None
             if spec is None:
                 tiles.append(
                     _tile(
@@ -175,7 +194,7 @@ class ExampleWriter:
     def _corruption_tile(
         self,
         spec: Any,
-        entry: Mapping[str, Any],
+        entry: PerturbationResult,
         folder: str,
         positions: list[int],
         indices: list[int],
@@ -184,7 +203,7 @@ class ExampleWriter:
         seed: int,
         preset: str,
     ) -> dict[str, Any]:
-        sevs = {int(s.get("severity", j + 1)): s for j, s in enumerate(entry["severities"])}
+        sevs = {s.severity: s for s in entry.severities}
         s = 3 if 3 in sevs else sorted(sevs)[len(sevs) // 2]
         if spec.needs_boxes and boxes is None:
             return _tile(
@@ -204,8 +223,8 @@ class ExampleWriter:
     def _attack_tile(
         self,
         spec: Any,
-        entry: Mapping[str, Any],
-        rec: Mapping[str, Any],
+        entry: PerturbationResult,
+        rec: Record,
         page: str,
         positions: list[int],
         indices: list[int],
@@ -235,64 +254,60 @@ class ExampleWriter:
         ]
         return _tile(spec.name, entry, positions, srcs, "")
 
-    def gallery(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
-        """One PNG per dataset: every corruption the results used, at every severity, on the evaluated images."""
+    def gallery(self, records: Sequence[Record]) -> dict[str, Path]:
+        """One PNG per dataset: each corruption the results used, each severity, on its images."""
         written: dict[str, Path] = {}
         for rec in records:
-            name = rec["dataset"]["name"]
+            name = rec.dataset.name
             if f"gallery:{name}" in written:
                 continue
-            names = [
-                n for n in _names(rec) if n in P.PERTURBATIONS and P.get(n).kind == "corruption"
-            ]
-            got = self.samples(rec)
-            if not names or isinstance(got, str):
+            names = [n for n in _names(rec) if n in PERTURBATIONS and P.get(n).kind == "corruption"]
+            if not names:
                 continue
-            _, _, x, _, boxes = got
+            try:
+                _, _, x, _, boxes = self.samples(rec)
+            except SamplesUnavailable:
+                continue  # the model pages say why
             fig = gallery_figure(
                 x,
                 names=names,
-                preset=rec["dataset"]["preset"],
-                seed=int(rec["config"]["seed"]),
+                preset=rec.dataset.preset,
+                seed=int(rec.config.seed),
                 boxes=boxes,
-                title=f"corruptions on {len(x)} evaluated images, seed {rec['config']['seed']}",
+                title=f"corruptions on {len(x)} evaluated images, seed {rec.config.seed}",
             )
             path = self.out / "plots" / f"gallery-{safe_slug(name)}.png"
             written[f"gallery:{name}"] = atomic_write_bytes(path, figure_png(fig, dpi=90))
         return written
 
 
-def _names(rec: Mapping[str, Any]) -> list[str]:
-    names = [n for n in TABLE1_COLUMNS if n in rec["perturbations"]]
-    return names + [n for n in rec["perturbations"] if n not in names]
+def _names(rec: Record) -> list[str]:
+    names = [n for n in TABLE1_COLUMNS if n in rec.perturbations]
+    return names + [n for n in rec.perturbations if n not in names]
 
 
 def _tile(
     name: str,
-    entry: Mapping[str, Any],
+    entry: PerturbationResult,
     positions: list[int],
-    srcs: list[str | None],
+    srcs: Sequence[str | None],
     note: str,
     *,
     severity: int | None = None,
 ) -> dict[str, Any]:
-    """One perturbation's tile: images, whether the model got each right, and every severity's verdict."""
-    sevs = entry["severities"]
-    chosen = (
-        next((s for s in sevs if s.get("severity") == severity), sevs[0]) if severity else sevs[0]
-    )
-    bits = [correct_bits(s) for s in sevs]
+    """One perturbation's tile: images, whether the model got each right, per severity too."""
+    sevs = entry.severities
+    chosen = next((s for s in sevs if s.severity == severity), sevs[0]) if severity else sevs[0]
+    bits = [s.bits() for s in sevs]
+    chosen_bits = chosen.bits()
     cells = []
-    for p, src in zip(positions, srcs):
+    for p, src in zip(positions, srcs, strict=True):
         trail = (
             "".join("\u2713" if _mark(b, p) else "\u2717" for b in bits) if len(bits) > 1 else ""
         )
-        cells.append({"src": src, "correct": _mark(correct_bits(chosen), p), "trail": trail})
-    caption = (
-        f"severity {severity}: {chosen.get('parameter', '')}"
-        if severity
-        else str(chosen.get("parameter", ""))
-    )
+        cells.append({"src": src, "correct": _mark(chosen_bits, p), "trail": trail})
+    parameter = chosen.parameter or ""
+    caption = f"severity {severity}: {parameter}" if severity else parameter
     return {
         "name": name,
         "short": SHORT_NAMES.get(name, name),

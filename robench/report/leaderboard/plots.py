@@ -5,8 +5,7 @@ Plain matplotlib (Agg): seaborn would add nothing here and costs seconds to impo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from robench.evaluation.record import Record  # noqa: E402
 from robench.report.plots import _LITERAL_TEXT  # noqa: E402  (names are untrusted text: never parsed as $math$)
 from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS  # noqa: E402
 
@@ -29,30 +29,30 @@ GROUP_TITLES = {
 GROUP_COLOURS = {"corruption": "#4c72b0", "white-box": "#c44e52", "transfer": "#dd8452"}
 
 
-def r_matrix(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
+def _r(rec: Record, name: str) -> float:
+    e = rec.perturbations.get(name)
+    s = None if e is None or not e.done else e.scores
+    return np.nan if s is None or s.R is None else s.R
+
+
+def _clean_accuracy(rec: Record) -> float:
+    return np.nan if rec.clean is None else rec.clean.accuracy
+
+
+def r_matrix(records: Sequence[Record], labels: Sequence[str]) -> pd.DataFrame:
     """Models x perturbations (Table 1 order, then extras) of R; NaN where not evaluated."""
-    cols = [c for c in TABLE1_COLUMNS if any(c in r["perturbations"] for r in records)]
-    cols += list(dict.fromkeys(n for r in records for n in r["perturbations"] if n not in cols))
-    rows = []
-    for r in records:
-        ents = r["perturbations"]
-        rows.append(
-            [
-                ents[c]["R"]
-                if c in ents and ents[c]["status"] == "done" and ents[c].get("R") is not None
-                else np.nan
-                for c in cols
-            ]
-        )
+    cols = [c for c in TABLE1_COLUMNS if any(c in r.perturbations for r in records)]
+    cols += list(dict.fromkeys(n for r in records for n in r.perturbations if n not in cols))
+    rows = [[_r(r, c) for c in cols] for r in records]
     return pd.DataFrame(rows, index=list(labels), columns=cols, dtype=float)
 
 
 @_LITERAL_TEXT
-def r_heatmap(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Figure:
-    """Heatmap of R (models x perturbations), the clean accuracy as the first column, values written in."""
+def r_heatmap(records: Sequence[Record], labels: Sequence[str]) -> Figure:
+    """Heatmap of R (models x perturbations), clean accuracy first, values written in the cells."""
     mat = r_matrix(records, labels)
     mat = mat.loc[:, mat.notna().any()]  # a column nobody has a score for says nothing
-    mat.insert(0, "Clean acc.", [r["clean"]["accuracy"] for r in records])
+    mat.insert(0, "Clean acc.", [_clean_accuracy(r) for r in records])
     vals = np.ma.masked_invalid(mat.to_numpy(dtype=float))
     w = max(6.0, 0.5 * mat.shape[1] + 0.085 * max((len(s) for s in mat.index), default=8) + 2.2)
     fig, ax = plt.subplots(figsize=(w, max(2.4, 0.4 * len(mat) + 1.7)))
@@ -92,17 +92,17 @@ def r_heatmap(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Fi
 
 
 @_LITERAL_TEXT
-def clean_vs_mean_r(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> Figure:
+def clean_vs_mean_r(records: Sequence[Record], labels: Sequence[str]) -> Figure:
     """Clean accuracy (x) against mean R (y), one panel per family group: R alone hides A_clean."""
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), sharex=True, sharey=True)
     top = 1.1
-    chance = sorted({1.0 / max(int(r["dataset"]["num_classes"]), 1) for r in records})
-    for ax, (group, title) in zip(axes, GROUP_TITLES.items()):
+    chance = sorted({1.0 / max(int(r.dataset.num_classes), 1) for r in records})
+    for ax, (group, title) in zip(axes, GROUP_TITLES.items(), strict=True):
         pts = [
-            (r["clean"]["accuracy"], r["summary"].get("mean_R", {}).get(group), lab)
-            for r, lab in zip(records, labels)
+            (_clean_accuracy(r), r.summary.mean_R[group], lab)
+            for r, lab in zip(records, labels, strict=True)
+            if r.summary is not None and group in r.summary.mean_R
         ]
-        pts = [p for p in pts if p[1] is not None]
         ax.set_title(f"{title} ({len(pts)} model{'' if len(pts) == 1 else 's'})", fontsize=10)
         ax.grid(alpha=0.3)
         for c in chance:

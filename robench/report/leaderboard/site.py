@@ -1,4 +1,4 @@
-"""View models and HTML rendering of the leaderboard site (jinja2 with autoescape on every template).
+"""View models and HTML rendering of the leaderboard site (jinja2, autoescape on every template).
 
 Numbers are formatted here; the templates only loop. No value from a result file ever reaches the
 page unescaped, a URL, or a file name (pages are named by :func:`page_names`, a sanitised slug).
@@ -21,6 +21,8 @@ from matplotlib.colors import to_hex
 from robench import perturbations as P
 from robench._io import safe_slug
 from robench._version import __version__
+from robench.evaluation.record import PerturbationResult, Record
+from robench.perturbations._base import PERTURBATIONS
 from robench.report.leaderboard.plots import GROUP_TITLES
 from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS, masking_flags
 from robench.scores import FAMILY_GROUPS
@@ -39,47 +41,39 @@ def environment() -> Environment:
     )
 
 
-def page_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def page_names(records: Sequence[Record]) -> list[str]:
     """A distinct, file-name-safe page name per record (slug of the model and dataset + a hash)."""
     names = []
     for r in records:
-        ident = json.dumps([r["model"]["id"], r["run_key"]], sort_keys=True)
-        names.append(
-            safe_slug(f"{r['model']['id']} {r['dataset']['name']}") + "-" + safe_slug(ident)[-8:]
-        )
+        ident = json.dumps([r.model.id, r.run_key.to_dict()], sort_keys=True)
+        names.append(safe_slug(f"{r.model.id} {r.dataset.name}") + "-" + safe_slug(ident)[-8:])
     return names
 
 
-def labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def labels(records: Sequence[Record]) -> list[str]:
     """Display labels, distinct: the model name, plus the dataset / seed when they are needed."""
-    many_ds = len({r["dataset"]["name"] for r in records}) > 1
-    out = [
-        f"{r['model']['id']} [{r['dataset']['name']}]" if many_ds else str(r["model"]["id"])
-        for r in records
-    ]
+    many_ds = len({r.dataset.name for r in records}) > 1
+    out = [f"{r.model.id} [{r.dataset.name}]" if many_ds else r.model.id for r in records]
     seen: dict[str, int] = {}
     for i, lab in enumerate(out):
         seen[lab] = seen.get(lab, 0) + 1
         if seen[lab] > 1:
-            out[i] = (
-                f"{lab} (seed {records[i]['config']['seed']}, n={records[i]['dataset']['n_images']}, #{seen[lab]})"
-            )
+            r = records[i]
+            out[i] = f"{lab} (seed {r.config.seed}, n={r.dataset.n_images}, #{seen[lab]})"
     return out
 
 
-def find_baseline(
-    rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
-) -> Mapping[str, Any] | None:
+def find_baseline(rec: Record, records: Sequence[Record]) -> Record | None:
     """The baseline's own result on the same images, when it is on the board."""
-    base = rec.get("baseline") or {}
+    base = rec.baseline
+    if base is None or not base.sha256:
+        return None
+    key = (rec.run_key.dataset, rec.run_key.seed, rec.run_key.n_images)
     for other in records:
         if (
             other is not rec
-            and base.get("sha256")
-            and other["model"]["sha256"] == base["sha256"]
-            and other["run_key"]["dataset"] == rec["run_key"]["dataset"]
-            and other["run_key"]["seed"] == rec["run_key"]["seed"]
-            and other["run_key"]["n_images"] == rec["run_key"]["n_images"]
+            and other.model.sha256 == base.sha256
+            and (other.run_key.dataset, other.run_key.seed, other.run_key.n_images) == key
         ):
             return other
     return None
@@ -95,20 +89,18 @@ def bucket_colours() -> list[str]:
     return out
 
 
-def _group(name: str, records: Sequence[Mapping[str, Any]]) -> str:
-    if name in P.PERTURBATIONS:
+def _group(name: str, records: Sequence[Record]) -> str:
+    if name in PERTURBATIONS:
         fam = P.get(name).family
     else:
-        fam = next(
-            (r["perturbations"][name]["family"] for r in records if name in r["perturbations"]), ""
-        )
+        fam = next((r.perturbations[name].family for r in records if name in r.perturbations), "")
     return FAMILY_GROUPS.get(fam, "other")
 
 
-def columns(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+def columns(records: Sequence[Record]) -> list[dict[str, str]]:
     """The 24 Table 1 columns in order, then any other perturbation a result has."""
     names = list(TABLE1_COLUMNS)
-    names += list(dict.fromkeys(n for r in records for n in r["perturbations"] if n not in names))
+    names += list(dict.fromkeys(n for r in records for n in r.perturbations if n not in names))
     return [
         {
             "key": n,
@@ -123,83 +115,85 @@ def _f(v: Any, fmt: str = ".3f") -> str:
     return "n/a" if v is None or not math.isfinite(float(v)) else format(float(v), fmt)
 
 
-def r_cell(entry: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One R cell of the index table: text, marker, significance, colour bucket, sort key, tooltip."""
+def r_cell(entry: PerturbationResult | None) -> dict[str, Any]:
+    """One R cell of the index: text, marker, significance, colour bucket, sort key, tooltip."""
     if entry is None:
         return {"text": "", "cls": "na", "sort": "", "title": "not evaluated"}
-    if entry["status"] != "done":
+    if not entry.done:
         return {
             "text": "skip",
             "cls": "na",
             "sort": "",
-            "title": f"skipped: {entry.get('reason', '')}",
+            "title": f"skipped: {entry.reason or ''}",
         }
-    r = entry.get("R")
-    if r is None:
+    s = entry.scores
+    r = None if s is None else s.R
+    if s is None or r is None:
         return {"text": "n/a", "cls": "na", "sort": "", "title": "R undefined: clean accuracy is 0"}
-    parts = [f"R = {r:.3f}", f"accuracy {_f(entry.get('accuracy'))}"]
-    if entry.get("baseline_R") is not None:
-        parts.append(f"baseline R {entry['baseline_R']:.3f}")
-    if entry.get("p_value") is not None:
-        parts.append(
-            f"McNemar p = {entry['p_value']:.3g}"
-            + (" (significant)" if entry.get("significant") else "")
-        )
+    parts = [f"R = {r:.3f}", f"accuracy {_f(s.accuracy)}"]
+    if s.baseline_R is not None:
+        parts.append(f"baseline R {s.baseline_R:.3f}")
+    if s.p_value is not None:
+        parts.append(f"McNemar p = {s.p_value:.3g}" + (" (significant)" if s.significant else ""))
     return {
         "text": f"{r:.2f}",
-        "marker": entry.get("marker") or "",
-        "sig": entry.get("significant") is True,
+        "marker": s.marker,
+        "sig": s.significant is True,
         "cls": f"b{min(_N_BUCKETS - 1, max(0, int(r * 10)))}",
         "sort": f"{r:.6f}",
         "title": "; ".join(parts),
     }
 
 
-def clean_cell(rec: Mapping[str, Any]) -> dict[str, Any]:
+def clean_cell(rec: Record) -> dict[str, Any]:
     """The clean-accuracy cell: value, marker vs the baseline, interval in the tooltip."""
-    c = rec["clean"]
-    lo, hi = c["ci95"]
-    title = f"clean accuracy {c['accuracy']:.3f} ({c['n_correct']} of {c['n']}; 95% interval {lo:.3f}-{hi:.3f})"
-    if c.get("baseline_accuracy") is not None:
-        title += f"; baseline {c['baseline_accuracy']:.3f}"
-    if c.get("p_value") is not None:
-        title += f"; McNemar p = {c['p_value']:.3g}"
-    sig = c.get("p_value") is not None and c["p_value"] < 0.05
-    near_chance = c["accuracy"] < 2.0 / max(int(rec["dataset"]["num_classes"]), 1)
+    c = rec.clean
+    if c is None:
+        raise ValueError(f"the record of {rec.model.id!r} has no clean accuracy yet")
+    lo, hi = c.ci95
+    title = (
+        f"clean accuracy {c.accuracy:.3f} ({c.n_correct} of {c.n}; 95% interval {lo:.3f}-{hi:.3f})"
+    )
+    p = None if c.comparison is None else c.comparison.p_value
+    if c.comparison is not None:
+        title += f"; baseline {c.comparison.baseline_accuracy:.3f}"
+    if p is not None:
+        title += f"; McNemar p = {p:.3g}"
+    near_chance = c.accuracy < 2.0 / max(int(rec.dataset.num_classes), 1)
     if near_chance:
         title += (
             "; below twice chance level: a model that guesses keeps R near 1, so R says little here"
         )
     return {
-        "text": f"{c['accuracy']:.2f}",
-        "marker": c.get("marker") or "",
-        "sig": sig,
-        "sort": f"{c['accuracy']:.6f}",
+        "text": f"{c.accuracy:.2f}",
+        "marker": c.marker,
+        "sig": p is not None and p < 0.05,
+        "sort": f"{c.accuracy:.6f}",
         "title": title,
         "ci": f"{lo:.2f}-{hi:.2f}",
         "near_chance": near_chance,
     }
 
 
-def model_facts(rec: Mapping[str, Any]) -> dict[str, str]:
+def model_facts(rec: Record) -> dict[str, str]:
     """Architecture and defense for the filters (from the checkpoint meta or model card)."""
-    meta, card = rec["model"].get("meta") or {}, rec["model"].get("card") or {}
+    meta, card = rec.model.meta or {}, rec.model.card or {}
     arch = meta.get("arch") or card.get("arch") or "unknown"
     defense = card.get("defense") or meta.get("defense") or "unknown"
     return {"arch": str(arch), "defense": str(defense)}
 
 
-def masking_view(rec: Mapping[str, Any]) -> dict[str, Any]:
+def masking_view(rec: Record) -> dict[str, Any]:
     """Gradient-masking status: ``flagged`` (with reasons), ``passed``, or ``not run``."""
-    checks = rec.get("gradient_masking") or []
-    failed = [c for c in checks if c.get("passed") is False]
-    ran = [c for c in checks if c.get("passed") is not None]
+    checks = rec.gradient_masking or ()
+    failed = [c for c in checks if c.passed is False]
+    ran = [c for c in checks if c.passed is not None]
     status = "flagged" if failed else "passed" if ran else "not run"
     rows = [
         {
-            "name": str(c.get("name", "")),
-            "result": {True: "passed", False: "FLAGGED", None: "not run"}[c.get("passed")],
-            "detail": str(c.get("detail", "")),
+            "name": c.name,
+            "result": {True: "passed", False: "FLAGGED", None: "not run"}[c.passed],
+            "detail": c.detail,
         }
         for c in checks
     ]
@@ -213,23 +207,27 @@ def masking_view(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def index_rows(records: Sequence[Mapping[str, Any]], pages: Sequence[str]) -> list[dict[str, Any]]:
+def _mean_r(rec: Record) -> Mapping[str, float]:
+    return {} if rec.summary is None else rec.summary.mean_R
+
+
+def index_rows(records: Sequence[Record], pages: Sequence[str]) -> list[dict[str, Any]]:
     """One row per result for the index table."""
     cols = columns(records)
     out = []
-    for rec, page, lab in zip(records, pages, labels(records)):
-        fam = rec["summary"].get("mean_R", {})
+    for rec, page, lab in zip(records, pages, labels(records), strict=True):
+        fam = _mean_r(rec)
         out.append(
             {
                 "page": page,
                 "label": lab,
-                "model": rec["model"]["id"],
-                "dataset": rec["dataset"]["name"],
-                "n_images": rec["dataset"]["n_images"],
-                "seed": rec["config"]["seed"],
-                "baseline": (rec.get("baseline") or {}).get("id"),
+                "model": rec.model.id,
+                "dataset": rec.dataset.name,
+                "n_images": rec.dataset.n_images,
+                "seed": rec.config.seed,
+                "baseline": None if rec.baseline is None else rec.baseline.id,
                 "clean": clean_cell(rec),
-                "cells": [r_cell(rec["perturbations"].get(c["key"])) for c in cols],
+                "cells": [r_cell(rec.perturbations.get(c["key"])) for c in cols],
                 "fam": [
                     {
                         "text": _f(fam.get(g), ".2f") if g in fam else "",
@@ -254,7 +252,7 @@ def _rel(path: Path | None, start: Path) -> str | None:
 
 def render_index(
     env: Environment,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Record],
     *,
     pages: Sequence[str],
     problems: Sequence[Any],
@@ -290,38 +288,34 @@ def render_index(
     )
 
 
-def _pert_rows(
-    rec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+def _pert_rows(rec: Record, records: Sequence[Record]) -> list[dict[str, Any]]:
     rows = []
     for c in columns(records):
-        e = rec["perturbations"].get(c["key"])
+        e = rec.perturbations.get(c["key"])
         if e is None:
             continue
-        sevs = e.get("severities") or []
+        sevs, s = e.severities, e.scores
         rows.append(
             {
                 "name": c["key"],
                 "group": c["group"],
-                "family": e["family"],
-                "status": e["status"],
-                "reason": e.get("reason", ""),
+                "family": e.family,
+                "status": e.status,
+                "reason": e.reason or "",
                 "cell": r_cell(e),
                 "sev": [
                     {
-                        "text": f"{s['accuracy']:.3f}",
-                        "title": f"{s.get('parameter', '')}; {s['n_correct']} of {s['n']}; "
-                        f"95% interval {s['ci95'][0]:.3f}-{s['ci95'][1]:.3f}",
+                        "text": f"{v.accuracy:.3f}",
+                        "title": f"{v.parameter or ''}; {v.n_correct} of {v.n}; "
+                        f"95% interval {v.ci95[0]:.3f}-{v.ci95[1]:.3f}",
                     }
-                    for s in sevs
+                    for v in sevs
                 ],
-                "params": "; ".join(str(s.get("parameter", "")) for s in sevs[:1])
-                if len(sevs) == 1
-                else "",
-                "accuracy": _f(e.get("accuracy")),
-                "baseline_R": _f(e.get("baseline_R")),
-                "p": "" if e.get("p_value") is None else f"{e['p_value']:.3g}",
-                "seconds": e.get("seconds"),
+                "params": (sevs[0].parameter or "") if len(sevs) == 1 else "",
+                "accuracy": _f(None if s is None else s.accuracy),
+                "baseline_R": _f(None if s is None else s.baseline_R),
+                "p": "" if s is None or s.p_value is None else f"{s.p_value:.3g}",
+                "seconds": e.seconds,
             }
         )
     return rows
@@ -337,97 +331,90 @@ def _flat(d: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     ]
 
 
-def eval_command(rec: Mapping[str, Any]) -> str:
+def eval_command(rec: Record) -> str:
     """The ``robench evaluate`` command equivalent to the recorded configuration."""
-    cfg = rec["config"]
+    cfg = rec.config
     parts = [
         "robench",
         "evaluate",
-        str(rec["model"]["source"]),
+        rec.model.source,
         "--dataset",
-        str(rec["dataset"]["name"]),
+        rec.dataset.name,
         "--suite",
-        str(cfg.get("suite", "")),
+        str(cfg.suite),
         "--seed",
-        str(cfg.get("seed", "")),
+        str(cfg.seed),
     ]
-    if rec["dataset"].get("indices") is None:
+    if rec.dataset.indices is None:
         parts.append("--all-images")
     else:
-        parts += ["--n-images", str(rec["dataset"]["n_images"])]
-    suite = set(P.suites().get(str(cfg.get("suite")), ()))
-    done = [n for n in rec["perturbations"]]
+        parts += ["--n-images", str(rec.dataset.n_images)]
+    suite = set(P.suites().get(str(cfg.suite), ()))
+    done = list(rec.perturbations)
     if set(done) != suite:
         for n in done:
             parts += ["-p", n]
-    base = rec.get("baseline")
-    parts += ["--baseline", str(base["source"]) if base else "none"]
-    if cfg.get("surrogate") not in (None, "auto"):
-        parts += ["--surrogate", str(cfg["surrogate"])]
+    parts += ["--baseline", rec.baseline.source if rec.baseline else "none"]
+    if cfg.surrogate not in (None, "auto"):
+        parts += ["--surrogate", str(cfg.surrogate)]
     return shlex.join(parts)
 
 
-def provenance(rec: Mapping[str, Any], source: Path, source_sha256: str) -> list[tuple[str, str]]:
+def provenance(rec: Record, source: Path, source_sha256: str) -> list[tuple[str, str]]:
     """Everything needed to trace and rerun the result."""
-    m, cfg, card = rec["model"], rec["config"], rec["model"].get("card") or {}
-    meta = m.get("meta") or {}
+    m, cfg, ds = rec.model, rec.config, rec.dataset
+    meta, card = m.meta or {}, m.card or {}
     rows = [
-        ("checkpoint sha256", str(m.get("sha256"))),
-        ("model source", str(m["source"])),
-        ("model format", str(m["kind"])),
-        ("robench version (evaluation)", str(rec["robench_version"])),
+        ("checkpoint sha256", str(m.sha256)),
+        ("model source", m.source),
+        ("model format", m.kind),
+        ("robench version (evaluation)", rec.robench_version),
         (
             "robench version (training)",
             str(meta.get("robench_version") or card.get("robench_version") or "unknown"),
         ),
-        ("evaluation seed", str(cfg.get("seed"))),
-        ("image subset seed", str(rec["dataset"].get("indices_seed"))),
-        (
-            "images",
-            f"{rec['dataset']['n_images']} of {rec['dataset']['size']} ({rec['dataset']['name']} test split)",
-        ),
+        ("evaluation seed", str(cfg.seed)),
+        ("image subset seed", str(ds.indices_seed)),
+        ("images", f"{ds.n_images} of {ds.size} ({ds.name} test split)"),
         ("training command", str(card.get("command") or "not recorded")),
         (
             "evaluation command (equivalent)",
             eval_command(rec)
-            if m["kind"] != "python"
+            if m.kind != "python"
             else "none: the model was passed to robench.evaluate as a Python object",
         ),
         ("result file", f"{source.name} (sha256 {source_sha256})"),
-        ("created / updated", f"{rec['created']} / {rec['updated']}"),
+        ("created / updated", f"{rec.created} / {rec.updated}"),
     ]
-    return rows + [(f"environment: {k}", v) for k, v in _flat(rec["environment"])]
+    return rows + [(f"environment: {k}", v) for k, v in _flat(rec.environment.to_dict())]
 
 
 def render_model(
     env: Environment,
-    rec: Mapping[str, Any],
+    rec: Record,
     *,
     page: str,
     source: Path,
     source_sha256: str,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[Record],
     pages: Sequence[str],
     plots: Mapping[str, Path],
     examples: Mapping[str, Any] | None,
+    notes: Sequence[str] = (),
 ) -> str:
     """One model's page: key numbers, plots, full results, examples, model card, provenance."""
     base = find_baseline(rec, records)
-    s = rec["summary"]
+    s = rec.summary
+    mean_r = _mean_r(rec)
     fam = [
-        {
-            "title": t,
-            "value": _f(s.get("mean_R", {}).get(g), ".3f")
-            if g in s.get("mean_R", {})
-            else "not evaluated",
-        }
+        {"title": t, "value": _f(mean_r[g], ".3f") if g in mean_r else "not evaluated"}
         for g, t in GROUP_TITLES.items()
     ]
+    vs_base = None if s is None else s.vs_baseline
     figs = [
         (
             f"{page}:R",
-            "R per perturbation"
-            + (" against the baseline (black ticks)" if rec.get("baseline") else ""),
+            "R per perturbation" + (" against the baseline (black ticks)" if rec.baseline else ""),
         ),
         (
             f"{page}:severity",
@@ -440,9 +427,11 @@ def render_model(
         clean=clean_cell(rec),
         families=fam,
         mce={
-            "vs baseline": _f(s.get("mce_vs_baseline")),
-            "relative, vs baseline": _f(s.get("relative_mce_vs_baseline")),
-            "vs AlexNet (ImageNet only)": _f(s.get("mce_vs_alexnet")),
+            "vs baseline": _f(None if vs_base is None else vs_base.mce_vs_baseline),
+            "relative, vs baseline": _f(
+                None if vs_base is None else vs_base.relative_mce_vs_baseline
+            ),
+            "vs AlexNet (ImageNet only)": _f(None if s is None else s.mce_vs_alexnet),
         },
         masking=masking_view(rec),
         perts=_pert_rows(rec, records),
@@ -452,11 +441,11 @@ def render_model(
             if k in plots
         ],
         examples=examples,
-        card=_flat(rec["model"].get("card")),
-        meta=_flat(rec["model"].get("meta")),
+        card=_flat(rec.model.card),
+        meta=_flat(rec.model.meta),
         provenance=provenance(rec, source, source_sha256),
         baseline_page=pages[list(records).index(base)] if base is not None else None,
-        notes=rec.get("_notes", []),
+        notes=list(notes),
         version=__version__,
         bucket_colours=bucket_colours(),
         **model_facts(rec),
@@ -464,13 +453,13 @@ def render_model(
 
 
 def render_gallery(
-    env: Environment, records: Sequence[Mapping[str, Any]], *, plots: Mapping[str, Path]
+    env: Environment, records: Sequence[Record], *, plots: Mapping[str, Path]
 ) -> str:
-    """The perturbation gallery: every perturbation's description and parameters, and the image grids."""
-    presets = sorted({r["dataset"]["preset"] for r in records}) or ["cifar"]
+    """The perturbation gallery: each perturbation's description and parameters, and image grids."""
+    presets = sorted({r.dataset.preset for r in records}) or ["cifar"]
     rows = []
     for name in columns(records):
-        spec = P.get(name["key"]) if name["key"] in P.PERTURBATIONS else None
+        spec = P.get(name["key"]) if name["key"] in PERTURBATIONS else None
         if spec is None:
             continue
         rows.append(

@@ -1,0 +1,252 @@
+"""The per-perturbation parts of a result record: accuracy counts, severities and scores.
+
+Frozen dataclasses that mirror the JSON objects of ``robench/schemas/result.schema.json`` (see
+:mod:`robench.evaluation.record` for the whole record), with the helpers that write them as JSON:
+a field's metadata says whether its key is left out when empty (``OMIT``) or whether a nested
+dataclass's keys are written into the parent object (``FLATTEN``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from robench.scores import pack_bits, unpack_bits, wilson_interval
+
+__all__ = [
+    "FLATTEN",
+    "OMIT",
+    "Accuracy",
+    "CleanComparison",
+    "CleanResult",
+    "JsonSection",
+    "Kind",
+    "Marker",
+    "PerturbationResult",
+    "Scores",
+    "SeverityResult",
+    "Status",
+    "SurrogateRef",
+    "dump",
+    "plain",
+]
+
+Kind = Literal["corruption", "attack"]
+Status = Literal["done", "skipped"]
+Marker = Literal["+", "-", ""]
+
+# How a field reaches the JSON (dataclass field metadata): ``omit`` leaves the key out when the
+# value is None or empty, ``flatten`` writes a nested dataclass's keys into the parent object.
+OMIT: Mapping[str, bool] = {"omit": True}
+FLATTEN: Mapping[str, bool] = {"flatten": True}
+
+
+def _json(value: Any) -> Any:
+    """Plain JSON values: dataclasses as objects, tuples as lists, NaN/Inf (undefined) as null."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return dump(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+def dump(obj: Any) -> dict[str, Any]:
+    """The JSON object of a record dataclass, keys in field order, ``OMIT``/``FLATTEN`` applied."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("flatten"):
+            out.update({} if value is None else dump(value))
+        elif not (f.metadata.get("omit") and (value is None or value == ())):
+            out[f.name] = _json(value)
+    return out
+
+
+def plain(cls: Any, data: Mapping[str, Any]) -> Any:
+    """A dataclass of plain JSON fields (lists become tuples, absent keys default)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+class JsonSection:
+    """``to_dict`` for the record's dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, keys in the file's order."""
+        return dump(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accuracy(JsonSection):
+    """Counts, accuracy, 95 % interval and packed per-image correctness of one evaluation."""
+
+    n: int
+    n_correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    correct: str
+
+    @staticmethod
+    def counts(correct: np.ndarray) -> dict[str, Any]:
+        """The fields of an :class:`Accuracy` for per-image correctness ``correct``."""
+        n, k = int(correct.shape[0]), int(correct.sum())
+        return {
+            "n": n,
+            "n_correct": k,
+            "accuracy": k / n if n else float("nan"),
+            "ci95": wilson_interval(k, n),
+            "correct": pack_bits(correct),
+        }
+
+    def bits(self) -> np.ndarray:
+        """Per-image correctness, in the order of the run's images."""
+        return unpack_bits(self.correct, self.n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeverityResult(Accuracy):
+    """Accuracy at one severity (an attack has one 'severity') and its parameters in words."""
+
+    severity: int
+    parameter: str | None = field(default=None, metadata=OMIT)
+
+    @classmethod
+    def of(cls, correct: np.ndarray, severity: int, parameter: str | None) -> SeverityResult:
+        """The result of per-image correctness ``correct`` at ``severity``."""
+        return cls(**cls.counts(correct), severity=severity, parameter=parameter)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SeverityResult:
+        """From its JSON object (validated)."""
+        return plain(cls, data)  # type: ignore[no-any-return]  # _plain builds cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanComparison(JsonSection):
+    """Clean accuracy against the baseline's: its value, the marker and McNemar's p-value."""
+
+    baseline_accuracy: float
+    marker: Marker
+    p_value: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanResult(Accuracy):
+    """Clean accuracy, with the comparison to the baseline's once scored against one."""
+
+    comparison: CleanComparison | None = field(default=None, metadata=FLATTEN)
+
+    @classmethod
+    def of(cls, correct: np.ndarray) -> CleanResult:
+        """The clean result of per-image correctness ``correct``."""
+        return cls(**cls.counts(correct))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CleanResult:
+        """From its JSON object (validated)."""
+        base = data.get("baseline_accuracy")
+        comparison = (
+            None
+            if base is None
+            else CleanComparison(
+                baseline_accuracy=base,
+                marker=data.get("marker", ""),
+                p_value=data.get("p_value"),
+            )
+        )
+        counts = {f.name: data[f.name] for f in fields(Accuracy)}
+        return cls(**counts | {"ci95": tuple(data["ci95"])}, comparison=comparison)
+
+    @property
+    def marker(self) -> str:
+        """``+``/``-`` against the baseline's clean accuracy; ``""`` without a baseline."""
+        return "" if self.comparison is None else self.comparison.marker
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scores(JsonSection):
+    """A perturbation's mean accuracy, R, and its comparison with the baseline's R.
+
+    ``R`` is None when the clean accuracy is 0; ``marker`` is ``""``, and ``baseline_R``,
+    ``p_value`` and ``significant`` None, without a baseline (or without its images' bits).
+    """
+
+    accuracy: float
+    R: float | None
+    baseline_R: float | None
+    marker: Marker
+    p_value: float | None
+    significant: bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurrogateRef(JsonSection):
+    """The model that crafted a transfer attack's adversarials."""
+
+    id: str
+    source: str
+    sha256: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerturbationResult(JsonSection):
+    """One perturbation of the run: what it is, its severities, and (once scored) its R."""
+
+    kind: Kind
+    family: str
+    mode: str | None = field(default=None, metadata=OMIT)
+    params: Mapping[str, Any] | None = field(default=None, metadata=OMIT)
+    surrogate: SurrogateRef | None = field(default=None, metadata=OMIT)
+    severities: tuple[SeverityResult, ...] = field(default=(), metadata=OMIT)
+    status: Status
+    reason: str | None = field(default=None, metadata=OMIT)
+    seconds: float | None = field(default=None, metadata=OMIT)
+    scores: Scores | None = field(default=None, metadata=FLATTEN)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PerturbationResult:
+        """From its JSON object (validated); unscored when ``accuracy`` or ``R`` is missing."""
+        scores = None
+        if "accuracy" in data and "R" in data:
+            scores = Scores(
+                accuracy=data["accuracy"],
+                R=data["R"],
+                baseline_R=data.get("baseline_R"),
+                marker=data.get("marker", ""),
+                p_value=data.get("p_value"),
+                significant=data.get("significant"),
+            )
+        sur = data.get("surrogate")
+        return cls(
+            kind=data["kind"],
+            family=data["family"],
+            mode=data.get("mode"),
+            params=data.get("params"),
+            surrogate=None if sur is None else plain(SurrogateRef, sur),
+            severities=tuple(SeverityResult.from_dict(s) for s in data.get("severities", ())),
+            status=data["status"],
+            reason=data.get("reason"),
+            seconds=data.get("seconds"),
+            scores=scores,
+        )
+
+    @property
+    def done(self) -> bool:
+        """Whether it was computed (not skipped)."""
+        return self.status == "done"
+
+    def complete(self, severities: Sequence[int]) -> bool:
+        """Done, at exactly these severity levels (a resumed run recomputes it otherwise)."""
+        return self.done and [s.severity for s in self.severities] == list(severities)
+
+    def bits(self) -> np.ndarray:
+        """Per-image correctness of every severity, one after the other."""
+        return np.concatenate([s.bits() for s in self.severities])
