@@ -1,4 +1,4 @@
-"""Running the benchmark's 5 attacks through Foolbox 3, seeded, on [0, 1] images.
+"""Running the benchmark's attacks (Foolbox 3, bounded C&W, AutoAttack), seeded, on [0, 1] images.
 
 Every model robench builds normalises inside, so Foolbox sees ``bounds=(0, 1)`` and epsilons are in
 pixel units. Each call:
@@ -11,6 +11,9 @@ pixel units. Each call:
   given, an image gets the same start whatever batch it sits in. The other attacks are
   deterministic and per image: ``cw_l2`` is C&W's capped margin loss optimised inside the L2 ball
   (:mod:`robench.attacks._cw`, plain torch), not Foolbox's unbounded C&W.
+- ``autoattack_linf`` and ``autoattack_l2`` run the authors' AutoAttack (standard version,
+  :mod:`robench.attacks._autoattack`) seeded with ``derive_seed(seed, attack name)``. Its
+  randomness is batch-level, so for these two an image's result depends on its batch.
 
 The parameters, and why they were chosen, are in :mod:`robench.perturbations.attack_specs`.
 
@@ -43,7 +46,8 @@ from foolbox.distances import linf as linf_distance
 from foolbox.models.pytorch import PyTorchModel
 from torch import Tensor, nn
 
-from robench._seeding import global_seed_scope
+from robench._seeding import derive_seed, global_seed_scope
+from robench.attacks._autoattack import run_autoattack
 from robench.attacks._cw import bounded_cw_l2
 from robench.perturbations._base import PERTURBATIONS, make_random_source
 from robench.perturbations._checks import check_batch
@@ -113,7 +117,10 @@ class AttackResult:
         clean_pred: predicted class of each clean image.
         epsilon: the budget used (L-inf eps, or the C&W L2 bound).
         targets: ``pgd_ll``'s target classes.
-        l2: ``cw_l2``: L2 distance of each returned adversarial from its clean image.
+        l2: L2 attacks (``cw_l2``, ``autoattack_l2``): L2 distance of each returned adversarial
+            from its clean image.
+        notes: AutoAttack's warnings on this batch (randomized or dynamic defense, zero
+            gradients, Square beating the gradient attacks): evidence of gradient masking.
     """
 
     name: str
@@ -125,6 +132,7 @@ class AttackResult:
     epsilon: float
     targets: Tensor | None = None
     l2: Tensor | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def accuracy(self) -> float:
@@ -286,8 +294,17 @@ def _whitebox(
     seed: int,
     indices: Indices,
     targets: Tensor | None,
-) -> tuple[Tensor, dict[str, Tensor]]:
+) -> tuple[Tensor, dict[str, Any]]:
     """Craft a white-box attack on the (prepared) model: adversarials and the result's extras."""
+    if spec.algorithm == "autoattack":
+        aa_seed, n_cls = derive_seed(seed, spec.name), clean.shape[1]
+        adv, notes = run_autoattack(
+            model, x, y, eps=eps, norm=spec.norm, seed=aa_seed, num_classes=n_cls
+        )
+        extra: dict[str, Any] = {"notes": notes}
+        if spec.norm == "l2":
+            extra["l2"] = (adv - x).flatten(1).norm(dim=1)
+        return adv, extra
     if spec.algorithm == "cw_l2":
         adv = _cw(spec, model, x, y, eps, steps)
         return adv, {"l2": (adv - x).flatten(1).norm(dim=1)}
@@ -312,13 +329,14 @@ def _judge(
     y: Tensor,
     clean: Tensor,
     eps: float,
-    extra: dict[str, Tensor],
+    extra: dict[str, Any],
 ) -> AttackResult:
     """Forward the adversarials once and apply Foolbox's criterion; results on ``x0``'s device."""
     logits = _logits(model, adv)
     tgt = extra.get("targets")
     crit = Misclassification(y) if tgt is None else TargetedMisclassification(tgt)
     success, pred, dev = crit(adv, logits), logits.argmax(1), x0.device
+    tensors = {k: v.to(dev) for k, v in extra.items() if isinstance(v, Tensor)}
     return AttackResult(
         spec.name,
         adv.to(device=dev, dtype=x0.dtype),
@@ -327,7 +345,8 @@ def _judge(
         pred.to(dev),
         clean.argmax(1).to(dev),
         eps,
-        **{k: v.to(dev) for k, v in extra.items()},
+        notes=tuple(extra.get("notes", ())),
+        **tensors,
     )
 
 
@@ -356,24 +375,29 @@ def run_attack(
     """Run one attack on a batch and judge it on ``model``.
 
     Args:
-        name_or_spec: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm_0.04``, ``mi_fgsm_0.08`` or a spec.
+        name_or_spec: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm_0.04``, ``mi_fgsm_0.08``,
+            ``autoattack_linf``, ``autoattack_l2`` or a spec.
         model: the evaluated classifier: [0, 1] images in, logits out.
         x: N x C x H x W images in [0, 1] (not modified).
         y: N true labels.
-        seed: run seed (PGD's random start; the global RNGs are seeded inside the call only).
-            ``pgd_ll``, ``cw_l2`` and MI-FGSM are deterministic.
+        seed: run seed (PGD's random start, AutoAttack's seed ``derive_seed(seed, name)``; the
+            global RNGs are seeded inside the call only). ``pgd_ll``, ``cw_l2`` and MI-FGSM
+            are deterministic.
         device: where to run (default and only choice: the model's device).
         surrogate: the model crafting a transfer attack (required for ``mi_fgsm_*``).
-        epsilon: overrides the L-inf eps, or ``cw_l2``'s L2 radius.
-        steps: overrides the number of steps.
+        epsilon: overrides the L-inf eps, or the L2 radius (``cw_l2``, ``autoattack_l2``).
+        steps: overrides the number of steps (not for AutoAttack, whose budget is fixed).
         targets: ``pgd_ll`` targets (default: least-likely class of the clean logits).
-        indices: dataset index of each image, for per-image random starts.
+        indices: dataset index of each image, for per-image random starts (AutoAttack's
+            randomness is per batch and does not use them).
 
     Returns:
         An :class:`AttackResult` on ``x``'s device.
     """
     spec = resolve_attack(name_or_spec)
     _check_labels(x, y)
+    if spec.algorithm == "autoattack" and steps is not None:
+        raise ValueError(f"{spec.name!r} runs AutoAttack's standard budget; steps cannot be set")
     if spec.mode == "transfer" and surrogate is None:
         raise ValueError(
             f"{spec.name!r} is a transfer attack: pass the surrogate model that crafts it"

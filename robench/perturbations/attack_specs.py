@@ -31,6 +31,12 @@ Choices where the paper (Laugros et al., section 4.1) is silent, and why:
   40 forward + backward passes and one forward pass on the last iterate, beside every attack's
   clean and judging passes. On 200 ``shapes`` test images of ``zoo:standard`` it leaves 0.025
   accuracy, Foolbox's ``L2PGD`` (100 steps, 2 random restarts) 0.035.
+
+Beyond the paper's five, the opt-in suite ``autoattack`` holds Croce and Hein's AutoAttack (ICML
+2020), standard version, run through the authors' code (``pyautoattack``,
+:mod:`robench.attacks._autoattack`): ``autoattack_linf`` at eps 8/255 at every preset and
+``autoattack_l2`` at ``0.5 * side / 32`` (C&W's radius rule above: 0.5 at 32 px, the radius
+AutoAttack is reported at on CIFAR-10). Neither is part of ``mtlat24`` nor of :data:`ATTACK_NAMES`.
 """
 
 from __future__ import annotations
@@ -39,11 +45,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from robench.perturbations._base import PERTURBATIONS
+from robench.perturbations._base import PERTURBATIONS, register_suite
 
-__all__ = ["ATTACK_NAMES", "AttackCost", "AttackSpec", "cw_l2_bound"]
+__all__ = [
+    "ATTACK_NAMES",
+    "AUTOATTACK_NAMES",
+    "AttackCost",
+    "AttackSpec",
+    "autoattack_cost",
+    "cw_l2_bound",
+]
 
-Algorithm = Literal["pgd", "pgd_ll", "cw_l2", "mi_fgsm"]
+Algorithm = Literal["pgd", "pgd_ll", "cw_l2", "mi_fgsm", "autoattack"]
 Mode = Literal["whitebox", "transfer"]
 
 CW_BOUND_AT_32 = 0.5
@@ -103,7 +116,7 @@ class AttackSpec:
         source: paper the parameters come from.
         params: every parameter :mod:`robench.attacks` uses (eps in [0, 1] pixel units, steps...).
         implemented: whether :mod:`robench.attacks` can run it.
-        algorithm: ``pgd``, ``pgd_ll``, ``cw_l2`` or ``mi_fgsm``.
+        algorithm: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm`` or ``autoattack``.
         mode: ``whitebox`` (crafted on the evaluated model) or ``transfer`` (on a surrogate).
         norm: ``linf`` or ``l2``.
         surrogate: architecture crafting a transfer attack (``None`` for white-box).
@@ -128,7 +141,7 @@ class AttackSpec:
 
     @property
     def epsilon(self) -> float | None:
-        """The L-inf budget, or ``None`` for C&W (whose L2 bound depends on the image side)."""
+        """The L-inf budget, or ``None`` for an L2 attack (its bound depends on the image side)."""
         eps = self.params.get("eps")
         return None if eps is None else float(eps)
 
@@ -138,7 +151,12 @@ class AttackSpec:
         return int(self.params["steps"])
 
     def budget(self, side: int) -> float:
-        """The perturbation bound at image side ``side``: eps (L-inf) or the C&W L2 bound."""
+        """The perturbation bound at image side ``side``: eps (L-inf) or the L2 radius.
+
+        Example:
+            >>> PERTURBATIONS.get("autoattack_l2").budget(64)
+            1.0
+        """
         if self.norm == "l2":
             return cw_l2_bound(side, float(self.params.get("l2_bound_at_32", CW_BOUND_AT_32)))
         return float(self.params["eps"])
@@ -155,17 +173,71 @@ class AttackSpec:
         Every call runs one clean forward pass (targets, logit check) and one on the adversarials
         (judgement) on the evaluated model; the gradient steps run on the surrogate for a transfer
         attack (plus one clean forward pass there). C&W adds one forward pass that scores its last
-        iterate (its gradient passes score the earlier ones).
+        iterate (its gradient passes score the earlier ones). AutoAttack's count is an upper bound
+        whose ``steps`` cannot be changed (:func:`autoattack_cost`).
 
         Example:
             >>> c = PERTURBATIONS.get("cw_l2").cost()
             >>> c.gradient_passes, c.forward_passes
             (40, 3)
         """
+        if self.algorithm == "autoattack":
+            if steps is not None:
+                raise ValueError(f"{self.name!r} has AutoAttack's fixed budget; steps can't be set")
+            return autoattack_cost(**_aa_budget(self.params))
         n = int(self.steps if steps is None else steps)
         if self.mode == "transfer":
             return AttackCost(0, 2, surrogate_gradient_passes=n, surrogate_forward_passes=1)
         return AttackCost(gradient_passes=n, forward_passes=3 if self.algorithm == "cw_l2" else 2)
+
+
+def autoattack_cost(
+    *, iterations: int = 100, targets: int = 9, square_queries: int = 5000
+) -> AttackCost:
+    """Upper bound on the passes per image of one AutoAttack (standard version) call.
+
+    Counted from the authors' code (``pyautoattack`` 0.2.0 = fra31/auto-attack a392200), for an
+    image that no stage breaks, so that it goes through all four:
+
+    ====================  ===============================  ====================================
+    stage                 forward + backward               forward only
+    ====================  ===============================  ====================================
+    wrapper               -                                7 checks (randomness x5, output
+                                                           range, dynamic defense), 1 clean,
+                                                           1 judgement after each of 4 stages
+    APGD-CE               ``iterations + 1`` (start)       1 (clean prediction)
+    APGD-T                ``targets * (iterations + 1)``   ``1 + targets`` (target ranking)
+    FAB-T                 ``targets * iterations``         ``1 + targets * (iterations + 3)``:
+                                                           each iteration scores its point
+    Square                -                                ``square_queries + 3``: first
+                                                           query, then one per iteration
+    robench               -                                2 (clean logits, judgement)
+    ====================  ===============================  ====================================
+
+    At the defaults: 1,910 gradient and 5,956 forward passes. The real cost is lower, often by
+    far: each stage runs only on the images still classified correctly (an image the model
+    already gets wrong costs the 10 wrapper and robench passes; one broken by APGD-CE about
+    102 gradient passes more), APGD and FAB skip targets once an image is broken, and Square
+    stops when every image of its batch is broken. For a model with fewer than 10 classes the
+    targets are ``classes - 1``.
+
+    Example:
+        >>> c = autoattack_cost()
+        >>> c.gradient_passes, c.forward_passes
+        (1910, 5956)
+    """
+    it, t, q = int(iterations), int(targets), int(square_queries)
+    grad = (it + 1) + t * (it + 1) + t * it
+    fwd = (7 + 1 + 4) + 1 + (1 + t) + (1 + t * (it + 3)) + (q + 3) + 2
+    return AttackCost(gradient_passes=grad, forward_passes=fwd)
+
+
+def _aa_budget(params: Mapping[str, Any]) -> dict[str, int]:
+    return {
+        "iterations": int(params["steps"]),
+        "targets": int(params["targets"]),
+        "square_queries": int(params["square_queries"]),
+    }
 
 
 _SRC = "Laugros et al. (M-TLAT), section 4.1"
@@ -221,5 +293,29 @@ _SPECS = (
 )
 ATTACK_NAMES = tuple(s.name for s in _SPECS)
 
-for _spec in _SPECS:
+_SRC_AA = "Croce and Hein 2020 (AutoAttack), standard version; code: fra31/auto-attack a392200"
+_AA = {"version": "standard", "steps": 100, "targets": 9, "square_queries": 5000}
+_AA_SPECS = (
+    AttackSpec(
+        "autoattack_linf",
+        "white-box",
+        "AutoAttack (APGD-CE, APGD-T, FAB-T, Square), L-inf",
+        _SRC_AA,
+        {"eps": 8 / 255, **_AA},
+        algorithm="autoattack",
+    ),
+    AttackSpec(
+        "autoattack_l2",
+        "white-box",
+        "AutoAttack (APGD-CE, APGD-T, FAB-T, Square), L2 radius 0.5 x side / 32",
+        _SRC_AA,
+        {"l2_bound_at_32": CW_BOUND_AT_32, **_AA},
+        algorithm="autoattack",
+        norm="l2",
+    ),
+)
+AUTOATTACK_NAMES = tuple(s.name for s in _AA_SPECS)
+
+for _spec in _SPECS + _AA_SPECS:
     PERTURBATIONS.add(_spec.name, _spec)
+register_suite("autoattack", AUTOATTACK_NAMES)

@@ -1,0 +1,190 @@
+"""AutoAttack through ``run_attack`` equals the authors' code (pyautoattack) run directly."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import torch
+from pyautoattack import AutoAttack
+from torch import Tensor, nn
+
+import robench.attacks as A
+from robench import perturbations as P
+from robench._seeding import derive_seed
+from robench.perturbations.attack_specs import ATTACK_NAMES, AUTOATTACK_NAMES, autoattack_cost
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def shapes_batch(tiny_trained: nn.Module) -> tuple[nn.Module, Tensor, Tensor]:
+    """The session's trained small CNN and 24 held-out ``shapes`` images (a channels-last view)."""
+    from robench.data import load_dataset
+
+    x, y = load_dataset("shapes", "test").get_batch(range(1500, 1524))
+    return tiny_trained, x, y
+
+
+def _direct(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, seed: int) -> Tensor:
+    """pyautoattack's standard version as its README runs it, on the whole batch."""
+    aa = AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed, device="cpu")
+    adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+    return adv
+
+
+def _linear(classes: int, margin: float, side: int = 8, seed: int = 0) -> nn.Module:
+    """A cheap linear classifier on small images whose class 0 leads by ``margin`` (plus W x)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        lin = nn.Linear(3 * side * side, classes)
+        nn.init.normal_(lin.weight, std=0.05)
+    with torch.no_grad():
+        lin.bias.zero_()
+        lin.bias[0] = margin
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+class Counting(nn.Module):
+    """Counts passes per image: gradient passes (graph built on the input) and forward ones."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.grad, self.fwd = inner, 0, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad += len(x)
+        else:
+            self.fwd += len(x)
+        return self.inner(x)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_autoattack_entries_form_their_own_suite() -> None:
+    assert AUTOATTACK_NAMES == ("autoattack_linf", "autoattack_l2")
+    assert P.names(kind="attack", suite="autoattack") == list(AUTOATTACK_NAMES)
+    assert not set(AUTOATTACK_NAMES) & (set(P.names(suite="mtlat24")) | set(ATTACK_NAMES))
+    assert len(P.names(kind="attack", suite="mtlat24")) == 5
+    linf, l2 = (P.get(n) for n in AUTOATTACK_NAMES)
+    assert (linf.family, linf.mode, linf.norm, l2.norm) == ("white-box", "whitebox", "linf", "l2")
+    assert linf.budget(32) == linf.budget(224) == pytest.approx(8 / 255)
+    assert l2.budget(32) == 0.5 and l2.budget(224) == pytest.approx(3.5)
+    assert linf.cost() == l2.cost() == A.attack_cost("autoattack_l2") == autoattack_cost()
+    assert (linf.cost().gradient_passes, linf.cost().forward_passes) == (1910, 5956)
+    with pytest.raises(ValueError, match="fixed budget"):
+        linf.cost(steps=10)
+
+
+# ---------------------------------------------------------------- against the authors' code
+
+
+def test_autoattack_linf_equals_pyautoattack_run_directly(shapes_batch) -> None:
+    model, x, y = shapes_batch
+    r = A.run_attack("autoattack_linf", model, x, y, seed=5)
+    ref = _direct(model, x.contiguous(), y, "Linf", EPS, derive_seed(5, "autoattack_linf"))
+    assert torch.equal(r.adv, ref)
+    with torch.no_grad():
+        pred = model(ref).argmax(1)
+    assert r.accuracy == float((pred == y).float().mean())
+    assert torch.equal(r.correct, pred == y) and torch.equal(r.success, pred != y)
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+    assert 0 < int(clean_ok.sum()) and r.accuracy < float(clean_ok.float().mean())
+    assert torch.equal(r.adv[~clean_ok], x[~clean_ok])  # misclassified images stay clean
+    other = A.run_attack("autoattack_linf", model, x, y, seed=6)
+    assert not torch.equal(other.adv, r.adv)  # the seed reaches APGD's random start
+
+
+class Masked(nn.Module):
+    """Linear logits plus a term of quantised pixels that gradients cannot see (only Square can)."""
+
+    def __init__(self, side: int = 8, margin: float = 0.5) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.smooth = nn.Linear(3 * side * side, 10)
+            self.steps = nn.Linear(3 * side * side, 10, bias=False)
+            nn.init.normal_(self.smooth.weight, std=0.05)
+            nn.init.normal_(self.steps.weight, std=0.05)
+        with torch.no_grad():
+            self.smooth.bias.zero_()
+            self.smooth.bias[0] = margin
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = x.flatten(1)
+        return self.smooth(f) + self.steps(torch.round(f * 4) / 4)
+
+
+def test_every_random_stage_matches_and_square_beating_gradients_is_noted() -> None:
+    """8 images of 8 x 8 px; at seed 0, APGD-CE breaks 2, APGD-T 5, FAB-T none, Square the last."""
+    model = Masked().eval()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all clean-correct
+    eps = 0.05
+    r = A.run_attack("autoattack_linf", model, x, y, seed=0, epsilon=eps)
+    ref = _direct(model, x, y, "Linf", eps, derive_seed(0, "autoattack_linf"))
+    assert torch.equal(r.adv, ref) and r.accuracy == 0.0
+    assert any("Square Attack has decreased the robust accuracy" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("name", AUTOATTACK_NAMES)
+def test_adversarials_lie_in_the_ball(name: str, shapes_batch, rng_guard) -> None:
+    model, x, y = shapes_batch
+    x0 = x.clone()
+    r = A.run_attack(name, model, x[:12], y[:12], seed=0)
+    assert rng_guard.unchanged() and torch.equal(x, x0) and not model.training
+    assert r.adv.shape == (12, 3, 32, 32) and r.adv.min() >= 0 and r.adv.max() <= 1
+    delta = (r.adv - x[:12]).flatten(1)
+    if name == "autoattack_linf":
+        assert delta.abs().amax() <= EPS + 1e-6 and r.epsilon == pytest.approx(EPS)
+    else:
+        assert r.l2 is not None and (delta.norm(dim=1) <= 0.5 + 1e-5).all() and r.epsilon == 0.5
+        torch.testing.assert_close(r.l2, delta.norm(dim=1))
+    assert r.accuracy < 0.2  # a weakly trained CNN at these budgets
+
+
+# ---------------------------------------------------------------- cost, notes, refusals
+
+
+class Flat(nn.Module):
+    """Logits that ignore the image (class ``classes - 1`` leads): no attack breaks anything."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)[:, :1] * 0 + torch.arange(float(self.classes))
+
+
+@pytest.mark.parametrize("classes", [10, 5])
+def test_passes_reach_the_cost_bound_when_no_stage_breaks_an_image(classes: int, caplog) -> None:
+    """Every stage runs in full on both images; AutoAttack's log stays out of the user's."""
+    model = Counting(Flat(classes))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.full((2,), classes - 1)
+    log = logging.getLogger("auto-attack")
+    before = (log.level, log.propagate, list(log.handlers))
+    trace = sys.gettrace()
+    with caplog.at_level(logging.DEBUG):
+        r = A.run_attack("autoattack_linf", model, x, y, seed=0)
+    assert r.accuracy == 1.0 and torch.equal(r.adv, x)
+    cost = autoattack_cost(targets=min(9, classes - 1))
+    assert (model.grad, model.fwd) == (2 * cost.gradient_passes, 2 * cost.forward_passes)
+    assert not [rec for rec in caplog.records if rec.name == "auto-attack"]
+    assert (log.level, log.propagate, list(log.handlers)) == before and sys.gettrace() is trace
+    assert any("zero gradient" in n for n in r.notes) and len(r.notes) == len(set(r.notes))
+
+
+def test_too_few_classes_and_steps_are_refused() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        A.run_attack("autoattack_linf", _linear(3, margin=1.0), x, y, seed=0)
+    with pytest.raises(ValueError, match="steps"):
+        A.run_attack("autoattack_linf", _linear(10, margin=1.0), x, y, seed=0, steps=5)
