@@ -76,6 +76,12 @@ def plain(cls: Any, data: Mapping[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
+def _pair(values: Sequence[float | None]) -> tuple[float, float]:
+    """An interval read back from JSON (null, for an undefined end, becomes NaN)."""
+    lo, hi = values
+    return (math.nan if lo is None else float(lo), math.nan if hi is None else float(hi))
+
+
 class JsonSection:
     """``to_dict`` for the record's dataclasses."""
 
@@ -177,6 +183,10 @@ class Scores(JsonSection):
 
     ``R`` is None when the clean accuracy is 0; ``marker`` is ``""``, and ``baseline_R``,
     ``p_value`` and ``significant`` None, without a baseline (or without its images' bits).
+    ``p_value``, ``significant``, ``delta_R`` and its interval come from a paired bootstrap of
+    dR = R - baseline_R with the image as the unit (:func:`robench.scores.paired_r_bootstrap`):
+    the star tests what the marker shows. Results written before this test existed hold a
+    McNemar p-value on accuracy and no ``delta_R``; scoring them again replaces it.
     """
 
     accuracy: float
@@ -185,6 +195,8 @@ class Scores(JsonSection):
     marker: Marker
     p_value: float | None
     significant: bool | None
+    delta_R: float | None = field(default=None, metadata=OMIT)
+    delta_R_ci95: tuple[float, float] | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +235,8 @@ class PerturbationResult(JsonSection):
                 marker=data.get("marker", ""),
                 p_value=data.get("p_value"),
                 significant=data.get("significant"),
+                delta_R=data.get("delta_R"),
+                delta_R_ci95=_pair(data["delta_R_ci95"]) if data.get("delta_R_ci95") else None,
             )
         sur = data.get("surrogate")
         return cls(

@@ -25,6 +25,8 @@ __all__ = [
 
 TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
+    "autoattack_linf": "AAinf",
+    "autoattack_l2": "AAL2",
     "gaussian_noise": "Gauss",
     "shot_noise": "Shot",
     "impulse_noise": "Impul",
@@ -141,7 +143,7 @@ def wide_table(records: Sequence[Record], *, columns: Sequence[str] | None = Non
         c = _clean(r)
         row: dict[str, Any] = {
             "model": safe_text(r.model.id),
-            "Clean": safe_text(f"{c.accuracy:.2f}{c.marker}"),
+            "Clean": safe_text(f"{c.accuracy:.3f}{c.marker}"),  # marked to 0.1 point
         }
         row |= {name: _r_text(r, name) for name in cols}
         rows.append(row)

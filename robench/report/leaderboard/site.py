@@ -133,8 +133,12 @@ def r_cell(entry: PerturbationResult | None) -> dict[str, Any]:
     parts = [f"R = {r:.3f}", f"accuracy {_f(s.accuracy)}"]
     if s.baseline_R is not None:
         parts.append(f"baseline R {s.baseline_R:.3f}")
+    if s.delta_R is not None and s.delta_R_ci95 is not None:
+        lo, hi = s.delta_R_ci95
+        parts.append(f"dR = {s.delta_R:+.3f} (95% interval {lo:+.3f} to {hi:+.3f})")
     if s.p_value is not None:
-        parts.append(f"McNemar p = {s.p_value:.3g}" + (" (significant)" if s.significant else ""))
+        test = "paired bootstrap" if s.delta_R is not None else "McNemar on accuracy"
+        parts.append(f"{test} p = {s.p_value:.3g}" + (" (significant)" if s.significant else ""))
     return {
         "text": f"{r:.2f}",
         "marker": s.marker,
@@ -165,7 +169,7 @@ def clean_cell(rec: Record) -> dict[str, Any]:
             "; below twice chance level: a model that guesses keeps R near 1, so R says little here"
         )
     return {
-        "text": f"{c.accuracy:.2f}",
+        "text": f"{c.accuracy:.3f}",  # the clean marker is set to 0.1 percentage point
         "marker": c.marker,
         "sig": p is not None and p < 0.05,
         "sort": f"{c.accuracy:.6f}",
