@@ -173,7 +173,9 @@ def test_csv_header_and_long_table_roundtrip(tmp_path: Path, tiny_trained: torch
         s = rec.perturbations[name].scores
         assert s is not None and s.R is not None
         assert wide[name] == f"{s.R:.2f}"  # no baseline: no marker
-    assert wide["shot_noise"] == "" and wide["Clean"] == f"{clean:.2f}"
+    assert (
+        wide["shot_noise"] == "" and wide["Clean"] == f"{clean:.3f}"
+    )  # clean is marked to 0.1 point
     assert Path(rep.paths["severity_png"]).read_bytes()[:4] == b"\x89PNG"
 
 

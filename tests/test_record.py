@@ -204,7 +204,16 @@ def test_read_record_names_unreadable_files(tmp_path: Path) -> None:
 def test_an_unscored_record_reads_back_unscored() -> None:
     data = _good()
     for e in data["perturbations"].values():
-        for k in ("accuracy", "R", "baseline_R", "marker", "p_value", "significant"):
+        for k in (
+            "accuracy",
+            "R",
+            "baseline_R",
+            "marker",
+            "p_value",
+            "significant",
+            "delta_R",
+            "delta_R_ci95",
+        ):
             e.pop(k, None)
     data["summary"] = {}
     rec = Record.from_dict(data)
