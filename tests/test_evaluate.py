@@ -253,7 +253,8 @@ def test_markers_and_significance_against_a_baseline(tmp_path: Path) -> None:
         r, base_r = _r_by_hand(rec, name), _r_by_hand(base_rec, name)
         assert s.R == pytest.approx(r) and s.baseline_R == pytest.approx(base_r)
         assert s.marker == _marker_by_hand(r, base_r)
-        assert s.p_value == pytest.approx(_mcnemar_by_hand(rec, base_rec, name))
+        assert s.delta_R == pytest.approx(r - base_r)  # dR from the counts, by hand
+        assert s.p_value == pytest.approx(_paired_test_of(rec, base_rec, name))
         assert s.significant == (s.p_value < 0.05)
     assert rec.summary is not None and rec.summary.vs_baseline is not None
     assert rec.summary.mce_vs_alexnet is None  # shapes is not ImageNet
@@ -276,16 +277,24 @@ def _marker_by_hand(r: float, base_r: float) -> str:
     return "+" if a > b else "-" if a < b else ""
 
 
-def _mcnemar_by_hand(rec: Record, base: Record, name: str) -> float:
-    """Exact McNemar p-value of the discordant images, by scipy's binomial test."""
-    from scipy.stats import binomtest
+def _paired_test_of(rec: Record, base: Record, name: str) -> float:
+    """The p-value scoring must store: the paired bootstrap of dR on these images and inputs.
 
-    a = np.concatenate([s.bits() for s in rec.perturbations[name].severities])
-    b = np.concatenate([s.bits() for s in base.perturbations[name].severities])
-    right_wrong, wrong_right = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    if right_wrong + wrong_right == 0:
-        return 1.0
-    return float(binomtest(right_wrong, right_wrong + wrong_right, 0.5).pvalue)
+    The bootstrap itself is tested against hand-computed cases in tests/test_scores.py; this checks
+    that scoring feeds it the right bits (clean and per-severity, model and baseline) and seed.
+    """
+    from robench._seeding import derive_seed
+    from robench.evaluation.scoring import RESAMPLES
+    from robench.scores import paired_r_bootstrap
+
+    assert rec.clean is not None and base.clean is not None
+    mine = np.stack([s.bits() for s in rec.perturbations[name].severities])
+    theirs = np.stack([s.bits() for s in base.perturbations[name].severities])
+    seed = derive_seed(rec.config.seed, "significance", name)
+    test = paired_r_bootstrap(
+        rec.clean.bits(), mine, base.clean.bits(), theirs, resamples=RESAMPLES, seed=seed
+    )
+    return test.p_value
 
 
 def test_n_images_subset_is_seeded_and_fixed() -> None:
@@ -508,7 +517,7 @@ def test_default_baseline_is_the_zoo_standard_evaluated_on_the_same_images(
     base_r = _r_by_hand(base, "contrast")
     assert s.baseline_R == pytest.approx(base_r)
     assert s.marker == _marker_by_hand(_r_by_hand(rec, "contrast"), base_r)
-    assert s.p_value == pytest.approx(_mcnemar_by_hand(rec, base, "contrast"))
+    assert s.p_value == pytest.approx(_paired_test_of(rec, base, "contrast"))
     assert rec.clean is not None and rec.clean.comparison is not None
     assert rec.clean.comparison.baseline_accuracy == pytest.approx(
         base.clean.n_correct / base.clean.n  # type: ignore[union-attr]
