@@ -23,6 +23,8 @@ __all__ = ["CheckpointAdversary", "ExampleUnavailable"]
 
 _LOAD_ERRORS = (CheckpointError, FileNotFoundError, ValueError, KeyError, OSError, RuntimeError)
 
+_Key = tuple[str, str | None, str]  # (source, sha256, kind) of a checkpoint
+
 
 class ExampleUnavailable(Exception):
     """An adversarial example cannot be crafted; ``reason`` says why in a few words.
@@ -50,29 +52,28 @@ def load_verified(ref: str, sha256: str | None, kind: str) -> nn.Module:
         )
     if not sha256:
         raise ExampleUnavailable("the result states no checkpoint hash", of_model=True)
+    model: nn.Module | None
     try:
         if ref.startswith("zoo:"):
             loaded = load_model(ref)  # the zoo checks the card's hash against the bytes it loads
-            model, digest = loaded.model, loaded.sha256
+            digest, model = loaded.sha256, loaded.model
         else:
             path = Path(ref)
             if not path.is_file():
                 raise ExampleUnavailable(f"checkpoint {ref} not found", of_model=True)
             data = path.read_bytes()  # one read: the hash and the weights come from the same bytes
             digest = hashlib.sha256(data).hexdigest()
-            if digest != sha256:
-                raise ExampleUnavailable(
-                    f"checkpoint {ref} has another hash than the result states", of_model=True
-                )
+            model = None  # built only once the hash matches
+        if digest != sha256:
+            raise ExampleUnavailable(
+                f"checkpoint {ref} has another hash than the result states", of_model=True
+            )
+        if model is None:
             model = model_from_checkpoint(read_checkpoint_bytes(data, ref), ref)[0]
     except _LOAD_ERRORS as exc:
         raise ExampleUnavailable(
             f"checkpoint {ref} cannot be loaded ({first_line(exc, 120)})", of_model=True
         ) from None
-    if digest != sha256:
-        raise ExampleUnavailable(
-            f"checkpoint {ref} has another hash than the result states", of_model=True
-        )
     return model.eval()
 
 
@@ -84,24 +85,19 @@ class CheckpointAdversary:
     """
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str | None, str], nn.Module | ExampleUnavailable] = {}
-        self._page: tuple[tuple[str, str | None, str], nn.Module | ExampleUnavailable] | None = None
+        self._surrogates: dict[_Key, nn.Module | ExampleUnavailable] = {}
+        self._page: dict[_Key, nn.Module | ExampleUnavailable] = {}  # the current page's model only
 
-    def _load(self, key: tuple[str, str | None, str], *, keep: bool) -> nn.Module:
-        got: nn.Module | ExampleUnavailable
-        if keep and key in self._models:
-            got = self._models[key]
-        elif not keep and self._page is not None and self._page[0] == key:
-            got = self._page[1]
-        else:
+    def _load(self, key: _Key, *, keep: bool) -> nn.Module:
+        cache = self._surrogates if keep else self._page
+        if key not in cache:
+            if not keep:
+                cache.clear()
             try:
-                got = load_verified(*key)
+                cache[key] = load_verified(*key)
             except ExampleUnavailable as exc:
-                got = exc
-            if keep:
-                self._models[key] = got
-            else:
-                self._page = (key, got)
+                cache[key] = exc
+        got = cache[key]
         if isinstance(got, ExampleUnavailable):
             raise got
         return got

@@ -77,28 +77,29 @@ def _scores(
     """
     accuracy = float(np.mean([s.accuracy for s in entry.severities]))
     r = _finite(relative_robustness(accuracy, clean.accuracy))  # undefined when A_clean = 0
+    scores = Scores(
+        accuracy=accuracy, R=r, baseline_R=None, marker="", p_value=None, significant=None
+    )
     if base is None or base_clean is None:
-        return Scores(
-            accuracy=accuracy, R=r, baseline_R=None, marker="", p_value=None, significant=None
-        )
+        return scores
     base_r = None if base.scores is None else base.scores.R
+    mark: Marker = "" if r is None or base_r is None else _marker(r, base_r)
+    scores = replace(scores, baseline_R=base_r, marker=mark)
     mine = np.stack([s.bits() for s in entry.severities])
     theirs = np.stack([s.bits() for s in base.severities])
-    test = None
-    if mine.shape == theirs.shape and clean.n == base_clean.n == mine.shape[1]:
-        test = paired_r_bootstrap(
-            clean.bits(), mine, base_clean.bits(), theirs, resamples=RESAMPLES, seed=seed
-        )
-    defined = test is not None and not math.isnan(test.p_value)
-    return Scores(
-        accuracy=accuracy,
-        R=r,
-        baseline_R=base_r,
-        marker="" if r is None or base_r is None else _marker(r, base_r),
-        p_value=test.p_value if test is not None and defined else None,
-        significant=test.significant if test is not None and defined else None,
-        delta_R=_finite(test.delta_r) if test is not None and defined else None,
-        delta_R_ci95=(test.ci_low, test.ci_high) if test is not None and defined else None,
+    if mine.shape != theirs.shape or not clean.n == base_clean.n == mine.shape[1]:
+        return scores
+    test = paired_r_bootstrap(
+        clean.bits(), mine, base_clean.bits(), theirs, resamples=RESAMPLES, seed=seed
+    )
+    if math.isnan(test.p_value):
+        return scores  # R undefined (clean accuracy 0): no comparison
+    return replace(
+        scores,
+        p_value=test.p_value,
+        significant=test.significant,
+        delta_R=_finite(test.delta_r),
+        delta_R_ci95=(test.ci_low, test.ci_high),
     )
 
 
