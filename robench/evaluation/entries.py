@@ -210,7 +210,11 @@ class SurrogateRef(JsonSection):
 
 @dataclass(frozen=True, kw_only=True)
 class PerturbationResult(JsonSection):
-    """One perturbation of the run: what it is, its severities, and (once scored) its R."""
+    """One perturbation of the run: what it is, its severities, and (once scored) its R.
+
+    ``source`` says where the perturbed images came from when robench did not compute them
+    (a released dataset's file); ``notes`` holds what an attack reports about its own run.
+    """
 
     kind: Kind
     family: str
@@ -220,6 +224,8 @@ class PerturbationResult(JsonSection):
     severities: tuple[SeverityResult, ...] = field(default=(), metadata=OMIT)
     status: Status
     reason: str | None = field(default=None, metadata=OMIT)
+    source: str | None = field(default=None, metadata=OMIT)
+    notes: Mapping[str, Any] | None = field(default=None, metadata=OMIT)
     seconds: float | None = field(default=None, metadata=OMIT)
     scores: Scores | None = field(default=None, metadata=FLATTEN)
 
@@ -248,6 +254,8 @@ class PerturbationResult(JsonSection):
             severities=tuple(SeverityResult.from_dict(s) for s in data.get("severities", ())),
             status=data["status"],
             reason=data.get("reason"),
+            source=data.get("source"),
+            notes=data.get("notes"),
             seconds=data.get("seconds"),
             scores=scores,
         )
