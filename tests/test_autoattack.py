@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pyautoattack import AutoAttack
@@ -13,6 +16,9 @@ from torch import Tensor, nn
 import robench.attacks as A
 from robench import perturbations as P
 from robench._seeding import derive_seed
+from robench.evaluation.entries import PerturbationResult, SeverityResult
+from robench.evaluation.record import Record, read_record
+from robench.evaluation.scoring import score_record
 from robench.perturbations.attack_specs import ATTACK_NAMES, AUTOATTACK_NAMES, autoattack_cost
 
 EPS = 8 / 255
@@ -66,7 +72,10 @@ class Counting(nn.Module):
 
 def test_autoattack_entries_form_their_own_suite() -> None:
     assert AUTOATTACK_NAMES == ("autoattack_linf", "autoattack_l2")
-    assert P.names(kind="attack", suite="autoattack") == list(AUTOATTACK_NAMES)
+    assert P.names(kind="attack", suite="autoattack") == [*AUTOATTACK_NAMES, "pgd_8_255"]
+    partner = P.get("pgd_8_255")  # the masking flag's PGD-10 at AutoAttack's eps
+    assert partner.algorithm == "pgd" and partner.steps == 10 and partner.params["random_start"]
+    assert partner.epsilon == pytest.approx(8 / 255) == P.get("autoattack_linf").epsilon
     assert not set(AUTOATTACK_NAMES) & (set(P.names(suite="mtlat24")) | set(ATTACK_NAMES))
     assert len(P.names(kind="attack", suite="mtlat24")) == 5
     linf, l2 = (P.get(n) for n in AUTOATTACK_NAMES)
@@ -188,3 +197,55 @@ def test_too_few_classes_and_steps_are_refused() -> None:
         A.run_attack("autoattack_linf", _linear(3, margin=1.0), x, y, seed=0)
     with pytest.raises(ValueError, match="steps"):
         A.run_attack("autoattack_linf", _linear(10, margin=1.0), x, y, seed=0, steps=5)
+
+
+# ---------------------------------------------------------------- the masking flag
+
+
+def _attack_entry(eps: float, correct: list[int]) -> PerturbationResult:
+    sev = SeverityResult.of(np.array(correct, dtype=bool), 1, None)
+    return PerturbationResult(
+        kind="attack", family="white-box", status="done", params={"eps": eps}, severities=(sev,)
+    )
+
+
+def _committed(name: str = "standard") -> Record:
+    return read_record(
+        Path(__file__).parents[1] / f"leaderboard/shapes/{name}__shapes__s0__n500.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pgd_right", "aa_right", "flagged"), [(60, 30, True), (60, 56, False), (30, 30, False)]
+)
+def test_pgd_far_above_autoattack_at_the_same_eps_flags_the_model(
+    pgd_right: int, aa_right: int, flagged: bool
+) -> None:
+    rec = _committed()
+    n = rec.clean.n if rec.clean else 0
+    pgd = _attack_entry(8 / 255, [1] * pgd_right + [0] * (n - pgd_right))
+    aa = _attack_entry(8 / 255, [1] * aa_right + [0] * (n - aa_right))
+    perts = {**rec.perturbations, "pgd_8_255": pgd, "autoattack_linf": aa}
+    scored = score_record(replace(rec, perturbations=perts), None, list(perts))
+    checks = {c.name: c for c in scored.gradient_masking or ()}
+    check = checks["pgd_close_to_autoattack"]
+    gap = (pgd_right - aa_right) / n  # recomputed here, not read from the check
+    assert check.passed is (not flagged) and (gap > 0.05) is flagged
+    assert f"{pgd_right / n:.3f}" in check.detail and f"{100 * gap:.1f} points" in check.detail
+    # the run's other checks are kept, and the opt-in suite stays out of the family means
+    assert {c.name for c in rec.gradient_masking or ()} < set(checks)
+    plain = score_record(rec, None, list(rec.perturbations))
+    assert scored.summary is not None and plain.summary is not None
+    assert scored.summary.mean_R == plain.summary.mean_R
+    # scoring again replaces the check rather than adding a second one
+    again = score_record(scored, None, list(perts))
+    assert [c.name for c in again.gradient_masking or ()].count("pgd_close_to_autoattack") == 1
+
+
+def test_no_masking_flag_without_a_pgd_at_autoattacks_eps() -> None:
+    rec = _committed()
+    n = rec.clean.n if rec.clean else 0
+    aa = _attack_entry(8 / 255, [0] * n)  # committed `pgd` runs at 0.04, not 8/255
+    perts = {**rec.perturbations, "autoattack_linf": aa}
+    scored = score_record(replace(rec, perturbations=perts), None, list(perts))
+    assert "pgd_close_to_autoattack" not in {c.name for c in scored.gradient_masking or ()}

@@ -147,10 +147,14 @@ def attack_entry(
             )  # checks the eps budget
             tick(1)
     else:
+        warnings: list[str] = []
         for idx, x, y, _ in batches:
             res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist())
             correct.append(res.correct.cpu().numpy())
+            warnings += [n for n in res.notes if n not in warnings]
             tick(1)
+        if warnings:  # AutoAttack's own warnings (randomized defense, zero gradients, ...)
+            entry = replace(entry, notes={"warnings": warnings})
     sev = SeverityResult.of(batches.gather(correct), 1, spec.parameter_text(info.preset)[0])
     return replace(entry, severities=(sev,))
 

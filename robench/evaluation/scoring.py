@@ -7,7 +7,7 @@ scored again (after a resume, or against another baseline) gets the same numbers
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import cast
 
@@ -21,7 +21,8 @@ from robench.evaluation.entries import (
     PerturbationResult,
     Scores,
 )
-from robench.evaluation.record import BaselineMce, Record, Summary
+from robench.evaluation.record import BaselineMce, MaskingCheck, Record, Summary
+from robench.perturbations import PERTURBATIONS, suites
 from robench.scores import (
     ALEXNET_CLEAN_ERROR,
     ALEXNET_ERRORS,
@@ -33,10 +34,18 @@ from robench.scores import (
     relative_robustness,
 )
 
-__all__ = ["RESAMPLES", "SIGNIFICANCE", "score_record"]
+__all__ = [
+    "AA_MASKING_GAP",
+    "RESAMPLES",
+    "SIGNIFICANCE",
+    "autoattack_masking_check",
+    "score_record",
+]
 
 SIGNIFICANCE = 0.05
 RESAMPLES = 2_000  # paired-bootstrap resamples of dR per perturbation (p never below 1e-3)
+AA_MASKING_GAP = 0.05  # PGD-10 more than 5 points above AutoAttack at the same eps: flagged
+AA_CHECK = "pgd_close_to_autoattack"
 
 
 def _finite(value: float) -> float | None:
@@ -103,6 +112,68 @@ def _scores(
     )
 
 
+def _eps(entry: PerturbationResult) -> float | None:
+    eps = (entry.params or {}).get("eps")
+    return None if eps is None else float(eps)
+
+
+def autoattack_masking_check(
+    perturbations: Mapping[str, PerturbationResult],
+) -> MaskingCheck | None:
+    """PGD-10 against AutoAttack (L-inf) at the same eps, when a run scored both.
+
+    AutoAttack is the stronger attack at a given budget, so a PGD-10 accuracy more than
+    :data:`AA_MASKING_GAP` above AutoAttack's says that PGD's gradients were misleading: the model's
+    PGD numbers (and those of the other gradient attacks) overstate its robustness. ``None`` when
+    ``autoattack_linf`` or a PGD-10 entry at its eps (``pgd_8_255`` by default) was not scored.
+
+    Example:
+        >>> from robench.evaluation.entries import SeverityResult
+        >>> def entry(eps, correct):
+        ...     sev = SeverityResult.of(np.array(correct, dtype=bool), 1, None)
+        ...     return PerturbationResult(kind="attack", family="white-box", status="done",
+        ...                               params={"eps": eps}, severities=(sev,))
+        >>> pgd, aa = entry(8 / 255, [1, 1, 0, 0]), entry(8 / 255, [1, 0, 0, 0])
+        >>> check = autoattack_masking_check({"pgd_8_255": pgd, "autoattack_linf": aa})
+        >>> check.passed
+        False
+        >>> print(check.detail)  # doctest: +NORMALIZE_WHITESPACE
+        PGD-10 accuracy 0.500 is 25.0 points above AutoAttack 0.250 at eps 0.0314
+        (flagged above 5 points)
+    """
+    aa = perturbations.get("autoattack_linf")
+    if aa is None or not aa.done or _eps(aa) is None:
+        return None
+    for name, entry in perturbations.items():
+        spec = PERTURBATIONS.get(name) if name in PERTURBATIONS else None
+        if (
+            spec is None
+            or getattr(spec, "algorithm", None) != "pgd"
+            or not entry.done
+            or _eps(entry) is None
+            or not math.isclose(_eps(entry) or 0.0, _eps(aa) or 0.0, rel_tol=1e-9)
+        ):
+            continue
+        a_pgd, a_aa = entry.severities[0].accuracy, aa.severities[0].accuracy
+        gap = a_pgd - a_aa
+        values = (
+            f"PGD-10 accuracy {a_pgd:.3f} is {100 * gap:.1f} points above AutoAttack"
+            f" {a_aa:.3f} at eps {_eps(aa):.3g} (flagged above {100 * AA_MASKING_GAP:g} points)"
+        )
+        return MaskingCheck(name=AA_CHECK, passed=gap <= AA_MASKING_GAP, detail=values)
+    return None
+
+
+def _with_aa_check(
+    checks: tuple[MaskingCheck, ...] | None, perturbations: Mapping[str, PerturbationResult]
+) -> tuple[MaskingCheck, ...] | None:
+    """The record's masking checks with the AutoAttack comparison put in (or refreshed)."""
+    check = autoattack_masking_check(perturbations)
+    if check is None:
+        return checks
+    return (*(c for c in checks or () if c.name != AA_CHECK), check)
+
+
 def score_record(record: Record, baseline: Record | None, order: Sequence[str]) -> Record:
     """The record with R, markers, significance, family means and mCE filled from its counts.
 
@@ -128,7 +199,9 @@ def score_record(record: Record, baseline: Record | None, order: Sequence[str]) 
         base_clean = None if baseline is None else baseline.clean
         scores = _scores(entry, record.clean, base_done.get(name), base_clean, seed)
         perts[name] = replace(entry, scores=scores)
-        if scores.R is not None:
+        # family means stay those of the benchmark's own attacks: the opt-in AutoAttack suite is
+        # reported beside them, never averaged in
+        if scores.R is not None and name not in suites()["autoattack"]:
             group = FAMILY_GROUPS.get(entry.family, entry.family)
             families.setdefault(group, []).append(scores.R)
     # fsum is exactly rounded: the mean does not depend on the order the perturbations were run in
@@ -137,6 +210,7 @@ def score_record(record: Record, baseline: Record | None, order: Sequence[str]) 
         record,
         clean=_clean(record.clean, None if baseline is None else baseline.clean),
         perturbations=perts,
+        gradient_masking=_with_aa_check(record.gradient_masking, perts),
     )
     return replace(scored, summary=_summary(scored, baseline, mean_r))
 

@@ -37,6 +37,9 @@ Beyond the paper's five, the opt-in suite ``autoattack`` holds Croce and Hein's 
 :mod:`robench.attacks._autoattack`): ``autoattack_linf`` at eps 8/255 at every preset and
 ``autoattack_l2`` at ``0.5 * side / 32`` (C&W's radius rule above: 0.5 at 32 px, the radius
 AutoAttack is reported at on CIFAR-10). Neither is part of ``mtlat24`` nor of :data:`ATTACK_NAMES`.
+The suite also holds ``pgd_8_255``, robench's PGD-10 at 8/255: a model whose PGD-10 accuracy is
+more than 5 points above AutoAttack's at the same eps is flagged for gradient masking
+(:func:`robench.evaluation.scoring.autoattack_masking_check`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from robench.perturbations._base import PERTURBATIONS, register_suite
 __all__ = [
     "ATTACK_NAMES",
     "AUTOATTACK_NAMES",
+    "PGD_AT_AA",
     "AttackCost",
     "AttackSpec",
     "autoattack_cost",
@@ -316,6 +320,15 @@ _AA_SPECS = (
 )
 AUTOATTACK_NAMES = tuple(s.name for s in _AA_SPECS)
 
-for _spec in _SPECS + _AA_SPECS:
+# PGD-10 at AutoAttack's L-inf eps: the partner of the masking flag, which compares the two at the
+# same budget (``pgd`` runs at the paper's 0.04, not at 8/255).
+PGD_AT_AA = AttackSpec(
+    "pgd_8_255",
+    "white-box",
+    "PGD-10, L-inf, random start, at AutoAttack's eps 8/255 (the masking flag compares the two)",
+    _SRC,
+    {**_PGD, "eps": 8 / 255},
+)
+for _spec in (*_SPECS, *_AA_SPECS, PGD_AT_AA):
     PERTURBATIONS.add(_spec.name, _spec)
-register_suite("autoattack", AUTOATTACK_NAMES)
+register_suite("autoattack", (*AUTOATTACK_NAMES, PGD_AT_AA.name))

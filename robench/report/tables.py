@@ -27,6 +27,7 @@ TABLE1_COLUMNS: tuple[str, ...] = tuple(P.suites()["mtlat24"])
 SHORT_NAMES = {
     "autoattack_linf": "AAinf",
     "autoattack_l2": "AAL2",
+    "pgd_8_255": "PGD8",
     "gaussian_noise": "Gauss",
     "shot_noise": "Shot",
     "impulse_noise": "Impul",
