@@ -2,7 +2,8 @@
 
 The public API: :func:`evaluate` a model (and get a :class:`Report`), :func:`train` one with a
 defense, :func:`build_leaderboard` from result files, and the registries behind them
-(:mod:`robench.perturbations`, :func:`create_model`, :func:`load_dataset`).
+(:mod:`robench.perturbations`, :func:`create_model`, :func:`load_dataset`). :func:`corrupt` and
+:func:`get_corruption_names` are a drop-in for imagecorruptions' functions of the same names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from robench._version import __version__
 from robench.data import list_datasets, load_dataset
 from robench.models import create_model, list_models
 from robench.models.loading import load_model
+from robench.perturbations.compat import corrupt, get_corruption_names
 from robench.report import Report, write_outputs
 from robench.report.leaderboard import build_leaderboard
 from robench.training import train
@@ -27,8 +29,10 @@ __all__ = [
     "Report",
     "__version__",
     "build_leaderboard",
+    "corrupt",
     "create_model",
     "evaluate",
+    "get_corruption_names",
     "list_datasets",
     "list_models",
     "load_dataset",

@@ -19,7 +19,8 @@ class Corrupt(nn.Module):
         name: a corruption name from ``robench.perturbations.names(kind="corruption")``.
         severity: one severity, or the severities to draw from uniformly per image.
         p: probability that an image is corrupted at all.
-        preset: parameter table (``cifar``, ``tiny``, ``imagenet``).
+        preset: parameter table (``cifar``, ``tiny``, ``imagenet``); default: each batch's image
+            size's (:func:`robench.perturbations.resolve_preset`).
         generator: the source of every random choice (severity, whether to apply, the corruption's
             own randomness); a fresh OS-seeded one when omitted. The global RNG is never used.
 
@@ -41,7 +42,7 @@ class Corrupt(nn.Module):
         severity: int | Sequence[int] = (1, 2, 3, 4, 5),
         *,
         p: float = 1.0,
-        preset: str = "cifar",
+        preset: str | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -52,7 +53,7 @@ class Corrupt(nn.Module):
             )
         choices = (severity,) if isinstance(severity, int) else tuple(severity)
         for s in choices:
-            self.spec.params(s, preset)  # validates severity and preset
+            self.spec.params(s, preset or "cifar")  # validates severity and preset
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.name, self.choices, self.p, self.preset = name, choices, p, preset

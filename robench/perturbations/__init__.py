@@ -9,6 +9,15 @@ Example:
     >>> y = c(torch.rand(2, 3, 32, 32), severity=3, seed=0)
     >>> y.shape
     torch.Size([2, 3, 32, 32])
+
+With no ``preset``, the parameters follow the image size (the shorter side), and any H x W works:
+
+    >>> photo = torch.rand(1, 3, 200, 300)
+    >>> perturbations.resolve_preset(photo)
+    'imagenet'
+    >>> fog = perturbations.get("fog")
+    >>> torch.equal(fog(photo, 3, seed=0), fog(photo, 3, seed=0, preset="imagenet"))
+    True
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from robench.perturbations._base import (
     preset_for_size,
     register_corruption,
     register_suite,
+    resolve_preset,
 )
 from robench.perturbations._checks import check_batch
 
@@ -51,6 +61,7 @@ __all__ = [
     "PRESETS",
     "check_batch",
     "preset_for_size",
+    "resolve_preset",
     "register_corruption",
     "register_suite",
     "IMAGENET_C",

@@ -25,6 +25,8 @@ __all__ = [
     "register_suite",
     "check_batch",
     "preset_for_size",
+    "resolve_preset",
+    "image_side",
 ]
 
 Preset = Literal["cifar", "tiny", "imagenet"]
@@ -57,6 +59,50 @@ def preset_for_size(side: int) -> Preset:
     if side <= 128:
         return "tiny"
     return "imagenet"
+
+
+def image_side(x: Tensor | int | tuple[int, int]) -> int:
+    """The side that stands for an image's size: the shorter of H and W.
+
+    It picks the preset (:func:`resolve_preset`) and scales the parameters given in pixels at a
+    preset's size (frost's texture, elastic's fields, the M-TLAT occlusion and shifts, the
+    foreground blur), so a 200 x 300 photo is treated like a 200 px one. For square images it is
+    the side. ``x`` is a batch or image tensor (its last two dimensions), a side or ``(H, W)``.
+    """
+    if isinstance(x, Tensor):
+        if x.dim() < 2:
+            raise ValueError(f"expected an image of shape (..., H, W), got shape {tuple(x.shape)}")
+        return int(min(x.shape[-2], x.shape[-1]))
+    if isinstance(x, tuple):
+        return int(min(x))
+    return int(x)
+
+
+def resolve_preset(x: Tensor | int | tuple[int, int], preset: str | None = None) -> Preset:
+    """The parameter table a corruption call uses: ``preset`` if given, else the image size's.
+
+    With no preset, the shorter image side decides (:func:`preset_for_size`: ``cifar`` up to 48
+    px, ``tiny`` up to 128 px, else ``imagenet``), so ``get(name)(x, severity)`` corrupts a
+    224 px photo with the ImageNet-C parameters and a 32 px one with CIFAR-10-C's. This is the
+    choice every :class:`CorruptionSpec` call makes; call it to read that choice back.
+
+    Args:
+        x: a batch or image tensor (its last two dimensions count), a side, or ``(H, W)``.
+        preset: an explicit preset (``cifar``, ``tiny`` or ``imagenet``), returned validated.
+
+    Returns:
+        The preset name.
+
+    Example:
+        >>> import torch
+        >>> resolve_preset(torch.rand(2, 3, 224, 224))
+        'imagenet'
+        >>> resolve_preset((200, 300)), resolve_preset(32), resolve_preset(64, "imagenet")
+        ('imagenet', 'cifar', 'imagenet')
+    """
+    if preset is not None:
+        return check_preset(preset)
+    return preset_for_size(image_side(x))
 
 
 def check_preset(preset: str) -> Preset:
@@ -288,7 +334,7 @@ class CorruptionSpec:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | None = None,
         indices: Sequence[int] | Tensor | None = None,
-        preset: str = "cifar",
+        preset: str | None = None,
         boxes: Tensor | None = None,
         engine: str = "torch",
     ) -> Tensor:
@@ -302,6 +348,9 @@ class CorruptionSpec:
                 ``derive_seed(seed, name, severity, index)``, independent of batching.
             indices: dataset positions of the images, for ``seed`` (default ``0..N-1``).
             preset: parameter table: ``cifar`` (32 px), ``tiny`` (64 px) or ``imagenet`` (224 px).
+                Default: the image size's (:func:`resolve_preset`: the shorter side, <= 48 px
+                ``cifar``, <= 128 px ``tiny``, else ``imagenet``); with
+                ``engine="imagecorruptions"``, ``imagenet`` (its only table).
             boxes: N x 4 (x0, y0, x1, y1) pixel boxes, for corruptions that need them.
             engine: ``torch`` (robench's batched kernels) or ``imagecorruptions`` (the authors'
                 functions image by image on CPU, ImageNet parameters; a reference for fidelity).
@@ -310,13 +359,13 @@ class CorruptionSpec:
             A new tensor of the same shape, dtype and device, clipped to [0, 1].
 
         Shape:
-            (N, C, H, W) -> (N, C, H, W)
+            (N, C, H, W) -> (N, C, H, W), any H and W: parameters given in pixels at a preset's
+            size scale with the shorter side (:func:`image_side`).
         """
         check_batch(x)
-        if x.shape[-1] != x.shape[-2]:
-            raise ValueError(
-                f"{self.name} expects square images, got {x.shape[-2]} x {x.shape[-1]}"
-            )
+        if preset is None and engine == "imagecorruptions":
+            preset = "imagenet"
+        preset = resolve_preset(x, preset)
         params = self.params(severity, preset)
         # corruptions are data, not a differentiable layer (and never touch the caller's graph)
         x = x.detach()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._base import RandomSource, image_side, register_corruption
 from robench.perturbations._ops import gaussian_kernel1d
 
 __all__ = ["foreground_blur", "box_blur_matrices", "REFERENCE_SIDE"]
@@ -76,6 +76,8 @@ def box_blur_matrices(start: Tensor, stop: Tensor, size: int, kernel: Tensor) ->
 def foreground_blur(x: Tensor, *, rng: RandomSource, sigma: float, boxes: Tensor) -> Tensor:
     """Blur the pixels of each image's box (x0, y0, x1, y1) with a Gaussian of ``sigma * S / 224``.
 
+    S is the image side (the shorter one of an H x W image).
+
     The box covers every pixel it touches: columns ``floor(x0)`` to ``ceil(x1)`` (exclusive),
     rows likewise, clamped to the image; an empty box leaves the image unchanged. The crop is
     blurred by itself (its own pixels only, symmetric border) with a separable kernel of radius
@@ -84,7 +86,7 @@ def foreground_blur(x: Tensor, *, rng: RandomSource, sigma: float, boxes: Tensor
     inside the box only), so the cost does not depend on sigma.
     """
     n, c, h, w = x.shape
-    kernel = gaussian_kernel1d(sigma * w / REFERENCE_SIDE, dtype=torch.float64)
+    kernel = gaussian_kernel1d(sigma * image_side(x) / REFERENCE_SIDE, dtype=torch.float64)
     b = boxes.to(device=x.device, dtype=torch.float64)
     x0, x1 = _pixel_span(b[:, 0], b[:, 2], w)
     y0, y1 = _pixel_span(b[:, 1], b[:, 3], h)

@@ -1,10 +1,10 @@
 """Digital corruptions of ImageNet-C: brightness, contrast, saturate, pixelate, JPEG compression.
 
 Brightness and saturate change V or S in the HSV model of ``skimage.color.rgb2hsv`` /
-``hsv2rgb``, in a closed form that needs no hue. Pixelate reproduces PIL's ``BOX`` resampling
+``hsv2rgb``, in a closed form that needs no hue. Pixelate reproduces PIL's ``BOX`` downscaling
 bit for bit, including its fixed-point weights and the 8-bit rounding between its horizontal and
-vertical passes. JPEG goes through PIL itself, one image at a time, because no batched codec
-matches libjpeg.
+vertical passes, and PIL's ``NEAREST`` upscaling. JPEG goes through PIL itself, one image at a
+time, because no batched codec matches libjpeg.
 """
 
 from __future__ import annotations
@@ -182,24 +182,36 @@ def _round_fixed_point(sums: Tensor, weight: Tensor) -> Tensor:
     return (acc >> _PRECISION_BITS).clamp_(0, 255)
 
 
-def pil_box_downscale(values: Tensor, size: int) -> Tensor:
-    """PIL ``resize((size, size), BOX)`` of ``uint8`` images (N, C, H, W); int32 result.
+def pil_box_downscale(values: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """PIL ``resize((w', h'), BOX)`` of ``uint8`` images (N, C, H, W) to ``size = (h', w')``.
+
+    An int ``size`` is a square ``(size, size)``; the result is int32.
 
     Horizontal pass first, rounded to 8 bits, then the vertical pass, as PIL does. Window sums
     of at most a few hundred ``uint8`` values are exact in float32, so the passes are float32
     matrix products with 0/1 windows followed by PIL's fixed-point rounding.
     """
     h, w = values.shape[-2:]
-    win_x, k_x = (t.to(values.device) for t in _pil_box_window(w, size))
-    win_y, k_y = (t.to(values.device) for t in _pil_box_window(h, size))
+    size_h, size_w = (size, size) if isinstance(size, int) else size
+    win_x, k_x = (t.to(values.device) for t in _pil_box_window(w, size_w))
+    win_y, k_y = (t.to(values.device) for t in _pil_box_window(h, size_h))
     rows = _round_fixed_point(banded_matmul(win_x, values.float(), -1), k_x)
     return _round_fixed_point(banded_matmul(win_y, rows.float(), -2), k_y[:, None])
 
 
 def _pil_upscale_index(n_in: int, n_out: int) -> Tensor:
-    """Source index of PIL's ``BOX`` upscaling: ``floor((o + 0.5) * n_in / n_out)`` in double."""
-    centre = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out)
-    return torch.floor(centre).to(torch.int64).clamp(max=n_in - 1)
+    """Source index of PIL's ``NEAREST`` upscaling of ``n_in`` values to ``n_out``, exactly.
+
+    PIL (``ImagingScaleAffine``) starts at ``a / 2`` with ``a = n_in / n_out`` and adds ``a`` once
+    per output pixel in double, taking the integer part: the centre convention
+    ``floor((o + 0.5) * a)`` up to the rounding of that running sum, which decides the ties
+    where ``(o + 0.5) * a`` is a whole number. ``np.cumsum`` adds in the same order.
+    """
+    a = n_in / n_out
+    steps = np.full(n_out, a)
+    steps[0] = a * 0.5
+    index = np.floor(np.cumsum(steps)).astype(np.int64)
+    return torch.from_numpy(index).clamp(max=n_in - 1)
 
 
 @register_corruption(
@@ -216,25 +228,27 @@ def _pil_upscale_index(n_in: int, n_out: int) -> Tensor:
     stochastic=False,
 )
 def pixelate(x: Tensor, *, rng: RandomSource, f: float) -> Tensor:
-    """PIL ``BOX`` down to ``int(S * f)`` and back up to S, bit-exact for ``uint8`` inputs.
+    """PIL ``BOX`` down to ``int(H * f) x int(W * f)`` and back up to H x W, bit-exact for uint8.
 
     The input is quantised as the original's ``uint8`` image (truncation of ``x * 255``). The
-    downscale reproduces PIL's fixed-point arithmetic; the upscale is PIL's ``BOX`` upscaling,
-    which is nearest-neighbour with centre-aligned pixels (torch's ``nearest-exact``).
+    downscale reproduces PIL's fixed-point arithmetic. The upscale is PIL's ``NEAREST``, as
+    imagecorruptions does it at any size (:func:`_pil_upscale_index`); the original scripts
+    upscale with ``BOX``, which reads the same pixels at every preset's size and factor (32, 64
+    and 224 px) but breaks some ties the other way at other sizes (e.g. 80 -> 200 px).
     """
     h, w = x.shape[-2:]
-    size = max(1, int(w * f))
-    levels = pil_box_downscale(_uint8_values(x), size)
+    size_h, size_w = max(1, int(h * f)), max(1, int(w * f))
+    levels = pil_box_downscale(_uint8_values(x), (size_h, size_w))
     # On the CPU, for large images, torch's nearest-exact upscaling where it reads PIL's index
     # (checked on the CPU; other devices gather): 3x faster than the gather at 224 px, which at
     # 32 px is 2.5x faster than the interpolation
     large_cpu = x.device.type == "cpu" and h * w >= 1 << 14
-    if large_cpu and _reads_pil_index(size, h) and _reads_pil_index(size, w):
+    if large_cpu and _reads_pil_index(size_h, h) and _reads_pil_index(size_w, w):
         small = levels.to(x.dtype).div_(255.0)
         return F.interpolate(small, size=(h, w), mode="nearest-exact")
-    rows = _pil_upscale_index(size, h)
-    cols = _pil_upscale_index(size, w)
-    flat = (rows[:, None] * size + cols[None, :]).flatten().to(x.device)  # one gather, not two
+    rows = _pil_upscale_index(size_h, h)
+    cols = _pil_upscale_index(size_w, w)
+    flat = (rows[:, None] * size_w + cols[None, :]).flatten().to(x.device)  # one gather, not two
     out = levels.to(torch.uint8).flatten(-2).index_select(-1, flat)
     return out.view(*levels.shape[:-2], h, w).to(x.dtype).div_(255.0)
 

@@ -4,9 +4,10 @@ Not imagecorruptions' variant (which drops the random affine and uses other para
 the ``make_*_c.py`` algorithm.
 
 1. A random affine: ``pts1 = [(c+q, c+q), (c+q, c-q), (c-q, c-q)]`` with ``c = S//2``,
-   ``q = S//3``; ``pts2 = pts1 + U(-delta, delta)`` (float32); the image is warped like
+   ``q = S//3`` (an H x W image: see :func:`affine_points`); ``pts2 = pts1 + U(-delta, delta)``
+   (float32); the image is warped like
    ``cv2.warpAffine`` (inverse mapping, bilinear, BORDER_REFLECT_101).
-2. Two displacement fields ``gaussian(U(-1, 1)^{SxS}, sigma, mode='reflect', truncate=3) * alpha``
+2. Two displacement fields ``gaussian(U(-1, 1)^{HxW}, sigma, mode='reflect', truncate=3) * alpha``
    (skimage; half-sample symmetric border), the same for every channel.
 3. Bilinear resampling at ``(row + dy, col + dx)`` with a half-sample symmetric border, like
    ``scipy.ndimage.map_coordinates(order=1, mode='reflect')``.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._base import RandomSource, image_side, register_corruption
 from robench.perturbations._ops import gaussian_kernel1d
 
 __all__ = [
@@ -142,10 +143,17 @@ def _bilinear(x: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
-def affine_points(side: int) -> Tensor:
-    """The originals' source triangle ``pts1`` (3 x 2, x/y pixel coordinates, float32)."""
-    c, q = side // 2, side // 3
-    return torch.tensor([[c + q, c + q], [c + q, c - q], [c - q, c - q]], dtype=torch.float32)
+def affine_points(side: int | tuple[int, int]) -> Tensor:
+    """The originals' source triangle ``pts1`` (3 x 2, x/y pixel coordinates, float32).
+
+    For an H x W image the originals take ``center = (H // 2, W // 2)`` and ``q = min(H, W) // 3``
+    and hand ``center +/- q`` to OpenCV, which reads each pair as (x, y): the first coordinate
+    comes from the height. The triangle only anchors the random affine, so for square images
+    (``side`` an int) this is the centred one, and for others it is kept as the authors wrote it.
+    """
+    h, w = (side, side) if isinstance(side, int) else side
+    cy, cx, q = h // 2, w // 2, min(h, w) // 3
+    return torch.tensor([[cy + q, cx + q], [cy + q, cx - q], [cy - q, cx - q]], dtype=torch.float32)
 
 
 def affine_warp(x: Tensor, pts1: Tensor, pts2: Tensor) -> Tensor:
@@ -196,13 +204,15 @@ def smoothing_matrix(side: int, sigma: float, *, truncate: float = 3.0) -> Tenso
 
 
 def smooth_field(u: Tensor, sigma: float, *, truncate: float = 3.0) -> Tensor:
-    """``skimage.filters.gaussian(u, sigma, mode='reflect', truncate)`` of each (S x S) field in u.
+    """``skimage.filters.gaussian(u, sigma, mode='reflect', truncate)`` of each (H x W) field in u.
 
-    ``G @ u @ G^T`` in float64 with the folded :func:`smoothing_matrix`: exact for kernels longer
-    than the side, and faster than a float64 convolution even for short ones.
+    ``G_H @ u @ G_W^T`` in float64 with the folded :func:`smoothing_matrix` of each axis: exact for
+    kernels longer than the side, and faster than a float64 convolution even for short ones.
     """
-    g = smoothing_matrix(u.shape[-1], sigma, truncate=truncate).to(u.device)
-    return g @ u.to(torch.float64) @ g.T
+    height, width = u.shape[-2:]
+    gh = smoothing_matrix(height, sigma, truncate=truncate).to(u.device)
+    gw = gh if width == height else smoothing_matrix(width, sigma, truncate=truncate)
+    return gh @ u.to(torch.float64) @ gw.to(u.device).T
 
 
 def sample_symmetric(x: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
@@ -233,23 +243,24 @@ def elastic_transform(
 ) -> Tensor:
     """ImageNet-C's elastic transform; ``alpha``, ``sigma`` and ``delta`` are pixels at ``size``.
 
-    Images of another side S get every pixel quantity scaled by ``S / size``.
+    Images whose shorter side S (:func:`~robench.perturbations._base.image_side`) differs from
+    ``size`` get every pixel quantity scaled by ``S / size``. An H x W image gets H x W fields
+    and the originals' triangle for that shape (:func:`affine_points`).
 
     Random draws per image, in order: the 3 x 2 affine offsets U(-delta, delta), then the dx and
     dy fields U(-1, 1) (only when ``alpha > 0``).
     """
-    side = x.shape[-1]
-    scale = side / size
+    height, width = x.shape[-2:]
+    scale = image_side(x) / size
     alpha, sigma, delta = alpha * scale, sigma * scale, delta * scale
-    pts1 = affine_points(side)
+    pts1 = affine_points(height if height == width else (height, width))
     offsets = rng.uniform(-delta, delta, 3, 2).to(torch.float32)
     pts2 = pts1.to(offsets.device) + offsets  # float32, as the originals
     warped = affine_warp(x, pts1, pts2)
     if alpha == 0:
         return warped
-    fields = smooth_field(rng.uniform(-1.0, 1.0, 2, side, side), sigma) * alpha
+    fields = smooth_field(rng.uniform(-1.0, 1.0, 2, height, width), sigma) * alpha
     fields = fields.to(torch.float32).to(torch.float64)  # the originals store the fields as float32
-    grid = torch.arange(side, device=x.device, dtype=torch.float64)
-    ys = grid.view(1, -1, 1) + fields[:, 1]
-    xs = grid.view(1, 1, -1) + fields[:, 0]
+    ys = torch.arange(height, device=x.device, dtype=torch.float64).view(1, -1, 1) + fields[:, 1]
+    xs = torch.arange(width, device=x.device, dtype=torch.float64).view(1, 1, -1) + fields[:, 0]
     return sample_symmetric(warped, ys, xs)

@@ -5,7 +5,8 @@ Laugros et al. (section 4.1) give each a range whose lower end costs a standard 
 channel raised by 8% -> 30% of the maximum value, translations of 15 -> 62 px and rotations of
 8 -> 40 degrees, on 224 px ImageNet images. robench spaces 5 severities linearly over each range.
 Pixel quantities are stored at 224 px and scaled by ``S / 224`` for an image of side ``S`` (the
-table is therefore the same for every preset).
+table is therefore the same for every preset); an H x W image scales them by its shorter side
+``S = min(H, W)``, and the paper's square occluder stays square.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._base import RandomSource, image_side, register_corruption
 
 __all__ = ["occlusion", "color_distortion", "translation", "rotation", "REFERENCE_SIDE"]
 
@@ -47,12 +48,12 @@ def _scaled_pixels(value: float, side: int) -> float:
 def occlusion(x: Tensor, *, rng: RandomSource, side: float) -> Tensor:
     """Paint a square of value 0.5 (all channels) over each image.
 
-    The side is ``round(side * S / 224)`` pixels (at least 1, at most the image), and the square
-    lies entirely inside the image: its top-left corner is uniform over every valid integer
-    position, drawn per image.
+    The side is ``round(side * S / 224)`` pixels with S the shorter image side (at least 1, at
+    most S), and the square lies entirely inside the image: its top-left corner is uniform over
+    every valid integer position, drawn per image.
     """
     n, _, h, w = x.shape
-    k = min(h, w, max(1, int(_scaled_pixels(side, w) + 0.5)))
+    k = min(h, w, max(1, int(_scaled_pixels(side, image_side(x)) + 0.5)))
     top = rng.randint(0, h - k + 1).to(x.device)
     left = rng.randint(0, w - k + 1).to(x.device)
     rows = torch.arange(h, device=x.device)[None, :] - top[:, None]
@@ -103,29 +104,31 @@ def _shift_integer(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
     cpu_chunk=1 << 20,  # no page faults: 15 -> 12 ms per 32 images at 224 px
 )
 def translation(x: Tensor, *, rng: RandomSource, shift: float) -> Tensor:
-    """Translate each image by ``shift * S / 224`` pixels along a uniformly random angle.
+    """Translate each image by ``shift * S / 224`` pixels (S the shorter side) at a random angle.
 
     The paper does not say how the direction is chosen; here it is an angle uniform on
     [0, 2 pi) per image. The displacement ``(d cos a, d sin a)`` is rounded to whole pixels, so
     the content is copied without interpolation (its length is the requested one to within
     half a pixel per axis). Pixels the shifted image no longer covers are 0, as in the paper.
     """
-    distance = _scaled_pixels(shift, x.shape[-1])
+    distance = _scaled_pixels(shift, image_side(x))
     angle = rng.uniform(0.0, 2.0 * math.pi)
     dx = torch.round(distance * torch.cos(angle)).to(device=x.device, dtype=torch.int64)
     dy = torch.round(distance * torch.sin(angle)).to(device=x.device, dtype=torch.int64)
     return _shift_integer(x, dy, dx)
 
 
-def rotation_theta(degrees: Tensor) -> Tensor:
+def rotation_theta(degrees: Tensor, aspect: float = 1.0) -> Tensor:
     """``affine_grid`` matrices (N, 2, 3) turning images by ``degrees``, counter-clockwise as shown.
 
-    ``affine_grid`` maps output to input coordinates, so the matrix is the inverse rotation;
-    for square images, normalised coordinates share the pixel aspect and the rotation is rigid.
+    ``affine_grid`` maps output to input coordinates, so the matrix is the inverse rotation.
+    Normalised coordinates stretch each axis to [-1, 1]; for an image of ``aspect = H / W`` the
+    off-diagonal terms carry that ratio, so the rotation stays rigid in pixels (no shear).
     """
     a = torch.deg2rad(degrees.to(torch.float64))
     cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
-    return torch.stack((torch.stack((cos, -sin, zero), -1), torch.stack((sin, cos, zero), -1)), 1)
+    top = torch.stack((cos, -sin * aspect, zero), -1)
+    return torch.stack((top, torch.stack((sin / aspect, cos, zero), -1)), 1)
 
 
 @register_corruption(
@@ -145,7 +148,8 @@ def rotation(x: Tensor, *, rng: RandomSource, degrees: float) -> Tensor:
     which is the paper's "set to zero" (the boundary pixels blend with that 0 bilinearly).
     """
     sign = rng.randint(0, 2).to(torch.float64) * 2.0 - 1.0
-    theta = rotation_theta(sign * degrees).to(device=x.device, dtype=_grid_dtype(x))
+    aspect = x.shape[-2] / x.shape[-1]
+    theta = rotation_theta(sign * degrees, aspect).to(device=x.device, dtype=_grid_dtype(x))
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(
         x.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False

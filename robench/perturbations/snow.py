@@ -106,7 +106,7 @@ def snow(
 ) -> Tensor:
     """``whiten(x) + L + rot180(L)`` with the :func:`snow_layer` L (float32, like the original).
 
-    Per image: flakes ~ N(loc, scale^2) on an S x S grid, streak angle ~ U(-135, -45) degrees.
+    Per image: flakes ~ N(loc, scale^2) on an H x W grid, streak angle ~ U(-135, -45) degrees.
     """
     side_h, side_w = x.shape[-2:]
     normal = loc + scale * rng.randn(1, side_h, side_w, dtype=torch.float64)

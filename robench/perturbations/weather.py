@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robench.perturbations._base import RandomSource, register_corruption
+from robench.perturbations._base import RandomSource, image_side, register_corruption
 from robench.perturbations._ops import banded_matmul
 from robench.perturbations.elastic import gaussian_matrix
 
@@ -54,11 +55,15 @@ def _frost_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def frost_textures(scale: float) -> tuple[Tensor, Tensor]:
+def frost_textures(scale: float, cover: tuple[int, int] = (0, 0)) -> tuple[Tensor, Tensor]:
     """The five frost textures, decoded like the originals and rescaled by ``scale``.
 
     Read with ``cv2.imread`` (alpha dropped), resized with ``cv2.resize(fx=fy=scale)``
     (INTER_LINEAR) unless ``scale == 1``, converted to RGB. A read-only asset cache.
+
+    A texture still smaller than ``cover`` (H, W) in either dimension is enlarged as
+    imagecorruptions does for images larger than its textures: by the larger of the two ratios
+    it lacks, times 1.1, to ``ceil`` of the scaled size, with ``INTER_CUBIC``.
 
     Returns:
         ``(stack, sizes)``: uint8 (5, Hmax, Wmax, 3) zero-padded textures and int64 (5, 2) sizes.
@@ -76,6 +81,7 @@ def frost_textures(scale: float) -> tuple[Tensor, Tensor]:
             )
         if scale != 1.0:
             img = cv2.resize(img, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        img = _cover(img, cover)
         images.append(np.ascontiguousarray(img[..., ::-1]))
     hmax, wmax = max(i.shape[0] for i in images), max(i.shape[1] for i in images)
     stack = torch.zeros(len(images), hmax, wmax, 3, dtype=torch.uint8)
@@ -85,12 +91,24 @@ def frost_textures(scale: float) -> tuple[Tensor, Tensor]:
     return stack, sizes
 
 
-def _frost_draw(g: torch.Generator, sizes: Tensor, side: int) -> Tensor:
-    """One image's (texture, row, col): randint(5), then crop starts in [0, h-S) and [0, w-S)."""
+def _cover(img: np.ndarray, cover: tuple[int, int]) -> np.ndarray:
+    """``img`` enlarged like imagecorruptions' frost when it is smaller than ``cover`` (H, W)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if h >= cover[0] and w >= cover[1]:
+        return img
+    factor = 1.1 * max(cover[0] / h, cover[1] / w)
+    size = (math.ceil(w * factor), math.ceil(h * factor))
+    return cv2.resize(img, dsize=size, interpolation=cv2.INTER_CUBIC)
+
+
+def _frost_draw(g: torch.Generator, sizes: Tensor, height: int, width: int) -> Tensor:
+    """One image's (texture, row, col): randint(5), then crop starts in [0, h-H) and [0, w-W)."""
     k = int(torch.randint(0, len(sizes), (), generator=g, device=g.device))
     h, w = (int(v) for v in sizes[k])
-    row = int(torch.randint(0, max(h - side, 1), (), generator=g, device=g.device))
-    col = int(torch.randint(0, max(w - side, 1), (), generator=g, device=g.device))
+    row = int(torch.randint(0, max(h - height, 1), (), generator=g, device=g.device))
+    col = int(torch.randint(0, max(w - width, 1), (), generator=g, device=g.device))
     return torch.tensor([k, row, col], device=g.device)
 
 
@@ -117,18 +135,23 @@ def _frost_draw(g: torch.Generator, sizes: Tensor, side: int) -> Tensor:
     cpu_chunk=1 << 19,  # no page faults: 39 -> 16 ms per 32 images at 224 px
 )
 def frost(x: Tensor, *, rng: RandomSource, a: float, b: float, scale: float, size: int) -> Tensor:
-    """``a * x + b * crop`` with an S x S crop of a texture rescaled by ``scale`` (x0.2/x0.3/x1).
+    """``a * x + b * crop`` with an H x W crop of a texture rescaled by ``scale`` (x0.2/x0.3/x1).
 
-    Images whose side S differs from ``size`` use the texture scale ``scale * S / size``.
-    One-channel images get the crop's luma (0.299, 0.587, 0.114).
+    Images whose shorter side S (:func:`~robench.perturbations._base.image_side`) differs from
+    ``size`` use the texture scale ``scale * S / size``. Where a texture at that scale is still
+    smaller than the image (a tall image, or one much larger than the textures), it is enlarged
+    as imagecorruptions does (see :func:`frost_textures`). One-channel images get the crop's luma
+    (0.299, 0.587, 0.114).
     """
-    c, side = x.shape[1], x.shape[-1]
-    stack, sizes = frost_textures(scale if side == size else scale * side / size)
-    if int(sizes.min()) < side:
-        raise ValueError(f"frost textures at this scale are smaller than the image side {side}")
-    draws = rng.per_image(lambda g: _frost_draw(g, sizes, side)).cpu()
-    # (N, S, S, 3) uint8; slices, not an advanced-index gather (which took 45% of the time)
-    crops = torch.stack([stack[k, r : r + side, q : q + side] for k, r, q in draws.tolist()])
+    c, (height, width) = x.shape[1], x.shape[-2:]
+    side = image_side(x)
+    texture_scale = scale if side == size else scale * side / size
+    stack, sizes = frost_textures(texture_scale)
+    if int(sizes[:, 0].min()) < height or int(sizes[:, 1].min()) < width:
+        stack, sizes = frost_textures(texture_scale, (height, width))
+    draws = rng.per_image(lambda g: _frost_draw(g, sizes, height, width)).cpu()
+    # (N, H, W, 3) uint8; slices, not an advanced-index gather (which took 45% of the time)
+    crops = torch.stack([stack[k, r : r + height, q : q + width] for k, r, q in draws.tolist()])
     crops = crops.to(device=x.device).permute(0, 3, 1, 2).to(x.dtype) * (b / 255.0)
     if c == 1:
         luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -191,21 +214,21 @@ def plasma_fractal(uniforms: list[Tensor], decay: float) -> Tensor:
     cpu_chunk=1 << 21,  # no page faults: 59 -> 40 ms per 32 images at 224 px
 )
 def fog(x: Tensor, *, rng: RandomSource, s: float, decay: float) -> Tensor:
-    """``(x + s * F) * m / (m + s)``, F a plasma map cropped to S x S, m the image's maximum.
+    """``(x + s * F) * m / (m + s)``, F a plasma map cropped to H x W, m the image's maximum.
 
-    The map side is the next power of two >= S (32, 64 and 256 at the presets, as the
-    originals). Draws per image: per level one (3, k, k) U(-1, 1) block (see
-    :func:`plasma_fractal`).
+    The map side is the next power of two >= max(H, W) (32, 64 and 256 at the presets, as the
+    originals), cropped to its top-left H x W, as imagecorruptions does for any image. Draws per
+    image: per level one (3, k, k) U(-1, 1) block (see :func:`plasma_fractal`).
     """
-    side = x.shape[-1]
-    mapsize = 1 << max(side - 1, 1).bit_length()
+    height, width = x.shape[-2:]
+    mapsize = 1 << max(max(height, width) - 1, 1).bit_length()
     levels = mapsize.bit_length() - 1
     # one draw per image, split by level: the same numbers as one draw per level (torch's
     # uniform_ takes one 32-bit value per element), 24 Python-level draws per image fewer
     sizes = [3 << (2 * i) for i in range(levels)]
     flat = torch.split(rng.uniform(-1.0, 1.0, sum(sizes)), sizes, dim=1)
     uniforms = [u.view(-1, 3, 1 << i, 1 << i) for i, u in enumerate(flat)]
-    plasma = plasma_fractal(uniforms, decay)[:, None, :side, :side]
+    plasma = plasma_fractal(uniforms, decay)[:, None, :height, :width]
     peak = x.amax(dim=(1, 2, 3), keepdim=True).to(torch.float64)
     haze = (s * plasma).to(device=x.device, dtype=x.dtype)
     return (x + haze) * (peak / (peak + s)).to(x.dtype)
@@ -229,21 +252,29 @@ def water_distance(layer: np.ndarray) -> np.ndarray:
     return cv2.blur(dist, (3, 3)).astype(np.float32)
 
 
+def _nearest_matrices(maps: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """The (H x H) and (W x W) skimage gaussian matrices (mode 'nearest') of maps (..., H, W)."""
+    height, width = maps.shape[-2:]
+    gh = gaussian_matrix(height, sigma, truncate=4.0, border="nearest").to(maps.device)
+    gw = gh if width == height else gaussian_matrix(width, sigma, truncate=4.0, border="nearest")
+    return gh, gw.to(maps.device)
+
+
 def _blur64(layer: Tensor, sigma: float) -> Tensor:
-    """The skimage ``gaussian`` (mode 'nearest', truncate 4) of float64 maps (..., S, S) by matmul.
+    """The skimage ``gaussian`` (mode 'nearest', truncate 4) of float64 maps (..., H, W) by matmul.
 
     Banded float64 matrix products (:func:`~robench.perturbations._ops.banded_matmul`) are much
     faster than a float64 convolution on CPU.
     """
-    g = gaussian_matrix(layer.shape[-1], sigma, truncate=4.0, border="nearest").to(layer.device)
-    return banded_matmul(g, banded_matmul(g, layer.to(torch.float64), -2), -1)
+    gh, gw = _nearest_matrices(layer, sigma)
+    return banded_matmul(gw, banded_matmul(gh, layer.to(torch.float64), -2), -1)
 
 
 def _blur_float32(m: Tensor, sigma: float) -> Tensor:
     """The skimage ``gaussian`` of float32 maps: float64 sums, rounded to float32 per axis."""
-    g = gaussian_matrix(m.shape[-1], sigma, truncate=4.0, border="nearest").to(m.device)
-    rows = banded_matmul(g, m.to(torch.float64), -2).to(torch.float32)
-    return banded_matmul(g, rows.to(torch.float64), -1).to(torch.float32)
+    gh, gw = _nearest_matrices(m, sigma)
+    rows = banded_matmul(gh, m.to(torch.float64), -2).to(torch.float32)
+    return banded_matmul(gw, rows.to(torch.float64), -1).to(torch.float32)
 
 
 def _mud(x: Tensor, layer: Tensor, thr: float, k: float) -> Tensor:
@@ -327,10 +358,9 @@ def spatter(
     Water: the edge / distance-transform texture of :func:`water_distance` runs through OpenCV
     image by image on CPU (Canny, distanceTransform and equalizeHist have no faithful batched
     torch equivalent); the rest is batched. An empty layer, where the originals produce NaN,
-    leaves the image unchanged. Draws per image: one (S, S) standard normal field.
+    leaves the image unchanged. Draws per image: one (H, W) standard normal field.
     """
-    side = x.shape[-1]
-    layer = mu + sigma * rng.randn(1, side, side, dtype=torch.float64)
+    layer = mu + sigma * rng.randn(1, *x.shape[-2:], dtype=torch.float64)
     layer = _blur64(layer, blur)
     layer = torch.where(layer < thr, torch.zeros_like(layer), layer)
     if mode == "mud":

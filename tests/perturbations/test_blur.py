@@ -43,12 +43,18 @@ class Draws:
     randint = uniform = per_image = randn = rand = _next
 
 
-def images(n: int, side: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    """Random 8-bit images with a flat patch and a ramp (the cases where rounding bites)."""
+def images(
+    n: int, side: int, channels: int = 3, seed: int = 0, width: int | None = None
+) -> torch.Tensor:
+    """Random 8-bit images with a flat patch and a ramp (the cases where rounding bites).
+
+    ``side`` x ``side``, or ``side`` x ``width`` (H x W) when a width is given.
+    """
+    w = width or side
     g = np.random.default_rng(seed)
-    x = g.integers(0, 256, size=(n, channels, side, side))
-    x[:, :, : side // 4, : side // 4] = g.integers(0, 256, size=(n, channels, 1, 1))
-    x[:, :, -side // 4 :, :] = np.arange(side)[None, None, None, :] * 255 // (side - 1)
+    x = g.integers(0, 256, size=(n, channels, side, w))
+    x[:, :, : side // 4, : w // 4] = g.integers(0, 256, size=(n, channels, 1, 1))
+    x[:, :, -side // 4 :, :] = np.arange(w)[None, None, None, :] * 255 // (w - 1)
     return torch.from_numpy(x).float() / 255.0
 
 
@@ -65,12 +71,18 @@ def chw(a: np.ndarray) -> torch.Tensor:
 
 
 def ref_clipped_zoom(img: np.ndarray, z: float) -> np.ndarray:
-    h = img.shape[0]
-    ch = int(np.ceil(h / z))
-    top = (h - ch) // 2
-    out = scipy_zoom(img[top : top + ch, top : top + ch], (z, z, 1), order=1)
-    trim = (out.shape[0] - h) // 2
-    return out[trim : trim + h, trim : trim + h]
+    """The original's centred crop of ceil(n / z) per axis, scipy zoom, centred trim.
+
+    imagecorruptions keeps the top-left [:H, :W] instead: the same pixels for zoom blur's
+    factors (<= 1.31, the zoomed size exceeds n by 0 or 1), a shift of a pixel or two of the
+    random flake layer for snow's larger ones.
+    """
+    h, w = img.shape[:2]
+    ch, cw = int(np.ceil(h / z)), int(np.ceil(w / z))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    out = scipy_zoom(img[top : top + ch, left : left + cw], (z, z, 1), order=1)
+    trim_h, trim_w = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+    return out[trim_h : trim_h + h, trim_w : trim_w + w]
 
 
 def ref_im_motion(img: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
@@ -241,9 +253,9 @@ def test_defocus_matches_opencv_filter2d(side: int, radius: float, alias: float)
         assert np.abs(got[i].permute(1, 2, 0).numpy() - ref).max() < 1e-6
 
 
-@pytest.mark.parametrize("side", [32, 64, 224])
-def test_clipped_zoom_matches_scipy(side: int) -> None:
-    img = torch.rand(1, 3, side, side, dtype=torch.float64)
+@pytest.mark.parametrize(("side", "width"), [(32, 32), (64, 64), (224, 224), (40, 64), (200, 300)])
+def test_clipped_zoom_matches_scipy(side: int, width: int) -> None:
+    img = torch.rand(1, 3, side, width, dtype=torch.float64)
     for z in (1.0, 1.01, 1.06, 1.12, 1.3, 1.75, 2.25, 3.0, 4.5):
         ref = ref_clipped_zoom(img[0].permute(1, 2, 0).numpy(), z)
         got = _ops.clipped_zoom(img, z)[0].permute(1, 2, 0).numpy()
@@ -251,10 +263,11 @@ def test_clipped_zoom_matches_scipy(side: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("preset", "severity", "side"), [("cifar", 1, 32), ("cifar", 5, 32), ("imagenet", 5, 64)]
+    ("preset", "severity", "side", "width"),
+    [("cifar", 1, 32, 32), ("cifar", 5, 32, 32), ("imagenet", 5, 64, 64), ("imagenet", 3, 48, 80)],
 )
-def test_zoom_blur_matches_the_original(preset: str, severity: int, side: int) -> None:
-    x = images(2, side, seed=4)
+def test_zoom_blur_matches_the_original(preset: str, severity: int, side: int, width: int) -> None:
+    x = images(2, side, seed=4, width=width)
     factors = P.get("zoom_blur").params(severity, preset)["factors"]
     got = zoom_blur(x, rng=None, factors=factors)
     for i in range(2):
@@ -290,14 +303,24 @@ def test_glass_copy_loop_is_exact(h: int, w: int, d: int, passes: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("side", "params"),
-    [(32, (0.05, 1, 1)), (32, (0.4, 1, 2)), (64, (0.9, 2, 2)), (40, (1.5, 4, 2))],
+    ("side", "width", "params"),
+    [
+        (32, 32, (0.05, 1, 1)),
+        (32, 32, (0.4, 1, 2)),
+        (64, 64, (0.9, 2, 2)),
+        (40, 40, (1.5, 4, 2)),
+        (36, 52, (1.1, 3, 2)),
+        (50, 30, (0.7, 1, 2)),
+    ],
 )
-def test_glass_blur_matches_the_original(side: int, params: tuple[float, int, int]) -> None:
+def test_glass_blur_matches_the_original(
+    side: int, width: int, params: tuple[float, int, int]
+) -> None:
+    """The loop runs over rows and columns of the image's own H x W, as imagecorruptions does."""
     sigma, d, passes = params
-    x = images(2, side, seed=5)
+    x = images(2, side, seed=5, width=width)
     g = np.random.default_rng(7)
-    offsets = g.integers(-d, d, size=(2, passes, (side - 2 * d) ** 2, 2))
+    offsets = g.integers(-d, d, size=(2, passes, (side - 2 * d) * (width - 2 * d), 2))
     got = glass_blur(
         x, rng=Draws(codes_of(offsets, d)), sigma=sigma, max_delta=d, iterations=passes
     )
@@ -328,10 +351,13 @@ def test_glass_draws_one_uniform_code_per_target_and_pass(side: int, d: int, pas
 
 
 @pytest.mark.parametrize(
-    ("side", "radius", "sigma"), [(32, 6, 1), (32, 9, 2.5), (64, 12, 3), (224, 20, 15)]
+    ("side", "width", "radius", "sigma"),
+    [(32, 32, 6, 1), (32, 32, 9, 2.5), (64, 64, 12, 3), (224, 224, 20, 15), (48, 90, 15, 8)],
 )
-def test_motion_blur_matches_imagemagick_formula(side: int, radius: float, sigma: float) -> None:
-    x = images(3, side, seed=6)
+def test_motion_blur_matches_imagemagick_formula(
+    side: int, width: int, radius: float, sigma: float
+) -> None:
+    x = images(3, side, seed=6, width=width)
     angles = torch.tensor([-44.9, 0.0, 31.7], dtype=torch.float64)
     got = motion_blur(x, rng=Draws(angles), radius=radius, sigma=sigma)
     for i in range(3):
@@ -349,14 +375,20 @@ def test_float32_fft_error_stays_inside_the_exactness_margin() -> None:
 
 
 @pytest.mark.parametrize(
-    ("preset", "severity", "side"), [("cifar", 4, 32), ("tiny", 5, 64), ("imagenet", 4, 224)]
+    ("preset", "severity", "side", "width"),
+    [
+        ("cifar", 4, 32, 32),
+        ("tiny", 5, 64, 64),
+        ("imagenet", 4, 224, 224),
+        ("imagenet", 2, 90, 150),
+    ],
 )
-def test_snow_matches_the_original(preset: str, severity: int, side: int) -> None:
+def test_snow_matches_the_original(preset: str, severity: int, side: int, width: int) -> None:
     p = P.get("snow").params(severity, preset)
     n = 2 if side < 224 else 1
-    x = images(n, side, seed=8)
+    x = images(n, side, seed=8, width=width)
     g = torch.Generator().manual_seed(severity)
-    normal = torch.randn(n, 1, side, side, generator=g, dtype=torch.float64)
+    normal = torch.randn(n, 1, side, width, generator=g, dtype=torch.float64)
     angles = torch.tensor([-130.0, -52.5][:n], dtype=torch.float64)
     got = snow(x, rng=Draws(normal, angles), **p)
     for i in range(n):

@@ -15,10 +15,12 @@ from robench import perturbations as P
 PRESETS = ("cifar", "tiny", "imagenet")
 
 
-def _uint8_images(n: int, size: int, seed: int, channels: int = 3) -> np.ndarray:
+def _uint8_images(
+    n: int, size: int, seed: int, channels: int = 3, width: int | None = None
+) -> np.ndarray:
     """Random uint8 images with grey pixels, channel ties, pure black and pure white."""
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    a = rng.integers(0, 256, (n, size, width or size, channels), dtype=np.uint8)
     if channels == 3:
         a[:, 0, :] = a[:, 0, :, :1]  # grey row (max == min)
         a[:, 1, :, 1] = a[:, 1, :, 0]  # red == green ties
@@ -90,31 +92,52 @@ def test_contrast_is_per_channel_mean_scaling(preset: str) -> None:
         np.testing.assert_allclose(P.get("contrast")(x, s, preset=preset).numpy(), ref, atol=1e-12)
 
 
-def _pil_pixelate(img: np.ndarray, small: int) -> np.ndarray:
-    size = img.shape[0]
-    im = Image.fromarray(img).resize((small, small), Image.BOX)
-    return np.asarray(im.resize((size, size), Image.BOX))
+def _pil_pixelate(img: np.ndarray, f: float, up: Image.Resampling = Image.NEAREST) -> np.ndarray:
+    """imagecorruptions' pixelate (BOX down, NEAREST up); ``up=BOX`` is the original scripts'."""
+    h, w = img.shape[:2]
+    im = Image.fromarray(img).resize((max(1, int(w * f)), max(1, int(h * f))), Image.BOX)
+    return np.asarray(im.resize((w, h), up))
 
 
-@pytest.mark.parametrize("size", [8, 13, 20, 31, 32, 45, 64, 97, 224])
-def test_pixelate_is_bit_exact_with_pil_box(size: int) -> None:
-    """PIL's fixed-point weights and its 8-bit rounding between the two passes are reproduced."""
-    a = _uint8_images(2, size, seed=size)
+@pytest.mark.parametrize(
+    ("size", "width"),
+    [(8, 8), (13, 13), (20, 20), (31, 31), (32, 32), (45, 45), (64, 64), (97, 97), (224, 224)]
+    + [(200, 300), (300, 200), (33, 57), (50, 70)],
+)
+def test_pixelate_is_bit_exact_with_pil(size: int, width: int) -> None:
+    """PIL's fixed-point weights and its 8-bit rounding between the two passes are reproduced,
+    and the NEAREST upscaling's ties (80 -> 200 px at f = 0.4), on square and H x W images."""
+    a = _uint8_images(2, size, seed=size, width=width)
     x = _to_tensor(a, torch.float32)
     tables = {P.get("pixelate").params(s, p)["f"] for s in range(1, 6) for p in PRESETS}
     spec = P.get("pixelate")
     for f in sorted(tables | {0.33, 0.77}):
-        small = max(1, int(size * f))
         got = spec.kernel(x, rng=None, f=f)
-        ref = np.stack([_pil_pixelate(img, small) for img in a])
+        ref = np.stack([_pil_pixelate(img, f) for img in a])
         assert np.array_equal(np.round(_to_hwc(got) * 255).astype(np.uint8), ref), (size, f)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_pixelate_equals_the_original_box_upscaling_at_the_preset_size(preset: str) -> None:
+    """The original scripts upscale with BOX: the same pixels at their own size and factors."""
+    size = {"cifar": 32, "tiny": 64, "imagenet": 224}[preset]
+    a = _uint8_images(2, size, seed=3)
+    spec = P.get("pixelate")
+    for s in spec.severities:
+        got = spec(_to_tensor(a, torch.float32), s, preset=preset)
+        f = spec.params(s, preset)["f"]
+        ref = np.stack([_pil_pixelate(img, f, Image.BOX) for img in a])
+        assert np.array_equal(np.round(_to_hwc(got) * 255).astype(np.uint8), ref), (preset, s)
+    # elsewhere the two upscalings break some ties differently, and robench follows NEAREST
+    tie = _uint8_images(1, 200, seed=4, width=300)[0]
+    assert not np.array_equal(_pil_pixelate(tie, 0.4), _pil_pixelate(tie, 0.4, Image.BOX))
 
 
 def test_pixelate_quantises_input_by_truncation_and_handles_one_channel() -> None:
     a = _uint8_images(2, 32, seed=5, channels=1)
     x = _off_grid(a, 0.9, torch.float32)  # truncates back to a
     got = P.get("pixelate")(x, 5, preset="cifar")
-    ref = np.stack([_pil_pixelate(img[..., 0], int(32 * 0.65)) for img in a])
+    ref = np.stack([_pil_pixelate(img[..., 0], 0.65) for img in a])
     assert np.array_equal(np.round(got[:, 0].numpy() * 255).astype(np.uint8), ref)
 
 

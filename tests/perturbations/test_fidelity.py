@@ -473,6 +473,114 @@ def test_elastic_transform_matches_the_original_algorithm_in_distribution() -> N
     _check_change("elastic_transform", per_sev, 0.05)
 
 
+# ------------------------------------------ non-square photos, through the robench.corrupt drop-in
+
+# imagecorruptions corrupts any H x W; robench must agree on non-square photos as it does on
+# square ones: the same PSNR thresholds (DETERMINISTIC) and the same mean-absolute-change rule.
+# Both sides go through ``robench.corrupt`` (the reference with ``engine="imagecorruptions"``,
+# i.e. imagecorruptions' own ``corrupt``), image by image on HWC uint8 arrays, so the drop-in
+# itself is what is compared, with the ImageNet preset (what the drop-in picks by itself from a
+# shorter side of 129 px on). Smaller sizes where the reference is slow: glass blur's loops over
+# every pixel in Python (48 x 80), fog's plasma map is 256 px instead of 512 below 256 px.
+NON_SQUARE = ((200, 300), (300, 200))
+NON_SQUARE_STOCHASTIC: list[tuple[str, int, int, int, float]] = [
+    ("gaussian_noise", 200, 300, 2, 0.01),
+    ("shot_noise", 300, 200, 2, 0.01),
+    ("impulse_noise", 200, 300, 4, 0.025),
+    ("speckle_noise", 300, 200, 2, 0.01),
+    ("glass_blur", 48, 80, 12, 0.02),
+    ("motion_blur", 200, 300, 16, 0.05),
+    ("snow", 300, 200, 8, 0.05),
+    ("frost", 200, 300, 32, 0.05),
+    ("frost", 300, 200, 32, 0.05),  # taller than some textures: enlarged, as imagecorruptions does
+    ("fog", 150, 250, 32, 0.05),
+    ("spatter", 250, 150, 32, 0.05),
+]
+_SLOW_NON_SQUARE = {"glass_blur", "motion_blur", "snow", "frost", "fog", "spatter", "zoom_blur"}
+
+
+@lru_cache(maxsize=8)
+def _photo_crops(n: int, height: int, width: int) -> np.ndarray:
+    """``n`` distinct H x W uint8 crops of the bundled photos (positions as in ``_patches``)."""
+    photos, crops = _photos(), []
+    for k in range(n):
+        photo = photos[k % len(photos)]
+        fy, fx = _CROPS[(k // len(photos)) % len(_CROPS)]
+        h, w = photo.shape[:2]
+        y0, x0 = int(fy * (h - height)), int(fx * (w - width))
+        crop = photo[y0 : y0 + height, x0 : x0 + width]
+        crops.append(crop[:, ::-1] if (k // (len(photos) * len(_CROPS))) % 2 else crop)
+    return np.ascontiguousarray(np.stack(crops))
+
+
+def _drop_in(name: str, images: np.ndarray, severity: int, seed: int = 0, **kw: Any) -> Tensor:
+    """``robench.corrupt`` image by image (seed + i each, ImageNet preset), as an (N, 3, H, W)
+    k / 255 batch."""
+    from robench import corrupt
+
+    outs = [
+        corrupt(im, corruption_name=name, severity=severity, seed=seed + i, preset="imagenet", **kw)
+        for i, im in enumerate(images)
+    ]
+    return torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+
+def _as_batch(images: np.ndarray) -> Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float64) / 255.0
+
+
+def test_non_square_photos_pick_the_imagenet_preset_and_every_shape_is_real() -> None:
+    for height, width in NON_SQUARE:
+        images = _photo_crops(9, height, width)
+        assert images.shape == (9, height, width, 3)
+        assert len({im.tobytes() for im in images}) == 9  # distinct crops
+        assert perturbations.resolve_preset((height, width)) == "imagenet"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if n in _SLOW_NON_SQUARE else [])
+        for n in sorted(DETERMINISTIC)
+    ],
+)
+def test_drop_in_matches_imagecorruptions_on_non_square_photos(name: str) -> None:
+    _spec(name)
+    psnrs = {}
+    for height, width in NON_SQUARE:
+        images = _photo_crops(2, height, width)
+        for s in SEVERITIES:
+            ours = _drop_in(name, images, s)
+            ref = _drop_in(name, images, s, engine="imagecorruptions")
+            psnrs[(height, width, s)] = round(_psnr(ours, ref), 2)
+    assert min(psnrs.values()) >= DETERMINISTIC[name], f"{name}: PSNR (H, W, severity) {psnrs}"
+
+
+@pytest.mark.parametrize(
+    ("name", "height", "width", "n", "tol"),
+    [
+        pytest.param(
+            *c,
+            id=f"{c[0]}-{c[1]}x{c[2]}",
+            marks=[pytest.mark.slow] if c[0] in _SLOW_NON_SQUARE else [],
+        )
+        for c in NON_SQUARE_STOCHASTIC
+    ],
+)
+def test_drop_in_matches_imagecorruptions_in_distribution_on_non_square_photos(
+    name: str, height: int, width: int, n: int, tol: float
+) -> None:
+    _spec(name)
+    images = _photo_crops(n, height, width)
+    x = _as_batch(images)
+    per_sev = {}
+    for s in SEVERITIES:
+        ours = _drop_in(name, images, s, seed=100 * s)
+        ref = _drop_in(name, images, s, seed=100 * s, engine="imagecorruptions")
+        per_sev[s] = (_mean_abs_change(ours, x), _mean_abs_change(ref, x))
+    _check_change(f"{name} {height}x{width}", per_sev, tol)
+
+
 # ------------------------------------------------------------------- accuracy drop of a fixed model
 
 

@@ -31,9 +31,11 @@ def _rng(seeds: list[int]) -> RandomSource:
     return RandomSource([make_generator(s) for s in seeds])
 
 
-def _images(n: int, side: int, seed: int = 0, hi: float = 1.0) -> torch.Tensor:
+def _images(
+    n: int, side: int, seed: int = 0, hi: float = 1.0, width: int | None = None
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return hi * torch.rand(n, 3, side, side, generator=g)
+    return hi * torch.rand(n, 3, side, width or side, generator=g)
 
 
 def _hwc(t: torch.Tensor) -> np.ndarray:
@@ -87,15 +89,27 @@ def _frost_folder() -> Path:
     return W._frost_dir()
 
 
-def _frost_reference(
-    x: np.ndarray, a: float, b: float, scale: float, draw: tuple[int, ...]
-) -> np.ndarray:
+def _frost_texture(k: int, scale: float, cover: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Texture k as the original reads and scales it; enlarged as imagecorruptions does (x1.1
+    the missing ratio, INTER_CUBIC) where it is smaller than ``cover`` (H, W)."""
     names = ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"]
-    tex = cv2.imread(str(_frost_folder() / names[draw[0]]))
+    tex = cv2.imread(str(_frost_folder() / names[k]))
     if scale != 1:
         tex = cv2.resize(tex, (0, 0), fx=scale, fy=scale)
-    s = x.shape[0]
-    crop = tex[draw[1] : draw[1] + s, draw[2] : draw[2] + s][..., [2, 1, 0]]
+    h, w = tex.shape[:2]
+    if h < cover[0] or w < cover[1]:
+        f = max(cover[0] / h, cover[1] / w) * 1.1
+        tex = cv2.resize(
+            tex, (int(np.ceil(w * f)), int(np.ceil(h * f))), interpolation=cv2.INTER_CUBIC
+        )
+    return tex
+
+
+def _frost_reference(
+    x: np.ndarray, a: float, b: float, tex: np.ndarray, draw: tuple[int, ...]
+) -> np.ndarray:
+    h, w = x.shape[:2]
+    crop = tex[draw[1] : draw[1] + h, draw[2] : draw[2] + w][..., [2, 1, 0]]
     return np.clip(a * (x * 255.0) + b * crop, 0, 255) / 255.0
 
 
@@ -116,7 +130,31 @@ def test_frost_matches_original(preset: str, severity: int) -> None:
             int(torch.randint(0, h - side, (), generator=g)),
             int(torch.randint(0, w - side, (), generator=g)),
         )
-        ref = _frost_reference(_hwc(x[i]).astype(np.float64), p["a"], p["b"], p["scale"], draw)
+        tex = _frost_texture(k, p["scale"])
+        ref = _frost_reference(_hwc(x[i]).astype(np.float64), p["a"], p["b"], tex, draw)
+        np.testing.assert_allclose(_hwc(out[i]), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "width"), [(200, 300), (300, 200), (120, 700)])
+def test_frost_crops_h_by_w_and_enlarges_textures_too_small(height: int, width: int) -> None:
+    """The texture scale follows the shorter side; a texture still too small for the image
+    (a tall or very wide image) is enlarged as imagecorruptions does, then cropped H x W."""
+    p = dict(P.get("frost").params(4, "imagenet"))
+    x = _images(3, height, seed=2, width=width)
+    seeds = [7, 8, 9]
+    out = W.frost(x, rng=_rng(seeds), **p).clamp(0, 1)
+    scale = p["scale"] * min(height, width) / 224
+    textures = [_frost_texture(k, scale) for k in range(5)]
+    if any(t.shape[0] < height or t.shape[1] < width for t in textures):
+        textures = [_frost_texture(k, scale, (height, width)) for k in range(5)]
+    assert all(t.shape[0] >= height and t.shape[1] >= width for t in textures)
+    for i, s in enumerate(seeds):
+        g = make_generator(s)
+        k = int(torch.randint(0, 5, (), generator=g))
+        h, w = textures[k].shape[:2]
+        rows = int(torch.randint(0, max(h - height, 1), (), generator=g))
+        draw = (k, rows, int(torch.randint(0, max(w - width, 1), (), generator=g)))
+        ref = _frost_reference(_hwc(x[i]).astype(np.float64), p["a"], p["b"], textures[k], draw)
         np.testing.assert_allclose(_hwc(out[i]), ref, atol=1e-6)
 
 
@@ -205,6 +243,26 @@ def test_fog_other_sizes_use_next_power_of_two() -> None:
     assert out.shape == (2, 3, 48, 48) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("height", "width", "mapsize"), [(40, 24, 64), (20, 33, 64), (64, 16, 64)])
+def test_fog_on_h_by_w_crops_the_map_of_the_longer_side(
+    height: int, width: int, mapsize: int
+) -> None:
+    """imagecorruptions' rule: an M x M map, M the next power of two >= max(H, W), cropped to
+    its top-left H x W."""
+    p = dict(P.get("fog").params(4, "cifar"))
+    x = _images(2, height, seed=3, hi=0.8, width=width)
+    out = W.fog(x, rng=_rng([5, 6]), **p).clamp(0, 1)
+    rng = _rng([5, 6])
+    uniforms = [rng.uniform(-1, 1, 3, 1 << i, 1 << i) for i in range(mapsize.bit_length() - 1)]
+    for b in range(2):
+        plasma = _plasma_loops([u[b].numpy() for u in uniforms], p["decay"])
+        img = _hwc(x[b]).astype(np.float64)
+        peak = img.max()
+        img = img + p["s"] * plasma[:height, :width][..., None]
+        ref = np.clip(img * peak / (peak + p["s"]), 0, 1)
+        np.testing.assert_allclose(_hwc(out[b]), ref, atol=1e-6)
+
+
 # -------------------------------------------------------------------------------------- spatter
 
 
@@ -264,6 +322,18 @@ def test_spatter_matches_original(preset: str, severity: int) -> None:
         np.testing.assert_allclose(_hwc(out[i]), ref, atol=2e-6)
 
 
+@pytest.mark.parametrize(("preset", "severity"), [("imagenet", 2), ("imagenet", 4), ("cifar", 5)])
+def test_spatter_matches_original_on_h_by_w(preset: str, severity: int) -> None:
+    height, width = (90, 150) if preset == "imagenet" else (24, 40)
+    p = dict(P.get("spatter").params(severity, preset))
+    x = _images(2, height, seed=4, width=width)
+    out = W.spatter(x, rng=_rng([20, 21]), **p).clamp(0, 1)
+    normals = _rng([20, 21]).randn(1, height, width, dtype=torch.float64)[:, 0].numpy()
+    for i in range(2):
+        ref = _spatter_reference(_hwc(x[i]), normals[i], p)
+        np.testing.assert_allclose(_hwc(out[i]), ref, atol=2e-6)
+
+
 @pytest.mark.parametrize("mode", ["water", "mud"])
 def test_spatter_empty_layer_leaves_image_unchanged(mode: str) -> None:
     x = _images(2, 32, seed=5)
@@ -297,9 +367,12 @@ def test_affine_warp_matches_cv2(side: int, delta: float) -> None:
     np.testing.assert_allclose(_hwc(got[0]), ref, atol=5e-5)
 
 
-@pytest.mark.parametrize("side,sigma", [(32, 6.4), (32, 0.96), (224, 170.8), (224, 2.44)])
-def test_smoothing_matches_skimage_reflect(side: int, sigma: float) -> None:
-    u = np.random.RandomState(1).uniform(-1, 1, (side, side))
+@pytest.mark.parametrize(
+    "side,width,sigma",
+    [(32, 32, 6.4), (32, 32, 0.96), (224, 224, 170.8), (224, 224, 2.44), (40, 90, 7.0)],
+)
+def test_smoothing_matches_skimage_reflect(side: int, width: int, sigma: float) -> None:
+    u = np.random.RandomState(1).uniform(-1, 1, (side, width))
     ref = gaussian(u, sigma, mode="reflect", truncate=3)
     got = E.smooth_field(torch.from_numpy(u)[None], sigma)[0].numpy()
     np.testing.assert_allclose(got, ref, atol=1e-13)
@@ -323,25 +396,30 @@ def test_sampling_matches_map_coordinates_reflect(side: int) -> None:
     np.testing.assert_allclose(_hwc(got[0]), ref, atol=1e-6)
 
 
-def _pts1(side: int) -> np.ndarray:
-    c, q = float(side // 2), side // 3
-    return np.float32([[c + q, c + q], [c + q, c - q], [c - q, c - q]])
+def _pts1(side: int, width: int | None = None) -> np.ndarray:
+    """The original's pts1: ``center_square = float32((H, W)) // 2``, ``q = min(H, W) // 3``."""
+    shape = (side, width or side)
+    center, q = np.float32(shape) // 2, min(shape) // 3
+    return np.float32([center + q, [center[0] + q, center[1] - q], center - q])
 
 
 def test_affine_points_are_the_originals() -> None:
     for side in (32, 64, 224):
         np.testing.assert_array_equal(E.affine_points(side).numpy(), _pts1(side))
     assert E.affine_points(224)[0].tolist() == [112 + 74, 112 + 74]
+    # H x W: the originals hand (H // 2, W // 2) +/- q to OpenCV as (x, y) points
+    np.testing.assert_array_equal(E.affine_points((200, 300)).numpy(), _pts1(200, 300))
+    assert E.affine_points((200, 300))[0].tolist() == [100 + 66, 150 + 66]
 
 
 def _elastic_reference(
     img: np.ndarray, pts2: np.ndarray, u: np.ndarray | None, p: dict
 ) -> np.ndarray:
     """The original elastic_transform on one float32 HWC image, given its draws."""
-    side = img.shape[0]
-    pts1 = _pts1(side)
+    side, width = img.shape[:2]
+    pts1 = _pts1(side, width)
     warped = cv2.warpAffine(
-        img, cv2.getAffineTransform(pts1, pts2), (side, side), borderMode=cv2.BORDER_REFLECT_101
+        img, cv2.getAffineTransform(pts1, pts2), (width, side), borderMode=cv2.BORDER_REFLECT_101
     )
     if u is None:
         return np.clip(warped, 0, 1)
@@ -349,7 +427,7 @@ def _elastic_reference(
         (gaussian(f, p["sigma"], mode="reflect", truncate=3) * p["alpha"]).astype(np.float32)
         for f in u
     )
-    rows, cols = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    rows, cols = np.meshgrid(np.arange(side), np.arange(width), indexing="ij")
     out = [
         map_coordinates(warped[..., c], (rows + dy, cols + dx), order=1, mode="reflect")
         for c in range(img.shape[2])
@@ -374,6 +452,30 @@ def test_elastic_matches_original(preset: str, severity: int) -> None:
         ref = _elastic_reference(_hwc(x[i]), pts2, fields[i], p)
         np.testing.assert_allclose(_hwc(out[i]), ref, atol=1e-4)
     assert (out - x).abs().max() > 1e-3  # it does move the image
+
+
+@pytest.mark.parametrize(
+    ("preset", "severity", "height", "width"),
+    [("imagenet", 2, 120, 200), ("imagenet", 5, 150, 90), ("cifar", 3, 32, 48)],
+)
+def test_elastic_matches_original_on_h_by_w(
+    preset: str, severity: int, height: int, width: int
+) -> None:
+    """H x W fields, the original's triangle for that shape, pixel quantities scaled by the
+    shorter side."""
+    p = dict(P.get("elastic_transform").params(severity, preset))
+    x = _images(2, height, seed=6, width=width)
+    out = E.elastic_transform(x, rng=_rng([40, 41]), **p).clamp(0, 1)
+    scale = min(height, width) / p["size"]
+    scaled = {k: p[k] * scale for k in ("alpha", "sigma", "delta")}
+    rng = _rng([40, 41])
+    offsets = rng.uniform(-scaled["delta"], scaled["delta"], 3, 2).to(torch.float32).numpy()
+    fields = rng.uniform(-1, 1, 2, height, width).numpy()
+    for i in range(2):
+        pts2 = _pts1(height, width) + offsets[i]
+        ref = _elastic_reference(_hwc(x[i]), pts2, fields[i], scaled)
+        np.testing.assert_allclose(_hwc(out[i]), ref, atol=1e-4)
+    assert (out - x).abs().max() > 1e-3
 
 
 def test_elastic_scales_pixel_parameters_with_the_side() -> None:
