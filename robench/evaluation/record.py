@@ -89,8 +89,8 @@ class ModelEntry(JsonSection):
     id: str
     source: str
     sha256: str | None
-    kind: str
-    meta: Mapping[str, Any] | None = None
+    kind: str  # the file's format, or the library that built a model spec (timm, torchvision, ...)
+    meta: Mapping[str, Any] | None = None  # a checkpoint's metadata, or a spec's (preprocess too)
     card: Mapping[str, Any] | None = None
 
 
@@ -138,6 +138,9 @@ class Environment(JsonSection):
     torchvision: str | None = None
     foolbox: str | None = None
     device_name: str | None = field(default=None, metadata=OMIT)
+    # the writing process's peak memory when the record was last written (MiB; not in older files)
+    peak_rss_mib: float | None = field(default=None, metadata=OMIT)
+    peak_cuda_mib: float | None = field(default=None, metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)

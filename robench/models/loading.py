@@ -1,8 +1,10 @@
 """Load any model robench is asked to score, without running code from the file by default.
 
 Accepted: robench checkpoints, TorchScript archives, ``torch.export`` programs (``.pt2``), raw
-state_dicts (with ``arch=``), ``zoo:NAME``, and, only with ``trust_pickle=True``, a pickled
-``nn.Module``.
+state_dicts and ``.safetensors`` files (with ``arch=``), ``zoo:NAME``, the model specs
+``timm:ARCH[.TAG]``, ``torchvision:NAME[:WEIGHTS]`` and ``hf-hub:ORG/REPO[@REV]`` (see
+:mod:`robench.models.specs`), a timm or ``transformers`` model folder, and, only with
+``trust_pickle=True``, a pickled ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,21 @@ import torch
 from torch import nn
 
 from robench._io import first_line
+from robench._registry import UnknownNameError
 from robench.models._base import create_model
 from robench.models.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     model_from_checkpoint,
     read_checkpoint_bytes,
+)
+from robench.models.specs import (
+    SpecModel,
+    classes_from,
+    is_model_spec,
+    load_folder,
+    load_spec,
+    read_weights,
 )
 
 __all__ = ["LoadedModel", "check_graph", "check_torchscript_code", "load_model"]
@@ -42,12 +53,16 @@ class LoadedModel:
     Args:
         model: the module (eval mode), taking [0, 1] images.
         model_id: a short stable name for tables and file names.
-        source: what the user gave (path or ``zoo:NAME``).
-        sha256: hash of the file (None for in-memory models).
-        kind: ``robench-checkpoint``, ``torchscript``, ``export``, ``state_dict``, ``pickle`` or
-            ``python``.
+        source: what the user gave (path, ``zoo:NAME`` or a model spec).
+        sha256: hash of the file (None for in-memory models); for a model spec, of its weights,
+            architecture and preprocessing.
+        kind: ``robench-checkpoint``, ``torchscript``, ``export``, ``state_dict``,
+            ``safetensors``, ``pickle``, ``python``, or the library that built a model spec:
+            ``timm``, ``torchvision`` or ``transformers``.
         meta: checkpoint metadata when known.
         card: the zoo card as a dict, for zoo entries.
+        spec_meta: what a model spec resolved to (architecture, class count, weights and their
+            SHA-256, preprocessing).
     """
 
     model: nn.Module
@@ -57,6 +72,11 @@ class LoadedModel:
     kind: str
     meta: CheckpointMeta | None = None
     card: dict[str, Any] | None = field(default=None)
+    spec_meta: dict[str, Any] | None = None
+
+    def record_meta(self) -> dict[str, Any] | None:
+        """The result record's ``model.meta``: the checkpoint's metadata or the spec's."""
+        return self.meta.to_dict() if self.meta is not None else self.spec_meta
 
 
 class ExportedModel(nn.Module):
@@ -278,6 +298,8 @@ def load_model(
     arch_kwargs: dict[str, Any] | None = None,
     trust_pickle: bool = False,
     device: str | torch.device = "cpu",
+    weights: str | os.PathLike[str] | None = None,
+    download: bool = False,
 ) -> LoadedModel:
     """Load a model for evaluation.
 
@@ -285,18 +307,34 @@ def load_model(
     beside it (or the zoo's) that states a SHA-256 must match it.
 
     Args:
-        source: a file path or ``zoo:NAME`` / ``zoo:DATASET/NAME``.
-        arch: architecture of a raw state_dict (``robench list models``).
-        num_classes: class count for a raw state_dict.
+        source: a file path, a model folder, ``zoo:NAME`` / ``zoo:DATASET/NAME``, or a model spec
+            (``timm:resnet50.a1_in1k``, ``torchvision:resnet18:IMAGENET1K_V1``,
+            ``hf-hub:timm/resnet18.a1_in1k``).
+        arch: architecture of a raw state_dict or ``.safetensors`` file (``robench list models``,
+            or a ``timm:`` / ``torchvision:`` spec).
+        num_classes: class count for a raw state_dict or a model spec (default: from the weights).
         arch_kwargs: architecture options for a raw state_dict.
-        trust_pickle: allow a fully pickled ``nn.Module`` and unchecked TorchScript/export code
-            (runs code from the file!).
+        trust_pickle: allow a fully pickled ``nn.Module`` and unchecked TorchScript/export code,
+            and let ``transformers`` run a hub model's own code (runs code from the file!).
         device: where to put the model.
+        weights: the weights of a model spec (``.safetensors`` or a state_dict file; default: the
+            pretrained weights in the local Hugging Face or torch hub cache).
+        download: fetch a model spec's missing pretrained weights into the cache (network).
 
     Returns:
         A :class:`LoadedModel`.
     """
     text = str(source)
+    spec = _spec_of(text, arch, num_classes, trust_pickle, weights, download)
+    if spec is not None:
+        return LoadedModel(
+            spec.model.to(device).eval(),
+            spec.model_id,
+            spec.meta["spec"],  # the spec (also for a file given with --arch SPEC) or the folder
+            spec.sha256,
+            spec.kind,
+            spec_meta=spec.meta,
+        )
     if text.startswith("zoo:"):
         from dataclasses import asdict
 
@@ -346,6 +384,11 @@ def load_model(
                 f"{path} is not a readable TorchScript archive: {first_line(exc, 160)}"
             ) from None
         return LoadedModel(module.eval(), model_id, text, digest, "torchscript", card=card)
+    if path.suffix == ".safetensors":
+        state, _ = read_weights(path, data=data)
+        loaded = _from_state(path, state, digest, arch, num_classes, arch_kwargs, device)
+        loaded.kind, loaded.card = "safetensors", card
+        return loaded
     loaded = _load_torch_file(
         path,
         data,
@@ -358,6 +401,36 @@ def load_model(
     )
     loaded.card = card
     return loaded
+
+
+def _spec_of(
+    text: str,
+    arch: str | None,
+    num_classes: int | None,
+    trust_pickle: bool,
+    weights: str | os.PathLike[str] | None,
+    download: bool,
+) -> SpecModel | None:
+    """The model a spec, a model folder, or a file with ``--arch SPEC`` names; else None."""
+    if is_model_spec(text):
+        return load_spec(
+            text,
+            weights=weights,
+            num_classes=num_classes,
+            download=download,
+            trust_remote_code=trust_pickle,
+        )
+    if weights is not None:
+        raise ValueError(
+            f"--weights goes with a timm:, torchvision: or hf-hub: model, not {text} "
+            "(give a weights file itself as the model, with --arch)"
+        )
+    if arch is not None and is_model_spec(arch):
+        return load_spec(arch, weights=text, num_classes=num_classes, download=download)
+    path = Path(text)
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_folder(path, num_classes=num_classes, trust_remote_code=trust_pickle)
+    return None
 
 
 def _read(path: Path) -> bytes:
@@ -401,13 +474,33 @@ def _load_torch_file(
         or not all(isinstance(v, torch.Tensor) for v in state.values())
     ):
         raise CheckpointError(f"{path} is neither a robench checkpoint nor a state_dict of tensors")
+    return _from_state(path, state, digest, arch, num_classes, arch_kwargs, device)
+
+
+def _from_state(
+    path: Path,
+    state: dict[str, torch.Tensor],
+    digest: str,
+    arch: str | None,
+    num_classes: int | None,
+    arch_kwargs: dict[str, Any] | None,
+    device: str | torch.device,
+) -> LoadedModel:
+    """A registered architecture (``--arch``) holding the raw weights ``state``."""
     if arch is None:
         raise CheckpointError(
             f"{path} is a raw state_dict; say which architecture it is with --arch "
-            "(see `robench list models`)"
+            "(see `robench list models`, or give timm:NAME or torchvision:NAME)"
         )
-    n = num_classes or _infer_classes(state)
-    model = create_model(arch, n, **(arch_kwargs or {}))
+    kwargs = arch_kwargs or {}
+    try:
+        n = num_classes or classes_from(state, lambda k: create_model(arch, k, **kwargs))
+        model = create_model(arch, n or _infer_classes(state), **kwargs)
+    except UnknownNameError as exc:
+        raise CheckpointError(
+            f"{exc}; for a timm or torchvision architecture give --arch timm:{arch} or "
+            f"--arch torchvision:{arch}"
+        ) from None
     target = model if any(k.startswith("normalize.") for k in state) else model.backbone
     try:
         target.load_state_dict(state)
