@@ -1,11 +1,11 @@
-"""Datasets: the embedded procedural ``shapes`` and real ones read from their on-disk formats."""
+"""Datasets: the embedded procedural ``shapes``, real ones and the released ``-C`` sets."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from robench.data import real, shapes  # noqa: F401  (importing registers the datasets)
+from robench.data import real, released, shapes  # noqa: F401  (importing registers the datasets)
 from robench.data._base import (
     DATASETS,
     ArrayDataset,
@@ -13,8 +13,10 @@ from robench.data._base import (
     DatasetInfo,
     DatasetSpec,
     ImageDataset,
+    ReleasedCorruptions,
     SubsetDataset,
 )
+from robench.data.released import ReleasedDataset
 
 __all__ = [
     "load_dataset",
@@ -25,6 +27,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "ImageDataset",
+    "ReleasedCorruptions",
+    "ReleasedDataset",
     "SubsetDataset",
 ]
 

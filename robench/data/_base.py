@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from robench._registry import Registry
 
 __all__ = [
     "DatasetInfo",
+    "ReleasedCorruptions",
     "ImageDataset",
     "ArrayDataset",
     "SubsetDataset",
@@ -51,13 +53,52 @@ class DatasetInfo:
     split: str = "test"
 
 
+class ReleasedCorruptions:
+    """The released corrupted images of a ``-C`` dataset (CIFAR-10-C...), read on demand.
+
+    Image ``i`` of every corruption and severity belongs to the dataset's image ``i`` (its clean
+    copy, or for Tiny-ImageNet-C an image of the same class); perturbations the release does not
+    hold are computed as usual. Subclasses read one batch at a time, so memory stays bounded.
+
+    Attributes:
+        title: the release's name (``CIFAR-10-C``...).
+        names: the corruptions it holds.
+        families: the family of each name robench has no kernel for (ImageNet-3DCC's).
+        severities: the severity levels of every corruption.
+    """
+
+    title: str = ""
+    names: tuple[str, ...] = ()
+    families: Mapping[str, str] = MappingProxyType({})
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def source(self, name: str) -> str:
+        """Where corruption ``name``'s images are, relative to the data root."""
+        raise NotImplementedError
+
+    def check(self, name: str) -> None:
+        """Raise :class:`DataError` naming the expected path when ``name``'s files are missing."""
+        raise NotImplementedError
+
+    def get_batch(self, name: str, severity: int, indices: Sequence[int]) -> Tensor:
+        """The released images (N x C x H x W float in [0, 1]) of dataset positions ``indices``."""
+        raise NotImplementedError
+
+
 class ImageDataset(Dataset[tuple[Tensor, int]]):
-    """Base class: ``ds[i] -> (float C x H x W in [0, 1], label)`` plus ``info`` and ``targets``."""
+    """Base class: ``ds[i] -> (float C x H x W in [0, 1], label)`` plus ``info`` and ``targets``.
+
+    ``released`` is set by the ``-C`` datasets: the corruptions whose images come from files.
+    """
 
     info: DatasetInfo
     targets: Tensor
     boxes: Tensor | None = None
     context: Tensor | None = None
+    released: ReleasedCorruptions | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])

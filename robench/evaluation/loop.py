@@ -4,13 +4,17 @@ Every model sees the same images: the subset comes from the seed, each corrupted
 randomness from (seed, perturbation, severity, image index), and transfer adversarials are
 crafted once per (dataset, surrogate, eps, seed) and cached. The record is rewritten atomically
 after every perturbation, so an interrupted run resumes where it stopped.
+
+On a released ``-C`` dataset (``cifar10-c``, ``imagenet-c``...) the corruptions the release holds
+are read from its files, batch by batch, and their column's ``source`` names the file; the other
+perturbations are computed on the clean images as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from robench._distributed import resolve_device
 from robench._io import first_line
 from robench._seeding import derive_seed
 from robench._version import __version__
-from robench.data import ImageDataset, load_dataset
+from robench.data import DATASETS, ImageDataset, ReleasedCorruptions, load_dataset
 from robench.evaluation.record import (
     CleanResult,
     DatasetEntry,
@@ -49,6 +53,7 @@ __all__ = [
     "resolve_device",
     "run_stem",
     "predict",
+    "severities_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,15 +89,37 @@ class EvalConfig:
     surrogate: str | None = "auto"
 
     def names(self) -> list[str]:
-        """Perturbations of this run, in the suite's order."""
+        """Perturbations of this run, in the suite's order.
+
+        A dataset's file-only corruptions (ImageNet-3DCC's) follow the suite's, when it has
+        corruptions; ``-p`` may name them.
+        """
         members = P.names(suite=self.suite)
+        only = file_only(self.dataset)
         if not self.perturbations:
-            return members
+            has_corruptions = any(P.get(n).kind == "corruption" for n in members)
+            return members + [n for n in only if n not in members and has_corruptions]
         for n in self.perturbations:
-            P.get(n)  # unknown names fail here with close matches
+            if n not in only:
+                P.get(n)  # unknown names fail here with close matches
         return [n for n in members if n in self.perturbations] + [
             n for n in self.perturbations if n not in members
         ]
+
+
+def file_only(dataset: str) -> Mapping[str, str]:
+    """The corruptions of ``dataset`` that exist only as its files (name -> family)."""
+    if dataset not in DATASETS:
+        return {}
+    found: Mapping[str, str] = DATASETS.get(dataset).extra.get("file_only", {})
+    return found
+
+
+def severities_of(name: str) -> tuple[int, ...]:
+    """The severities of perturbation ``name`` (1..5 for a file-only corruption)."""
+    if name in P.PERTURBATIONS:
+        return tuple(P.get(name).severities)
+    return (1, 2, 3, 4, 5)
 
 
 def select_indices(n_total: int, n_images: int | None, seed: int, dataset: str) -> np.ndarray:
@@ -177,6 +204,12 @@ class _Batches:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def labels(self) -> Iterator[tuple[np.ndarray, Tensor]]:
+        """``(dataset indices, labels on the device)`` per batch, without reading any image."""
+        for b in self.ids:
+            idx = self.indices[b * self.bs : (b + 1) * self.bs]
+            yield idx, self.ds.targets[torch.from_numpy(idx)].to(self.device)
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         for b in self.ids:
             idx = self.indices[b * self.bs : (b + 1) * self.bs]
@@ -230,6 +263,33 @@ def _corruption_entry(
     )
 
 
+def _released_entry(
+    name: str,
+    released: ReleasedCorruptions,
+    model: nn.Module,
+    batches: _Batches,
+    num_classes: int,
+    tick: Progress,
+) -> PerturbationResult:
+    """A corruption column read from the released files (no image is corrupted here)."""
+    family = P.get(name).family if name in P.PERTURBATIONS else released.families[name]
+    sevs = []
+    for s in severities_of(name):
+        correct = []
+        for idx, y in batches.labels():
+            x = released.get_batch(name, s, idx.tolist()).to(batches.device)
+            correct.append((predict(model, x, num_classes) == y).cpu().numpy())
+            tick(1)
+        sevs.append(SeverityResult.of(batches.gather(correct), s, None))
+    return PerturbationResult(
+        kind="corruption",
+        family=family,
+        severities=tuple(sevs),
+        status="done",
+        source=released.source(name),
+    )
+
+
 def evaluate_record(
     loaded: LoadedModel,
     cfg: EvalConfig,
@@ -270,9 +330,8 @@ def evaluate_record(
         return write_record(rec, path) if world.is_main else rec
 
     pending = [n for n in names if not _complete(record, n)]
-    total = len(batches) * (
-        int(record.clean is None) + sum(len(P.get(n).severities) for n in pending)
-    )
+    _check_released(ds.released, pending)  # a missing released file fails now, before any work
+    total = len(batches) * (int(record.clean is None) + sum(len(severities_of(n)) for n in pending))
     with _progress(total, progress and world.is_main) as tick:
         if record.clean is None:
             correct = [
@@ -281,21 +340,8 @@ def evaluate_record(
             ]
             record = save(replace(record, clean=CleanResult.of(batches.gather(correct))))
         for name in pending:
-            spec = P.get(name)
             t0 = _now()
-            if spec.kind == "corruption":
-                entry = _corruption_entry(
-                    spec, model, batches, cfg, info.preset, info.num_classes, tick
-                )
-            elif attack_runner is None:
-                entry = PerturbationResult(
-                    kind="attack",
-                    family=spec.family,
-                    status="skipped",
-                    reason="attacks unavailable",
-                )
-            else:
-                entry = attack_runner(spec, model, batches, cfg, info, tick, record)
+            entry = _column(name, ds, model, batches, cfg, tick, record, attack_runner)
             entry = replace(entry, seconds=round(_now() - t0, 3))
             record = save(record.with_result(name, entry))
         if attack_runner is not None and _wants_masking(record, names):
@@ -309,10 +355,41 @@ def evaluate_record(
     return record, path
 
 
+def _column(
+    name: str,
+    ds: ImageDataset,
+    model: nn.Module,
+    batches: _Batches,
+    cfg: EvalConfig,
+    tick: Progress,
+    record: Record,
+    attack_runner: Callable[..., PerturbationResult] | None,
+) -> PerturbationResult:
+    """Compute perturbation ``name``'s column: read from released files, corrupted, or attacked."""
+    info = ds.info
+    if ds.released is not None and name in ds.released:
+        return _released_entry(name, ds.released, model, batches, info.num_classes, tick)
+    spec = P.get(name)
+    if spec.kind == "corruption":
+        return _corruption_entry(spec, model, batches, cfg, info.preset, info.num_classes, tick)
+    if attack_runner is None:
+        return PerturbationResult(
+            kind="attack", family=spec.family, status="skipped", reason="attacks unavailable"
+        )
+    return attack_runner(spec, model, batches, cfg, info, tick, record)
+
+
+def _check_released(released: ReleasedCorruptions | None, names: list[str]) -> None:
+    """Every released column to compute has its files (else one sentence naming the path)."""
+    for n in names:
+        if released is not None and n in released:
+            released.check(n)
+
+
 def _complete(record: Record, name: str) -> bool:
     """Whether ``name`` is finished and whole in the record (a resumed run skips it)."""
     entry = record.perturbations.get(name)
-    return entry is not None and entry.complete(P.get(name).severities)
+    return entry is not None and entry.complete(severities_of(name))
 
 
 def _wants_masking(record: Record, names: list[str]) -> bool:
@@ -391,7 +468,7 @@ def _resume_or_new(
         source=loaded.source,
         sha256=loaded.sha256,
         kind=loaded.kind,
-        meta=None if loaded.meta is None else loaded.meta.to_dict(),
+        meta=loaded.record_meta(),
         card=loaded.card,
     )
     dataset_info = DatasetEntry(
