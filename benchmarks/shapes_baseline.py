@@ -4,7 +4,7 @@ Records the training command, wall time and clean test accuracy, and the accurac
 brightness, Gaussian noise and blur at every severity, into benchmarks/results/.
 
     python benchmarks/shapes_baseline.py                # trains into a temp folder
-    python benchmarks/shapes_baseline.py --checkpoint model_zoo/shapes/standard.pt   # reuse one
+    python benchmarks/shapes_baseline.py --checkpoint robench/models/zoo_files/shapes/standard.pt
 """
 
 from __future__ import annotations

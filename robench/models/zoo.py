@@ -1,7 +1,12 @@
-"""The model zoo: ``model_zoo/<dataset>/<name>.pt`` plus a JSON model card each.
+"""The model zoo: ``<zoo>/<dataset>/<name>.pt`` plus a JSON model card each.
 
 ``zoo:NAME`` (dataset ``shapes``) or ``zoo:DATASET/NAME`` resolves to a checkpoint whose SHA-256
 must equal the one its card states: a tampered file is refused.
+
+The zoo ships inside the package (``robench/models/zoo_files/``, package data of every install:
+a source checkout, ``pip install .``, a wheel), so ``zoo:standard``, the automatic baseline and the
+transfer surrogate work from any folder and without a network. ``$ROBENCH_ZOO`` points at another
+zoo folder instead.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "write_card",
     "zoo_model_id",
     "DEFAULT_ZOO_DATASET",
+    "PACKAGED_ZOO",
 ]
 
 DEFAULT_ZOO_DATASET = "shapes"
@@ -65,10 +71,14 @@ class ZooCard:
     notes: str = ""
 
 
+PACKAGED_ZOO = Path(__file__).resolve().parent / "zoo_files"
+"""The zoo installed with the package (its checkpoints and cards are package data)."""
+
+
 def zoo_root() -> Path:
-    """``$ROBENCH_ZOO`` or the repository's ``model_zoo/`` folder."""
+    """``$ROBENCH_ZOO`` or the zoo installed with the package (``robench/models/zoo_files``)."""
     env = os.environ.get("ROBENCH_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "model_zoo"
+    return Path(env) if env else PACKAGED_ZOO
 
 
 def zoo_model_id(name: str) -> str:

@@ -301,7 +301,9 @@ def test_model_ids_cannot_place_files_outside_the_output_folder(
 
 
 def _zoo_copy(tmp_path: Path) -> Path:
-    src = Path(__file__).resolve().parents[2] / "model_zoo" / "shapes"
+    from robench.models.zoo import PACKAGED_ZOO
+
+    src = PACKAGED_ZOO / "shapes"
     dst = tmp_path / "zoo" / "shapes"
     dst.mkdir(parents=True)
     for name in ("standard.pt", "standard.json"):
