@@ -273,7 +273,10 @@ def gallery_cmd(
     help="Folder with the dataset files.",
 )
 @click.option(
-    "--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network)."
+    "--download",
+    is_flag=True,
+    help="Fetch a missing real dataset into --data-root, and a model spec's missing pretrained "
+    "weights into the Hugging Face or torch hub cache (network).",
 )
 @click.option(
     "--suite", default="mtlat24", show_default=True, help="A name from `robench list suites`."
@@ -293,12 +296,22 @@ def gallery_cmd(
     help="Seeded fixed subset of the test set.",
 )
 @click.option("--all-images", is_flag=True, help="Use the whole test split (overrides --n-images).")
-@click.option("--batch-size", type=click.IntRange(1), default=250, show_default=True)
+@click.option(
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    help="Images per pass, or auto: as many as fit half the free memory, measured on the model "
+    "at the dataset's resolution (at most 250). Never changes a result.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option(
-    "--baseline", default="auto", show_default=True, help="zoo:NAME, a result .json, or none."
+    "--baseline",
+    default="auto",
+    show_default=True,
+    help="zoo:NAME, a checkpoint, a model spec (timm:..., torchvision:..., hf-hub:...), a result "
+    ".json, or none.",
 )
 @click.option(
     "--surrogate", default="auto", show_default=True, help="Model crafting the transfer attacks."
@@ -309,12 +322,45 @@ def gallery_cmd(
     show_default=True,
     help="Reuse finished parts of the same run.",
 )
-@click.option("--arch", default=None, help="Architecture of a raw state_dict.")
+@click.option(
+    "--arch",
+    default=None,
+    help="Architecture of a raw state_dict or .safetensors file: a name from `robench list "
+    "models`, or timm:NAME / torchvision:NAME.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Weights (.safetensors or a state_dict) for a timm:, torchvision: or hf-hub: MODEL "
+    "(default: its pretrained weights in the local cache).",
+)
 @click.option("--model-id", default=None, help="Name shown in tables (default: the file name).")
 @click.option(
     "--trust-pickle", is_flag=True, help="Allow a pickled nn.Module (runs code from the file!)."
 )
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option(
+    "--preset",
+    type=click.Choice(["cifar", "tiny", "imagenet"]),
+    default=None,
+    help="Corruption parameters (CIFAR-10-C, Tiny-ImageNet-C or ImageNet-C's) [default: the "
+    "dataset's; imagefolder: its image size's].",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(8),
+    default=None,
+    help="imagefolder: resize and centre-crop to N px (default 224: resize 256, crop 224); the "
+    "preset follows N (64: tiny) unless --preset is given.",
+)
+@click.option(
+    "--as-released",
+    is_flag=True,
+    help="Store each computed corruption as the released sets did before the model sees it "
+    "(uint8; then JPEG quality 85 at the tiny and imagenet presets), so numbers compare with "
+    "published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C ones.",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -331,7 +377,7 @@ def evaluate_cmd(
     perturbations: tuple[str, ...],
     n_images: int,
     all_images: bool,
-    batch_size: int,
+    batch_size: str,
     device: str,
     seed: int,
     out: Path,
@@ -339,12 +385,21 @@ def evaluate_cmd(
     surrogate: str,
     resume: bool,
     arch: str | None,
+    weights: Path | None,
     model_id: str | None,
     trust_pickle: bool,
     no_plots: bool,
+    preset: str | None,
+    image_size: int | None,
+    as_released: bool,
     dry_run: bool,
 ) -> None:
-    """Score MODEL (a checkpoint file or zoo:NAME) on the benchmark; writes JSON, CSV and plots.
+    """Score MODEL on the benchmark; writes JSON, CSV and plots.
+
+    MODEL is a checkpoint file, zoo:NAME, or a model spec: timm:ARCH[.TAG] (timm:resnet50.a1_in1k),
+    torchvision:NAME[:WEIGHTS] (torchvision:resnet18:IMAGENET1K_V1) or hf-hub:ORG/REPO[@REV]
+    (hf-hub:timm/resnet18.a1_in1k). A spec's weights come from --weights or the local Hugging Face
+    / torch hub cache; nothing is downloaded without --download.
 
     Under torchrun (e.g. torchrun --nproc-per-node 2 -m robench evaluate ...) the processes share
     the images and rank 0 writes the files.
@@ -371,7 +426,11 @@ def evaluate_cmd(
             surrogate=surrogate,
             model_id=model_id,
             arch=arch,
+            weights=weights,
             trust_pickle=trust_pickle,
+            preset=preset,
+            image_size=image_size,
+            as_released=as_released,
         )
         if (distributed.env_world() or distributed.World()).is_main:
             click.echo(str(plan))
@@ -394,9 +453,13 @@ def evaluate_cmd(
             surrogate=surrogate,
             model_id=model_id,
             arch=arch,
+            weights=weights,
             trust_pickle=trust_pickle,
             progress=True,
             plots=not no_plots,
+            preset=preset,
+            image_size=image_size,
+            as_released=as_released,
         )
         if not distributed.world().is_main:
             return
@@ -407,7 +470,9 @@ def evaluate_cmd(
 
     click.echo(
         f"\nR = A_perturbed / A_clean  ({safe_text(rec.model.id)} on {dataset}, "
-        f"{rec.dataset.n_images} images, seed {seed}; clean accuracy {report.clean_accuracy:.4f})"
+        f"{rec.dataset.n_images} images, seed {seed}, preset {rec.run_key.preset}"
+        f"{', as released' if rec.run_key.as_released else ''}; "
+        f"clean accuracy {report.clean_accuracy:.4f})"
     )
     click.echo(
         f"markers: +/- vs {safe_text(rec.baseline.id)} (rounded to 2 decimals)"
@@ -615,6 +680,84 @@ def leaderboard_cmd(
     click.echo(f"wrote {lb.index} ({len(lb.records)} results, {len(lb.problems)} files skipped)")
     for key in ("wide_csv", "long_csv"):
         click.echo(f"{key:>12}: {lb.files[key]}")
+
+
+@main.command("render")
+@click.option(
+    "--dataset", default="shapes", show_default=True, help="A name from `robench list datasets`."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["cifar10-c", "imagenet-c"]),
+    required=True,
+    help="cifar10-c: uint8 .npy files; imagenet-c: JPEG folders (quality 85, as released).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--download", is_flag=True, help="Fetch a missing real dataset into --data-root (network)."
+)
+@click.option(
+    "-p",
+    "--perturbation",
+    "perturbations",
+    multiple=True,
+    help="Only these corruptions (repeatable; default: the 15 of ImageNet-C).",
+)
+@click.option(
+    "--n-images",
+    type=click.IntRange(1),
+    default=None,
+    help="The seeded subset evaluate --n-images picks (default: every test image).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@_user_errors
+def render_cmd(
+    dataset: str,
+    fmt: str,
+    out: Path,
+    data_root: Path | None,
+    download: bool,
+    perturbations: tuple[str, ...],
+    n_images: int | None,
+    seed: int,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Write DATASET's corrupted test images in a released layout (CIFAR-10-C or ImageNet-C).
+
+    Every image is the one `robench evaluate` computes on the fly for the same images and seed;
+    a killed render resumes where it stopped (each file is written whole or not at all).
+    """
+    from robench.evaluation.render import render
+
+    result = render(
+        dataset,
+        fmt,
+        out,
+        perturbations=perturbations,
+        n_images=n_images,
+        seed=seed,
+        data_root=data_root,
+        download=download,
+        batch_size=batch_size,
+        device=device,
+        progress=True,
+    )
+    click.echo(
+        f"wrote {result.written} files ({result.kept} already there) into {result.out}: "
+        f"{len(result.names)} corruptions x 5 severities of {len(result.indices)} images"
+    )
+    if result.dataset is not None:
+        click.echo(
+            f"evaluate it with: robench evaluate MODEL --dataset {result.dataset} "
+            f"--data-root {result.out}"
+        )
+    else:
+        click.echo("(no clean images in this format at this size: the .npy files stand alone)")
 
 
 if __name__ == "__main__":  # pragma: no cover

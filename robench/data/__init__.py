@@ -19,6 +19,7 @@ from robench.data._base import (
 from robench.data.released import ReleasedDataset
 
 __all__ = [
+    "check_image_size",
     "load_dataset",
     "list_datasets",
     "DATASETS",
@@ -45,6 +46,7 @@ def load_dataset(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     channels: int | None = None,
+    image_size: int | None = None,
 ) -> ImageDataset:
     """Load a registered dataset split.
 
@@ -54,6 +56,9 @@ def load_dataset(
         root: folder holding the files (real datasets); nothing is downloaded unless ``download``.
         download: fetch missing files (real datasets only; the network is used only then).
         channels: 3 turns grey images (MNIST) into 3 identical channels; None keeps them.
+        image_size: the side of a dataset read at any size (``imagefolder``: resized and
+            centre-cropped to it, its preset from the side); None, or the native side of any
+            other dataset, keeps the dataset's.
 
     Returns:
         An :class:`ImageDataset` whose items are float C x H x W in [0, 1] and int labels.
@@ -65,6 +70,37 @@ def load_dataset(
     spec = DATASETS.get(name)
     if spec.needs_root and root is None:
         raise DataError(f"dataset {name!r} needs --data-root: {spec.layout}")
+    sized = {} if check_image_size(name, image_size) is None else {"image_size": image_size}
     return spec.loader(
-        split=split, root=None if root is None else Path(root), download=download, channels=channels
+        split=split,
+        root=None if root is None else Path(root),
+        download=download,
+        channels=channels,
+        **sized,
     )
+
+
+def check_image_size(name: str, image_size: int | None) -> int | None:
+    """The side to read dataset ``name`` at, or None for its own; one sentence when it cannot be.
+
+    Only a dataset read at any size (``imagefolder``) takes a side other than its own, of at
+    least :data:`robench.data.real.MIN_IMAGE_SIZE` px.
+
+    Example:
+        >>> check_image_size("imagefolder", 64), check_image_size("cifar10", 32)
+        (64, None)
+    """
+    spec = DATASETS.get(name)
+    if image_size is None or image_size == spec.image_size:
+        return None
+    if not spec.extra.get("any_size"):
+        sized = [n for n in DATASETS.names() if DATASETS.get(n).extra.get("any_size")]
+        raise ValueError(
+            f"dataset {name!r} has {spec.image_size} px images; another image size applies only "
+            f"to {', '.join(sized)}"
+        )
+    if image_size < real.MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"the image size must be at least {real.MIN_IMAGE_SIZE} px, got {image_size}"
+        )
+    return image_size

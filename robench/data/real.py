@@ -53,6 +53,8 @@ __all__ = [
     "load_mnist",
     "load_svhn",
     "load_imagefolder",
+    "imagefolder_resize",
+    "preset_of_side",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -521,6 +523,7 @@ def load_mnist(
 
 # --- ImageFolder ---------------------------------------------------------------------------------
 
+MIN_IMAGE_SIZE = 8
 _FOLDER_LAYOUT = (
     "expected <root>/train/<class>/<image> and <root>/val/<class>/<image> (or <root>/test/...), "
     "one folder per class (ImageFolder data cannot be downloaded)"
@@ -587,11 +590,50 @@ def _scan(folder: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
     return samples
 
 
+def preset_of_side(side: int) -> str:
+    """The corruption preset of an image side: ``cifar`` to 48 px, ``tiny`` to 128, else ImageNet.
+
+    The rule of :func:`robench.perturbations.preset_for_size` (a test holds the two equal: this
+    room may not import that one).
+
+    Example:
+        >>> preset_of_side(32), preset_of_side(64), preset_of_side(224)
+        ('cifar', 'tiny', 'imagenet')
+    """
+    return "cifar" if side <= 48 else "tiny" if side <= 128 else "imagenet"
+
+
+def imagefolder_resize(side: int) -> int:
+    """The shorter side an ImageFolder image is resized to before its centre crop to ``side``.
+
+    224 keeps ImageNet's evaluation (256, then the 224 crop ImageNet-C was made from); another
+    side resizes straight to it, so an image already ``side`` x ``side`` (Tiny-ImageNet's 64 px
+    validation images) is used as it is, as Tiny-ImageNet-C was made from it.
+
+    Example:
+        >>> imagefolder_resize(224), imagefolder_resize(64)
+        (256, 64)
+    """
+    return 256 if side == 224 else side
+
+
 def load_imagefolder(
-    *, split: str, root: Path | None, download: bool, channels: int | None
+    *,
+    split: str,
+    root: Path | None,
+    download: bool,
+    channels: int | None,
+    image_size: int | None = None,
 ) -> ImageDataset:
-    """List ``<root>/train`` or ``<root>/val`` (else ``<root>/test``); decode images on access."""
+    """List ``<root>/train`` or ``<root>/val`` (else ``<root>/test``); decode images on access.
+
+    ``image_size`` (default 224) is the side of the centre crop (:func:`imagefolder_resize`);
+    the corruption preset follows it (:func:`preset_of_side`: 64 px gets ``tiny``).
+    """
     _check_rgb("imagefolder", channels)
+    side = 224 if image_size is None else image_size
+    if side < MIN_IMAGE_SIZE:
+        raise ValueError(f"the image size must be at least {MIN_IMAGE_SIZE} px, got {side}")
     root = _need_root(root, _FOLDER_LAYOUT)
     folder = root / "train" if split == "train" else root / "val"
     if split == "test" and not folder.is_dir():
@@ -609,13 +651,13 @@ def load_imagefolder(
     info = DatasetInfo(
         name="imagefolder",
         num_classes=len(classes),
-        image_size=224,
+        image_size=side,
         channels=3,
-        preset="imagenet",
+        preset=preset_of_side(side),
         classes=classes,
         split=split,
     )
-    return ImageFolderDataset(samples, info)
+    return ImageFolderDataset(samples, info, resize=imagefolder_resize(side))
 
 
 # --- registration --------------------------------------------------------------------------------
@@ -676,6 +718,8 @@ DATASETS.add(
         preset="imagenet",
         num_classes=None,
         layout=_FOLDER_LAYOUT,
-        description="ImageNet-style class folders (train/, val/), resized 256, centre-cropped 224",
+        description="ImageNet-style class folders (train/, val/), resized 256, centre-cropped 224 "
+        "(--image-size N: resized and cropped to N, preset from N)",
+        extra={"any_size": True},
     ),
 )

@@ -40,7 +40,8 @@ Status = Literal["done", "skipped"]
 Marker = Literal["+", "-", ""]
 
 # How a field reaches the JSON (dataclass field metadata): ``omit`` leaves the key out when the
-# value is None or empty, ``flatten`` writes a nested dataclass's keys into the parent object.
+# value is None, empty or False, ``flatten`` writes a nested dataclass's keys into the parent
+# object.
 OMIT: Mapping[str, bool] = {"omit": True}
 FLATTEN: Mapping[str, bool] = {"flatten": True}
 
@@ -65,7 +66,7 @@ def dump(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if f.metadata.get("flatten"):
             out.update({} if value is None else dump(value))
-        elif not (f.metadata.get("omit") and (value is None or value == ())):
+        elif not (f.metadata.get("omit") and (value is None or value == () or value is False)):
             out[f.name] = _json(value)
     return out
 

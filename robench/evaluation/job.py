@@ -18,12 +18,28 @@ from robench._version import __version__
 from robench.data import DATASETS
 from robench.evaluation.attack_step import attack_entry
 from robench.evaluation.loop import EvalConfig, evaluate_record, run_stem
+from robench.evaluation.memory import (
+    MAX_AUTO_BATCH,
+    BatchChoice,
+    choose_batch_size,
+    parse_batch_size,
+    peak_memory,
+    probe_images,
+)
 from robench.evaluation.record import BaselineRef, Record, ResultError, read_record, write_record
 from robench.evaluation.scoring import score_record
 from robench.models.loading import LoadedModel, load_model
+from robench.models.specs import is_model_spec
 from robench.models.zoo import resolve_zoo
 
-__all__ = ["EvalRun", "OutputWriter", "evaluate", "resolve_baseline", "run_lock"]
+__all__ = [
+    "EvalRun",
+    "OutputWriter",
+    "auto_batch_size",
+    "evaluate",
+    "resolve_baseline",
+    "run_lock",
+]
 
 OutputWriter = Callable[[Record, Path], dict[str, Path]]
 """Writes the files derived from a finished record beside its JSON; returns them by kind."""
@@ -52,13 +68,17 @@ def _as_loaded(
     model_id: str | None,
     arch: str | None,
     trust_pickle: bool,
+    weights: str | Path | None = None,
+    download: bool = False,
 ) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
         digest = sha256_bytes_of_state(model)
         return LoadedModel(model, model_id or type(model).__name__, "python", digest, "python")
-    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    loaded = load_model(
+        model, arch=arch, trust_pickle=trust_pickle, weights=weights, download=download
+    )
     if model_id:
         loaded.model_id = model_id
     return loaded
@@ -87,8 +107,48 @@ def _is_result_file(baseline: str) -> bool:
     return not baseline.startswith("zoo:") and baseline.endswith(".json")
 
 
+def auto_batch_size(loaded: LoadedModel, cfg: EvalConfig) -> BatchChoice:
+    """The batch size ``auto`` gives ``loaded`` (and the surrogate of a transfer attack) on ``cfg``.
+
+    Measured on the run's device at the dataset's resolution (:mod:`robench.evaluation.memory`);
+    under ``torchrun`` every rank takes the smallest of the ranks' sizes, so batches stay dealt
+    alike.
+    """
+    from robench import perturbations as P
+    from robench.evaluation.attack_step import resolve_surrogate
+
+    device = resolve_device(cfg.device)
+    ds = cfg.load()
+    x, y = probe_images(ds, device)
+    models = [loaded.model.to(device)]
+    if any(getattr(P.get(n), "mode", "") == "transfer" for n in cfg.names()):
+        sur = resolve_surrogate(cfg.surrogate, cfg.dataset, device)
+        models += [] if sur is None else [sur.model]
+    choice = choose_batch_size(models, x, y, device)
+    sizes = distributed.gather_to_main(choice.size)
+    return replace(choice, size=int(distributed.broadcast(min(sizes) if sizes else choice.size)))
+
+
+def _with_peak_memory(record: Record) -> Record:
+    """The record with this process's peak memory so far in its ``environment``."""
+    env = record.environment
+    peak = peak_memory(env.device)
+    return replace(
+        record,
+        environment=replace(
+            env, peak_rss_mib=peak.get("peak_rss_mib"), peak_cuda_mib=peak.get("peak_cuda_mib")
+        ),
+    )
+
+
 def _baseline_record(
-    baseline: str | None, loaded: LoadedModel, cfg: EvalConfig, out: Path, *, progress: bool
+    baseline: str | None,
+    loaded: LoadedModel,
+    cfg: EvalConfig,
+    out: Path,
+    *,
+    progress: bool,
+    auto_batch: bool = False,
 ) -> Record | None:
     """The baseline's finished record for the same images, evaluating it first when needed."""
     baseline = resolve_baseline(baseline, cfg.dataset)
@@ -105,32 +165,47 @@ def _baseline_record(
             )
         if rec.clean is None:
             raise ResultError(f"baseline {baseline} is an unfinished run (no clean accuracy yet)")
-        # R from its raw counts, whatever state it was left in
-        return score_record(rec, None, cfg.names())
+        # R from its raw counts, whatever state it was left in (every entry: the family means
+        # are over the whole record, not over this run's perturbations)
+        return score_record(rec, None, _all_names(cfg, rec))
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
+    if auto_batch:
+        cfg = replace(cfg, batch_size=auto_batch_size(base, cfg).size)
     with run_lock(out, base.model_id, enabled=distributed.world().is_main):
         rec, path = evaluate_record(
             base, cfg, out=out, progress=progress, attack_runner=attack_entry
         )
-        rec = score_record(rec, None, cfg.names())
+        rec = score_record(rec, None, _all_names(cfg, rec))
         if distributed.world().is_main:
-            rec = write_record(rec, path)
+            rec = write_record(_with_peak_memory(rec), path)
     return rec
 
 
-def _check_baseline_ref(baseline: str | None) -> None:
-    """A baseline that cannot exist fails before the evaluation, not after it."""
+def _all_names(cfg: EvalConfig, record: Record) -> list[str]:
+    """The run's perturbations, then the record's others: what a rescored summary averages."""
+    return list(dict.fromkeys([*cfg.names(), *record.perturbations]))
+
+
+def _check_baseline_ref(baseline: str | None, download: bool = False) -> None:
+    """A baseline that cannot exist fails before the evaluation, not after it.
+
+    A model spec's missing weights are fetched now when ``download`` is set; the baseline is then
+    loaded from the cache.
+    """
     if baseline in (None, "none", "auto"):
         return
     if baseline.startswith("zoo:"):
         resolve_zoo(baseline, verify=False)
     elif _is_result_file(baseline):
         read_record(baseline)
+    elif is_model_spec(baseline):
+        load_model(baseline, download=download)
     elif not Path(baseline).is_file():
         raise FileNotFoundError(
-            f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a result .json or none)"
+            f"baseline not found: {baseline} (give zoo:NAME, a checkpoint, a model spec such as "
+            "timm:resnet18, a result .json or none)"
         )
     else:
         load_model(baseline)  # an unreadable or unsafe checkpoint is refused before any work
@@ -156,6 +231,12 @@ def _same_images(record: Record, base: Record) -> None:
             f"baseline {base.model.id!r} was evaluated on other images ({theirs.n_images} vs "
             f"{mine.n_images}, or another subset); markers need the same images"
         )
+    a, b = record.run_key, base.run_key
+    if (a.preset, a.image_size, a.as_released) != (b.preset, b.image_size, b.as_released):
+        raise ResultError(
+            f"baseline {base.model.id!r} was evaluated with another preset, image size or "
+            f"--as-released setting; markers need the same corrupted images"
+        )
 
 
 def evaluate(
@@ -167,7 +248,7 @@ def evaluate(
     suite: str = "mtlat24",
     perturbations: tuple[str, ...] | list[str] = (),
     n_images: int | None = 500,
-    batch_size: int = 250,
+    batch_size: int | str = "auto",
     device: str = "auto",
     seed: int = 0,
     out: str | Path = "results",
@@ -176,39 +257,57 @@ def evaluate(
     surrogate: str | None = "auto",
     model_id: str | None = None,
     arch: str | None = None,
+    weights: str | Path | None = None,
     trust_pickle: bool = False,
     progress: bool = False,
     write_outputs: OutputWriter | None = None,
+    preset: str | None = None,
+    image_size: int | None = None,
+    as_released: bool = False,
 ) -> EvalRun:
     """Score ``model`` on the benchmark; write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
 
     Args:
-        model: an ``nn.Module`` taking [0, 1] images, a checkpoint path or ``zoo:NAME``.
+        model: an ``nn.Module`` taking [0, 1] images, a checkpoint path, ``zoo:NAME``, or a model
+            spec (``timm:ARCH[.TAG]``, ``torchvision:NAME[:WEIGHTS]``, ``hf-hub:ORG/REPO[@REV]``).
         dataset: registered dataset name.
         data_root: folder of a real dataset.
-        download: fetch a missing real dataset into ``data_root`` (the only network use).
+        download: fetch a missing real dataset into ``data_root``, and a model spec's missing
+            pretrained weights (model, baseline, surrogate) into the hub caches (the only network
+            use).
         suite: suite to run (``mtlat24``: 19 corruptions + 5 attacks).
         perturbations: restrict to these names.
         n_images: fixed, seeded subset of the test split (None: all).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass, or ``auto``: the most that fit the free memory,
+            measured on the model at the dataset's resolution (at most 250; see
+            :mod:`robench.evaluation.memory`). The size never changes a result.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: run seed.
         out: output folder.
         resume: continue a finished part of the same run instead of recomputing it.
-        baseline: ``auto`` (the zoo's ``standard`` of the dataset), ``none``, ``zoo:NAME`` or a
-            result JSON.
+        baseline: ``auto`` (the zoo's ``standard`` of the dataset), ``none``, ``zoo:NAME``, a
+            checkpoint, a model spec or a result JSON.
         surrogate: model crafting transfer attacks (``auto``: the zoo's VGG surrogate).
         model_id: name shown in tables (default: the file's stem).
-        arch: architecture of a raw state_dict.
+        arch: architecture of a raw state_dict or ``.safetensors`` file (a registered name, or
+            ``timm:NAME`` / ``torchvision:NAME``).
+        weights: the weights of a model spec (default: its pretrained weights in the local cache).
         trust_pickle: allow a pickled ``nn.Module`` file (runs code from it).
         progress: show a progress bar.
         write_outputs: writes the derived files (CSVs, plots) beside the JSON while the run's lock
             is held; ``robench.evaluate`` passes :func:`robench.report.write_outputs`.
+        preset: corruption parameters (``cifar``, ``tiny``, ``imagenet``; None: the dataset's,
+            for ``imagefolder`` its image size's). Recorded, and part of the run's key.
+        image_size: side of a dataset read at any size (``imagefolder``; None: 224).
+        as_released: pass each computed corruption through the released set's storage (the
+            uint8 cast; and the JPEG at quality 85 at the ``tiny`` and ``imagenet`` presets), so
+            numbers compare with published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C ones.
 
     Returns:
         The record and the written files (under torchrun, only rank 0 lists them: the other ranks
         compute their share and write nothing).
     """
+    fixed = parse_batch_size(batch_size)  # None: auto
     cfg = EvalConfig(
         dataset=dataset,
         data_root=data_root,
@@ -216,28 +315,42 @@ def evaluate(
         suite=suite,
         perturbations=tuple(perturbations),
         n_images=n_images,
-        batch_size=batch_size,
+        batch_size=fixed or MAX_AUTO_BATCH,
         device=device,
         seed=seed,
         surrogate=surrogate,
+        preset=preset,
+        image_size=image_size,
+        as_released=as_released,
     )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = Path(out)
     DATASETS.get(dataset)  # cheap checks first: a typo fails before any loading
     cfg.names()
-    _check_baseline_ref(baseline)
+    _check_baseline_ref(baseline, download)
+    if download and is_model_spec(surrogate):
+        load_model(str(surrogate), download=True)  # into the cache, where the attack step looks
     world = distributed.setup(resolve_device(device))
     if world.is_main:
         writable_dir(
             out
         )  # a read-only or impossible --out fails now, not after the first perturbation
-    loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
+    loaded = _as_loaded(
+        model,
+        model_id=model_id,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        weights=weights,
+        download=download,
+    )
+    if fixed is None:
+        cfg = replace(cfg, batch_size=auto_batch_size(loaded, cfg).size)
     with run_lock(out, loaded.model_id, enabled=world.is_main):  # held until every file is written
         record, path = evaluate_record(
             loaded, cfg, out=out, resume=resume, progress=progress, attack_runner=attack_entry
         )
-        base = _baseline_record(baseline, loaded, cfg, out, progress=progress)
+        base = _baseline_record(
+            baseline, loaded, cfg, out, progress=progress, auto_batch=fixed is None
+        )
         if base is not None:
             _same_images(record, base)
         ref = (
@@ -246,12 +359,12 @@ def evaluate(
             else BaselineRef(id=base.model.id, sha256=base.model.sha256, source=base.model.source)
         )
         # R, markers and summary over everything the file holds, not only this call's perturbations
-        order = list(dict.fromkeys([*cfg.names(), *record.perturbations]))
+        order = _all_names(cfg, record)
         record = score_record(replace(record, baseline=ref), base, order)
         if not world.is_main:
             distributed.barrier()  # returns once rank 0 has written everything
             return EvalRun(record, {})
-        record = write_record(record, path)
+        record = write_record(_with_peak_memory(record), path)
         paths = {"json": path, **(write_outputs(record, path) if write_outputs else {})}
         distributed.barrier()
         return EvalRun(record, paths)

@@ -29,7 +29,15 @@ from robench._distributed import resolve_device
 from robench._io import first_line
 from robench._seeding import derive_seed
 from robench._version import __version__
-from robench.data import DATASETS, ImageDataset, ReleasedCorruptions, load_dataset
+from robench.data import (
+    DATASETS,
+    DatasetInfo,
+    ImageDataset,
+    ReleasedCorruptions,
+    check_image_size,
+    load_dataset,
+)
+from robench.data.storage import storage_of, stored
 from robench.evaluation.record import (
     CleanResult,
     DatasetEntry,
@@ -51,6 +59,7 @@ __all__ = [
     "evaluate_record",
     "select_indices",
     "resolve_device",
+    "run_key",
     "run_stem",
     "predict",
     "severities_of",
@@ -75,6 +84,14 @@ class EvalConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: run seed (image subset, corruption and attack randomness).
         surrogate: model crafting the transfer attacks (``auto``: the zoo's VGG surrogate).
+        preset: corruption parameter table (``cifar``, ``tiny``, ``imagenet``; None: the
+            dataset's, for ``imagefolder`` its image size's).
+        image_size: the side of a dataset read at any size (``imagefolder``; None: its own).
+        as_released: pass each computed corruption through the storage of the preset's released
+            set (:func:`robench.data.storage.stored`: the uint8 cast, plus the JPEG at quality 85
+            for ``tiny`` and ``imagenet``) before the model sees it, so accuracies compare with
+            published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C numbers. Clean images, attacks
+            and columns read from released files are as loaded.
     """
 
     dataset: str = "shapes"
@@ -87,6 +104,34 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     surrogate: str | None = "auto"
+    preset: str | None = None
+    image_size: int | None = None
+    as_released: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in P.PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(P.PRESETS)}, got {self.preset!r}")
+        size = self.image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"the image size must be a positive whole number, got {size!r}")
+        if self.dataset in DATASETS:
+            check_image_size(self.dataset, size)  # one sentence before any loading
+        if not isinstance(self.as_released, bool):
+            raise ValueError(f"as_released must be True or False, got {self.as_released!r}")
+
+    def load(self) -> ImageDataset:
+        """The run's test split (at ``image_size`` when one is given)."""
+        return load_dataset(
+            self.dataset,
+            "test",
+            root=self.data_root,
+            download=self.download,
+            image_size=self.image_size,
+        )
+
+    def preset_for(self, info: DatasetInfo) -> str:
+        """The corruption preset of the run on ``info``: ``preset``, else the dataset's."""
+        return self.preset or info.preset
 
     def names(self) -> list[str]:
         """Perturbations of this run, in the suite's order.
@@ -138,6 +183,24 @@ def run_stem(model_id: str, cfg: EvalConfig, n: int) -> str:
     """File stem of a run: model, dataset, seed and image count (not the perturbations)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id).strip("._") or "model"
     return f"{safe}__{cfg.dataset}__s{cfg.seed}__n{n}"
+
+
+def run_key(loaded: LoadedModel, cfg: EvalConfig, info: DatasetInfo, n: int) -> RunKey:
+    """What identifies the run of ``loaded`` on ``n`` images of ``info`` with ``cfg``.
+
+    The preset used is always in it, the image size when the dataset was read at another size
+    than its registered one, and ``as_released``: a run that differs in any never resumes another.
+    """
+    spec_size = DATASETS.get(cfg.dataset).image_size if cfg.dataset in DATASETS else None
+    return RunKey(
+        model_sha256=loaded.sha256,
+        dataset=cfg.dataset,
+        n_images=int(n),
+        seed=cfg.seed,
+        preset=cfg.preset_for(info),
+        image_size=None if info.image_size == spec_size else info.image_size,
+        as_released=cfg.as_released,
+    )
 
 
 def predict(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
@@ -254,6 +317,8 @@ def _corruption_entry(
                     f"which dataset {cfg.dataset!r} does not provide"
                 )
             xc = spec(x, s, seed=cfg.seed, indices=idx.tolist(), preset=preset, boxes=boxes)
+            if cfg.as_released:
+                xc = stored(xc, storage_of(preset))
             correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
             tick(1)
         parameter = spec.parameter_text(preset)[s - 1]
@@ -301,24 +366,23 @@ def evaluate_record(
 ) -> tuple[Record, Path]:
     """Run (or resume) the evaluation; returns the raw record (no baseline yet) and its path."""
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
+    ds = cfg.load()
     info = ds.info
     _check_fit(loaded, info)
+    if cfg.as_released and info.channels != 3 and storage_of(cfg.preset_for(info)) != "cifar10-c":
+        raise ValueError(
+            f"--as-released at the {cfg.preset_for(info)} preset saves JPEGs of RGB images; "
+            f"dataset {cfg.dataset!r} has {info.channels} channel(s) (use --preset cifar)"
+        )
     indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
     names = cfg.names()
     model = _CheckedModel(loaded.model.to(device), info.num_classes).eval()
     world = distributed.world()
     batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
-    run_key = RunKey(
-        model_sha256=loaded.sha256,
-        dataset=cfg.dataset,
-        n_images=int(len(indices)),
-        seed=cfg.seed,
-        preset=info.preset,
-    )
+    key = run_key(loaded, cfg, info, len(indices))
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
     got = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
-        _resume_or_new(path, resume, run_key, loaded, cfg, ds, indices, device)
+        _resume_or_new(path, resume, key, loaded, cfg, ds, indices, device)
         if world.is_main
         else None
     )
@@ -366,7 +430,7 @@ def _column(
     attack_runner: Callable[..., PerturbationResult] | None,
 ) -> PerturbationResult:
     """Compute perturbation ``name``'s column: read from released files, corrupted, or attacked."""
-    info = ds.info
+    info = replace(ds.info, preset=cfg.preset_for(ds.info))
     if ds.released is not None and name in ds.released:
         return _released_entry(name, ds.released, model, batches, info.num_classes, tick)
     spec = P.get(name)
@@ -476,7 +540,7 @@ def _resume_or_new(
         split="test",
         size=len(ds),
         n_images=int(len(indices)),
-        preset=ds.info.preset,
+        preset=cfg.preset_for(ds.info),  # the preset used (the corruptions' parameters)
         image_size=ds.info.image_size,
         num_classes=ds.info.num_classes,
         indices_seed=None if whole else derive_seed(cfg.seed, "subset", cfg.dataset),

@@ -73,13 +73,19 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class RunKey(JsonSection):
-    """What identifies a run: a rerun with an equal key resumes it."""
+    """What identifies a run: a rerun with an equal key resumes it.
+
+    ``preset`` is the corruption preset used; ``image_size`` is set only for a dataset read at
+    another size than its own (``imagefolder --image-size``), ``as_released`` only when true.
+    """
 
     model_sha256: str | None
     dataset: str
     n_images: int
     seed: int
     preset: str
+    image_size: int | None = field(default=None, metadata=OMIT)
+    as_released: bool = field(default=False, metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +129,10 @@ class RunConfig(JsonSection):
     device: str
     seed: int
     surrogate: str | None = None
+    # as asked (None: the dataset's own); written only when set, as older files lack them
+    preset: str | None = field(default=None, metadata=OMIT)
+    image_size: int | None = field(default=None, metadata=OMIT)
+    as_released: bool = field(default=False, metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)

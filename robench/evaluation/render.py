@@ -50,7 +50,9 @@ from robench._distributed import resolve_device
 from robench._io import atomic_write_bytes, atomic_write_text, file_lock, writable_dir
 from robench._version import __version__
 from robench.data import ImageDataset, load_dataset
-from robench.data.released import IMAGENET_C_CATEGORIES, decode_rgb
+from robench.data.released import IMAGENET_C_CATEGORIES
+from robench.data.storage import JPEG_QUALITY, quantize, stored
+from robench.data.storage import jpeg_bytes as _jpeg
 from robench.evaluation.loop import select_indices
 
 __all__ = [
@@ -64,9 +66,6 @@ __all__ = [
 ]
 
 FORMATS = ("cifar10-c", "imagenet-c")
-JPEG_QUALITY = (
-    85  # make_imagenet_c.py / make_tinyimagenet_c.py: save(path, quality=85, optimize=True)
-)
 RENDERABLE: tuple[str, ...] = tuple(IMAGENET_C_CATEGORIES)  # what the released sets hold (15 + 4)
 SEVERITIES = (1, 2, 3, 4, 5)
 Tick = Callable[[int], None]
@@ -97,54 +96,10 @@ class RenderResult:
     kept: int
 
 
-def quantize(x: Tensor) -> Tensor:
-    """Float N x C x H x W in [0, 1] -> uint8 N x H x W x C on the CPU, truncated like ``np.uint8``.
-
-    Example:
-        >>> import torch
-        >>> quantize(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)).flatten().tolist()
-        [0, 127, 255]
-    """
-    u8 = x.detach().float().mul(255.0).clamp_(0.0, 255.0).floor_().to(torch.uint8)
-    return u8.permute(0, 2, 3, 1).cpu()
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
-    return buf.getvalue()
-
-
 def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def stored(x: Tensor, fmt: str) -> Tensor:
-    """What a render of the batch ``x`` holds, read back as the ``-C`` datasets read it.
-
-    ``cifar10-c``: the uint8 cast; ``imagenet-c``: the uint8 cast, then a JPEG at quality 85. The
-    result equals the file's images bit for bit, so ``stored(corrupted, fmt)`` is the on-the-fly
-    counterpart of an evaluation of the render.
-
-    Args:
-        x: float N x 3 x S x S in [0, 1].
-        fmt: ``cifar10-c`` or ``imagenet-c``.
-
-    Returns:
-        Float N x 3 x S x S in [0, 1] on ``x``'s device.
-    """
-    _check_format(fmt)
-    u8 = quantize(x)
-    if fmt == "cifar10-c":
-        out = u8.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-    else:
-        side = x.shape[-1]
-        out = torch.stack(
-            [decode_rgb(io.BytesIO(_jpeg(a)), resize=side, crop=side) for a in u8.numpy()]
-        )
-    return out.to(x.device)
 
 
 def _check_format(fmt: str) -> None:
