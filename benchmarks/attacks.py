@@ -12,10 +12,14 @@ forward pass that judges the adversarials, as robench does. robench's ``cw_l2`` 
 margin loss optimised inside the L2 ball; neither library has that attack, so its direct calls
 are their 40-step L2 PGD with the same step and no random start (the same passes).
 
+``--autoattack`` times ``autoattack_linf`` against the authors' code called directly and against
+its floor: the image-passes one run made (counted) times the cost of one pass per image.
+
 ``--cw-strength`` compares ``cw_l2`` with Foolbox's ``L2PGD`` (100 steps, 2 random restarts) at the
 same radius on the first shapes test images, and times it against a 40-step L2 PGD.
 
     python benchmarks/attacks.py [--quick] [--images 128] [--device cpu] [--cw-strength]
+        [--autoattack] [--only cw_l2 ...]
 """
 
 from __future__ import annotations
@@ -137,14 +141,16 @@ def _torchattacks(spec: Any, model: Any, sur: Any, x: Any, y: Any) -> Callable[[
     return run
 
 
-def measure(n_images: int, device: str, repeats: int) -> dict[str, Any]:
+def measure(
+    n_images: int, device: str, repeats: int, only: list[str] | None = None
+) -> dict[str, Any]:
     """Every attack: passes, floor, robench, Foolbox and torchattacks times (medians, seconds)."""
     from robench import perturbations as P
 
     model, sur = _models(device)
     x, y, idx = eval_batch(n_images, device)
     rows = []
-    for name in ATTACKS:
+    for name in only or ATTACKS:
         spec = P.get(name)
         m, s = _pass_costs(model, x, y, repeats + 2), _pass_costs(sur, x, y, repeats + 2)
         row: dict[str, Any] = {
@@ -222,6 +228,67 @@ def cw_strength(n_images: int = 200, device: str = "cpu", repeats: int = 3) -> d
     }
 
 
+class _Counter(torch.nn.Module):
+    """Image-passes through the model: with a graph on the input (gradient) or forward only."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.gradient, self.forward_only = inner, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.gradient += len(x)
+        else:
+            self.forward_only += len(x)
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+def autoattack_time(n_images: int = 128, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
+    """``autoattack_linf``: robench vs the authors' code called directly vs its compute floor.
+
+    AutoAttack's passes depend on the images (each stage runs only on those still standing), so
+    its floor is the image-passes one run actually made (counted) times the measured cost of one
+    pass, per image, of the same model on the same batch.
+    """
+    from pyautoattack import AutoAttack
+
+    from robench import perturbations as P
+    from robench._seeding import derive_seed
+    from robench.attacks import run_attack
+
+    model, _ = _models(device)
+    x, y, idx = eval_batch(n_images, device)
+    spec = P.get("autoattack_linf")
+    eps, seed = spec.budget(x.shape[-1]), derive_seed(0, "autoattack_linf")
+    counter = _Counter(model)
+    result = run_attack(spec, counter, x, y, seed=0, indices=idx)
+    m = _pass_costs(model, x, y, repeats + 2)
+    floor = (counter.gradient * m["gradient"] + counter.forward_only * m["forward"]) / len(y)
+
+    def robench_call() -> Any:
+        return run_attack(spec, model, x, y, seed=0, indices=idx)
+
+    def direct() -> Any:
+        aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=device)
+        adv, _ = aa.run_standard_evaluation(x.contiguous(), y, batch_size=len(y))
+        with torch.no_grad():
+            return model(adv).argmax(1) == y
+
+    ours, theirs = [], []
+    for _ in range(repeats):  # interleaved, so that a busy machine slows both alike
+        ours += timed(robench_call, device=device, repeats=1, warmup=0)
+        theirs += timed(direct, device=device, repeats=1, warmup=0)
+    return {
+        "images": n_images,
+        "accuracy": result.accuracy,
+        "image_passes": {"gradient": counter.gradient, "forward": counter.forward_only},
+        "pass_model": m,
+        "floor_s": floor,
+        "robench_s": median(ours),
+        "direct_s": median(theirs),
+    }
+
+
 def targets(data: dict[str, Any]) -> list[Target]:
     """robench's time within 1.15x of the floor, per attack (the measured overhead as the why)."""
     out = []
@@ -278,9 +345,11 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool, device: str = "cpu", images: int | None = None) -> dict[str, Any]:
+def run(
+    quick: bool, device: str = "cpu", images: int | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
     """The suite's entry point."""
-    return measure(images or (32 if quick else 128), device, 1 if quick else 3)
+    return measure(images or (32 if quick else 128), device, 1 if quick else 3, only)
 
 
 def main() -> None:
@@ -289,11 +358,19 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cw-strength", action="store_true", help="cw_l2 vs Foolbox L2PGD only")
+    ap.add_argument(
+        "--autoattack", action="store_true", help="autoattack_linf vs its floor and the direct call"
+    )
+    ap.add_argument("--only", nargs="*", default=None, help="these attacks only (default: all 5)")
     args = ap.parse_args()
     if args.cw_strength:
         print(json.dumps(cw_strength(args.images or 200, args.device), indent=1))
         return
-    data = run(args.quick, args.device, args.images)
+    if args.autoattack:
+        print(json.dumps(autoattack_time(args.images or 128, args.device), indent=1))
+        print(json.dumps({"machine": machine(), "versions": versions()}, indent=1))
+        return
+    data = run(args.quick, args.device, args.images, args.only)
     print(markdown(data))
     print("\n".join(t.line() for t in targets(data)))
     print(json.dumps({"machine": machine(), "versions": versions()}, indent=1))
