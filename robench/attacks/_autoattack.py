@@ -40,18 +40,24 @@ loss ranks the four largest logits).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_TARGETS", "MIN_CLASSES", "run_autoattack"]
+from robench._io import atomic_torch_save
+
+__all__ = ["MAX_TARGETS", "MIN_CLASSES", "STAGES", "run_autoattack"]
 
 MAX_TARGETS = 9
 MIN_CLASSES = 4
 LOGGER = "auto-attack"
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in its order
 
 
 class _Notes(logging.Handler):
@@ -95,6 +101,26 @@ def _kept_trace() -> Iterator[None]:
             sys.settrace(trace)
 
 
+def _fingerprint(x: Tensor, y: Tensor, eps: float, norm: str, seed: int, targets: int) -> str:
+    """What a saved progress file must have been made from: the images, labels and budget."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().numpy().tobytes())
+    h.update(repr((float(eps), norm, int(seed), int(targets), STAGES)).encode())
+    return h.hexdigest()
+
+
+def _saved(path: Path | None, key: str) -> dict[str, Any] | None:
+    """The progress saved at ``path`` for the same inputs, or None (absent, torn or other)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (a torn file of any kind means starting over)
+        return None
+    return state if state.get("key") == key else None
+
+
 def run_autoattack(
     model: nn.Module,
     x: Tensor,
@@ -104,11 +130,19 @@ def run_autoattack(
     norm: Literal["linf", "l2"],
     seed: int,
     num_classes: int,
+    progress: Path | None = None,
 ) -> tuple[Tensor, tuple[str, ...]]:
-    """AutoAttack's standard version on one batch, as the authors' code runs it.
+    """AutoAttack's standard version on one batch, as the authors' code runs it, stage by stage.
 
     The caller prepares the model (eval mode, frozen), puts ``x`` and ``y`` on its device and
     fences the global RNG (:func:`robench.attacks.run_attack` does all three).
+
+    robench calls the authors' ``run_standard_evaluation`` once per stage, on the images the
+    previous stages left standing, which is what the single call does inside (every stage seeds
+    the global RNG itself, so the stages are independent calls): the adversarials are the same
+    (a test checks them bit for bit). After each stage the adversarials so far are saved to
+    ``progress`` (atomically), so a run stopped in the middle resumes after its last finished
+    stage; a file made from other images, labels or budget is ignored.
 
     Args:
         model: [0, 1] images in, ``num_classes`` logits out.
@@ -118,6 +152,7 @@ def run_autoattack(
         norm: ``linf`` or ``l2``.
         seed: AutoAttack's seed (each stage seeds the global torch RNG with it).
         num_classes: the model's number of classes (sets the targets below 10 classes).
+        progress: file keeping the finished stages (None: not kept).
 
     Returns:
         The adversarials (the clean image where none was found, the first adversarial found
@@ -128,8 +163,13 @@ def run_autoattack(
             f"AutoAttack's targeted attacks need at least {MIN_CLASSES} classes, "
             f"the model has {num_classes}"
         )
-    from pyautoattack import AutoAttack  # loads on first use, not with robench
+    from pyautoattack import AutoAttack, checks  # loads on first use, not with robench
 
+    targets = min(MAX_TARGETS, num_classes - 1)
+    key = _fingerprint(x, y, eps, norm, seed, targets)
+    state = _saved(progress, key) or {"key": key, "done": [], "accuracy": {"clean": 1.0}}
+    adv = state["adv"].to(x.device) if "adv" in state else x.detach().clone()
+    robust: Tensor | None = state["robust"].to(x.device) if "robust" in state else None
     with _captured_log() as notes, _kept_trace():
         attack: Any = AutoAttack(
             model,
@@ -139,8 +179,30 @@ def run_autoattack(
             seed=int(seed),
             device=x.device,
         )
-        targets = min(MAX_TARGETS, num_classes - 1)
         attack.apgd_targeted.n_target_classes = targets
         attack.fab.n_target_classes = targets
-        adv, _ = attack.run_standard_evaluation(x.contiguous(), y, batch_size=len(x))
+        assert tuple(attack.attacks_to_run) == STAGES  # the standard version's order
+        for stage in STAGES:
+            if stage in state["done"]:
+                continue
+            idx = (
+                torch.arange(len(x), device=x.device) if robust is None else robust.nonzero()[:, 0]
+            )
+            if not len(idx):
+                break  # nothing left standing: the later stages would not run either
+            attack.attacks_to_run = [stage]
+            part, pred = attack.run_standard_evaluation(
+                x[idx].contiguous(), y[idx], batch_size=len(idx)
+            )
+            broken = pred != y[idx]  # misclassified on the stage's output (clean or adversarial)
+            adv[idx[broken]] = part[broken].to(adv.dtype)
+            robust = torch.zeros_like(y, dtype=torch.bool) if robust is None else robust
+            robust[idx] = ~broken
+            # the clean accuracy bounds every stage's robust accuracy, so the value stored for it
+            # (1.0) never decides the Square check below
+            state["accuracy"][stage] = float(robust.float().mean())
+            state["done"].append(stage)
+            if progress is not None:
+                atomic_torch_save({**state, "adv": adv.cpu(), "robust": robust.cpu()}, progress)
+        checks.check_square_sr(state["accuracy"], logger=logging.getLogger(LOGGER))
     return adv.detach(), tuple(notes.messages)
