@@ -16,6 +16,7 @@ from torch import Tensor, nn
 import robench.attacks as A
 from robench import perturbations as P
 from robench._seeding import derive_seed
+from robench.attacks._autoattack import STAGES
 from robench.evaluation.entries import PerturbationResult, SeverityResult
 from robench.evaluation.record import Record, read_record
 from robench.evaluation.scoring import score_record
@@ -83,7 +84,7 @@ def test_autoattack_entries_form_their_own_suite() -> None:
     assert linf.budget(32) == linf.budget(224) == pytest.approx(8 / 255)
     assert l2.budget(32) == 0.5 and l2.budget(224) == pytest.approx(3.5)
     assert linf.cost() == l2.cost() == A.attack_cost("autoattack_l2") == autoattack_cost()
-    assert (linf.cost().gradient_passes, linf.cost().forward_passes) == (1910, 5956)
+    assert (linf.cost().gradient_passes, linf.cost().forward_passes) == (1910, 5980)
     with pytest.raises(ValueError, match="fixed budget"):
         linf.cost(steps=10)
 
@@ -249,3 +250,146 @@ def test_no_masking_flag_without_a_pgd_at_autoattacks_eps() -> None:
     perts = {**rec.perturbations, "autoattack_linf": aa}
     scored = score_record(replace(rec, perturbations=perts), None, list(perts))
     assert "pgd_close_to_autoattack" not in {c.name for c in scored.gradient_masking or ()}
+
+
+def test_dry_run_counts_autoattack_as_an_upper_bound(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
+    from robench import evaluate
+    from robench.evaluation.plan import plan_evaluation
+
+    run = {"n_images": 12, "batch_size": 12, "baseline": "none", "surrogate": "none"}
+    plan = plan_evaluation(tiny_trained, perturbations=["autoattack_linf"], out=tmp_path, **run)
+    row = next(c for c in plan.counts if c.what == "autoattack_linf")
+    assert (row.gradient, row.forward) == (12 * 1910, 12 * 5980)
+    assert "upper bounds" in str(plan)
+    grads = []
+    hook = tiny_trained.register_forward_hook(
+        lambda m, args, out: grads.append(args[0].shape[0]) if args[0].requires_grad else None
+    )
+    try:
+        evaluate(tiny_trained, perturbations=["autoattack_linf"], out=tmp_path, plots=False, **run)
+    finally:
+        hook.remove()
+    assert 0 < sum(grads) <= row.gradient  # the run made gradient passes, never more than counted
+
+
+def test_a_run_stopped_between_stages_resumes_after_the_last_finished_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped in FAB-T (third stage), the rerun starts there and gives the direct call's result."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    model = Masked().eval()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps, progress = 0.05, tmp_path / "aa.pt"
+    ref = _direct(model, x, y, "Linf", eps, derive_seed(0, "autoattack_linf"))
+    real_perturb = FABAttack_PT.perturb
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # a kill in the middle of the third stage
+
+    monkeypatch.setattr(FABAttack_PT, "perturb", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        A.run_attack("autoattack_linf", model, x, y, seed=0, epsilon=eps, progress=progress)
+    saved = torch.load(progress, weights_only=True)
+    assert saved["done"] == ["apgd-ce", "apgd-t"] and int(saved["robust"].sum()) == 1
+    monkeypatch.setattr(FABAttack_PT, "perturb", real_perturb)
+    counted = Counting(model)
+    r = A.run_attack("autoattack_linf", counted, x, y, seed=0, epsilon=eps, progress=progress)
+    assert torch.equal(r.adv, ref) and r.accuracy == 0.0
+    # only FAB-T ran gradients again, on the one image left: APGD-CE/APGD-T were not rerun
+    assert 0 < counted.grad <= autoattack_cost(targets=9).gradient_passes - 101 * 10
+    assert torch.load(progress, weights_only=True)["done"] == list(STAGES)
+    # a progress file made from other images is not used
+    other = A.run_attack(
+        "autoattack_linf", model, x.flip(0), y.flip(0), seed=0, epsilon=eps, progress=progress
+    )
+    assert torch.equal(
+        other.adv,
+        _direct(model, x.flip(0), y.flip(0), "Linf", eps, derive_seed(0, "autoattack_linf")),
+    )
+
+
+def test_evaluate_keeps_autoattack_progress_until_the_entry_is_done(
+    tiny_trained: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed in the second batch's APGD-CE reruns to the same record; nothing is left."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from robench import evaluate
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path / "cache"))
+    norm = tiny_trained.normalize
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        num_classes=10,
+        input_size=32,
+        arch_kwargs={"width": 8},
+        mean=tuple(norm.mean.flatten().tolist()),
+        std=tuple(norm.std.flatten().tolist()),
+        dataset="shapes",
+    )
+    save_checkpoint(tiny_trained, tmp_path / "m.pt", meta)  # a file: its hash keys the progress
+    run = {"n_images": 12, "batch_size": 6, "baseline": "none", "surrogate": "none"}
+    kw = {"perturbations": ["autoattack_linf"], "plots": False, **run}
+    whole = evaluate(tmp_path / "m.pt", out=tmp_path / "whole", **kw)
+    real, calls = APGDAttack.perturb, []
+
+    def killed_second_time(self: APGDAttack, *args: object, **kwargs: object) -> Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill, in the second batch's first stage
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(APGDAttack, "perturb", killed_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tmp_path / "m.pt", out=tmp_path / "resumed", **kw)
+    kept = list((tmp_path / "cache" / "attack-progress").glob("*.pt"))
+    assert len(kept) == 1  # the first batch's finished stages, saved before the kill
+    calls.clear()
+    resumed = evaluate(tmp_path / "m.pt", out=tmp_path / "resumed", **kw)
+    assert len(calls) == 1  # only the second batch ran APGD-CE again
+    a, b = (r.record.perturbations["autoattack_linf"] for r in (whole, resumed))
+    assert a.severities[0].correct == b.severities[0].correct
+    assert not list((tmp_path / "cache" / "attack-progress").glob("*.pt"))
+
+
+def test_a_baseline_evaluated_for_a_partial_run_keeps_its_whole_family_means(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
+    """A later run on fewer perturbations rescores the baseline over all of its entries."""
+    import copy
+
+    from robench import evaluate
+    from robench.evaluation.record import read_record
+    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
+
+    norm = tiny_trained.normalize
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        num_classes=10,
+        input_size=32,
+        arch_kwargs={"width": 8},
+        mean=tuple(norm.mean.flatten().tolist()),
+        std=tuple(norm.std.flatten().tolist()),
+        dataset="shapes",
+    )
+    other = copy.deepcopy(tiny_trained)
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.9)
+    save_checkpoint(tiny_trained, tmp_path / "base.pt", meta)
+    save_checkpoint(other, tmp_path / "m.pt", meta)
+    run = {"n_images": 16, "baseline": str(tmp_path / "base.pt"), "surrogate": "none"}
+    out = tmp_path / "out"
+    evaluate(
+        tmp_path / "m.pt", perturbations=["brightness", "contrast"], out=out, plots=False, **run
+    )
+    evaluate(tmp_path / "m.pt", perturbations=["brightness"], out=out, plots=False, **run)
+    (base,) = [read_record(f) for f in out.glob("base__*.json")]
+    assert base.summary is not None
+    r = [base.perturbations[n].scores.R for n in ("brightness", "contrast")]  # type: ignore[union-attr]
+    assert base.summary.mean_R["corruption"] == pytest.approx(sum(r) / 2)

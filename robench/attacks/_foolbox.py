@@ -11,6 +11,9 @@ pixel units. Each call:
   given, an image gets the same start whatever batch it sits in. The other attacks are
   deterministic and per image: ``cw_l2`` is C&W's capped margin loss optimised inside the L2 ball
   (:mod:`robench.attacks._cw`, plain torch), not Foolbox's unbounded C&W.
+- ``fgsm`` and ``fgsm_transfer`` (MAT's strength sweep) are Foolbox's one-step
+  ``LinfFastGradientAttack``: ``x + eps * sign(grad CE)``, clipped to [0, 1], deterministic. They
+  sweep several strengths, so a call runs one: ``spec.at(severity)`` or ``epsilon=``.
 - ``autoattack_linf`` and ``autoattack_l2`` run the authors' AutoAttack (standard version,
   :mod:`robench.attacks._autoattack`) seeded with ``derive_seed(seed, attack name)``. Its
   randomness is batch-level, so for these two an image's result depends on its batch.
@@ -33,11 +36,13 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from eagerpy.astensor import astensor
 from eagerpy.tensor.tensor import Tensor as EpTensor
+from foolbox.attacks.fast_gradient_method import LinfFastGradientAttack
 from foolbox.attacks.gradient_descent_base import normalize_lp_norms
 from foolbox.attacks.mi_fgsm import LinfMomentumIterativeFastGradientMethod
 from foolbox.attacks.projected_gradient_descent import LinfProjectedGradientDescentAttack
@@ -244,6 +249,8 @@ def _budget(
     n_steps = spec.steps if steps is None else int(steps)
     if not (math.isfinite(eps) and eps >= 0) or n_steps < 1:
         raise ValueError(f"epsilon must be finite and >= 0 and steps >= 1, got {eps} and {n_steps}")
+    if spec.algorithm == "fgsm" and n_steps != 1:
+        raise ValueError(f"{spec.name!r} is FGSM, a single step; steps must be 1, got {n_steps}")
     return eps, n_steps
 
 
@@ -256,11 +263,13 @@ def _linf(
     steps: int,
     start: Tensor | None,
 ) -> Tensor:
-    """PGD, PGD-LL or MI-FGSM through Foolbox's ``run``, then Foolbox's L-inf clipping."""
+    """PGD, PGD-LL, MI-FGSM or FGSM through Foolbox's ``run``, then Foolbox's L-inf clipping."""
     kw: dict[str, Any] = {"abs_stepsize": spec.step_size(eps, steps), "steps": steps}
-    if spec.algorithm == "mi_fgsm":
+    if spec.algorithm == "fgsm":
+        attack: Any = LinfFastGradientAttack(random_start=False)
+    elif spec.algorithm == "mi_fgsm":
         mu = float(spec.params.get("decay", 1.0))
-        attack: Any = DongLinfMIFGSM(momentum=mu, random_start=False, **kw)
+        attack = DongLinfMIFGSM(momentum=mu, random_start=False, **kw)
     else:
         attack = SeededLinfPGD(start=start, random_start=start is not None, **kw)
     raw = attack.run(fmodel, x, criterion, epsilon=eps)
@@ -294,12 +303,13 @@ def _whitebox(
     seed: int,
     indices: Indices,
     targets: Tensor | None,
+    progress: Path | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Craft a white-box attack on the (prepared) model: adversarials and the result's extras."""
     if spec.algorithm == "autoattack":
         aa_seed, n_cls = derive_seed(seed, spec.name), clean.shape[1]
         adv, notes = run_autoattack(
-            model, x, y, eps=eps, norm=spec.norm, seed=aa_seed, num_classes=n_cls
+            model, x, y, eps=eps, norm=spec.norm, seed=aa_seed, num_classes=n_cls, progress=progress
         )
         extra: dict[str, Any] = {"notes": notes}
         if spec.norm == "l2":
@@ -371,25 +381,31 @@ def run_attack(
     steps: int | None = None,
     targets: Tensor | None = None,
     indices: Indices = None,
+    progress: Path | None = None,
 ) -> AttackResult:
     """Run one attack on a batch and judge it on ``model``.
 
     Args:
         name_or_spec: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm_0.04``, ``mi_fgsm_0.08``,
-            ``autoattack_linf``, ``autoattack_l2`` or a spec.
+            ``autoattack_linf``, ``autoattack_l2``, ``pgd_8_255`` or a spec; ``fgsm`` (a sweep)
+            with ``epsilon``, or one strength of it: ``resolve_attack("fgsm").at(severity)``.
         model: the evaluated classifier: [0, 1] images in, logits out.
         x: N x C x H x W images in [0, 1] (not modified).
         y: N true labels.
         seed: run seed (PGD's random start, AutoAttack's seed ``derive_seed(seed, name)``; the
-            global RNGs are seeded inside the call only). ``pgd_ll``, ``cw_l2`` and MI-FGSM
-            are deterministic.
+            global RNGs are seeded inside the call only). ``pgd_ll``, ``cw_l2``, MI-FGSM and
+            FGSM are deterministic.
         device: where to run (default and only choice: the model's device).
-        surrogate: the model crafting a transfer attack (required for ``mi_fgsm_*``).
+        surrogate: the model crafting a transfer attack (required for ``mi_fgsm_*`` and
+            ``fgsm_transfer``).
         epsilon: overrides the L-inf eps, or the L2 radius (``cw_l2``, ``autoattack_l2``).
-        steps: overrides the number of steps (not for AutoAttack, whose budget is fixed).
+        steps: overrides the number of steps (not for AutoAttack, whose budget is fixed, nor
+            FGSM, a single step).
         targets: ``pgd_ll`` targets (default: least-likely class of the clean logits).
         indices: dataset index of each image, for per-image random starts (AutoAttack's
             randomness is per batch and does not use them).
+        progress: AutoAttack only: a file where the finished stages are kept, so that a run
+            stopped in the middle resumes after its last finished stage (other attacks ignore it).
 
     Returns:
         An :class:`AttackResult` on ``x``'s device.
@@ -414,7 +430,9 @@ def run_attack(
     with attack_mode(model), global_seed_scope(seed):
         clean = _logits(model, xd)
         _labels_in_range(yd, clean)
-        adv, extra = _whitebox(spec, model, xd, yd, clean, eps, n_steps, seed, indices, targets)
+        adv, extra = _whitebox(
+            spec, model, xd, yd, clean, eps, n_steps, seed, indices, targets, progress
+        )
         return _judge(spec, model, x, adv, yd, clean, eps, extra)
 
 
@@ -431,8 +449,8 @@ def craft_transfer(
 ) -> Tensor:
     """Craft a transfer attack's adversarials on ``surrogate`` (craft once, cache, judge per model).
 
-    MI-FGSM is deterministic, so ``seed`` and ``indices`` only fence the global RNG; they are kept
-    so that every attack has the same call shape.
+    MI-FGSM and FGSM are deterministic, so ``seed`` and ``indices`` only fence the global RNG;
+    they are kept so that every attack has the same call shape.
 
     Returns:
         The adversarials, on ``x``'s device and in its dtype.

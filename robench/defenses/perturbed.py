@@ -9,12 +9,12 @@
   (256 + ReLU, 512 + ReLU, output: the CIFAR model of Fig. 9) and fine-tuned, all layers (the
   paper found that slightly better than freezing), on perturbed data (VI-C).
 
-The paper trains one model per perturbation and level (pixels 1..10, noise variance
-0.001..0.05, blur sigma 0.04..1.0); ``perturbation`` is any registered corruption and
-``severity`` one of its levels (``0``: a random level per image, a robench extension). The
-default, ``gaussian_noise_var`` at severity 5 (variance 0.05), is the setting of the paper's
-transfer-learning headline result. Every image's perturbation derives from the run seed and its
-dataset index, never from its batch, so it does not depend on batch size or order.
+The paper trains one model per perturbation and level (pixels 1..10, noise 0.001..0.05 (read as
+a standard deviation, see ``gaussian_noise_std``), blur sigma 0.04..1.0); ``perturbation`` is any
+registered corruption and ``severity`` one of its levels (``0``: a random level per image, a
+robench extension). The default, ``gaussian_noise_std`` at severity 5 (std 0.05), is the setting
+of the paper's transfer-learning headline result. Every image's perturbation derives from the run
+seed and its dataset index, never from its batch, so it does not depend on batch size or order.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def perturbed_share(epoch: int, epochs: int, start: float = 0.05, end: float = 1
 class _PerturbedData(DefenseBase):
     """Options shared by the three defenses: which corruption, which level, when it is drawn."""
 
-    perturbation: str = "gaussian_noise_var"
+    perturbation: str = "gaussian_noise_std"
     severity: int = 5
     resample: bool = False
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ from robench.models.loading import LoadedModel, load_model
 __all__ = ["attack_entry", "masking_entry", "resolve_surrogate"]
 
 log = logging.getLogger(__name__)
+
+MASKING_IMAGES = 64  # the gradient-masking checks' images: the run's first, at any batch size
 
 
 def resolve_surrogate(surrogate: str | None, dataset: str, device: str) -> LoadedModel | None:
@@ -103,6 +106,23 @@ def _transfer_advs(
     return local
 
 
+def _progress_file(spec: Any, record: Record, idx: Any) -> Path | None:
+    """Where a long attack keeps one batch's finished stages (AutoAttack), so a kill loses little.
+
+    Keyed by the run (model hash, dataset, seed), the attack and the batch's image indices; the
+    file itself also checks the images it was made from. None for a model without a hash.
+    """
+    key = record.run_key
+    if key.model_sha256 is None:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for part in (key.model_sha256, key.dataset, key.seed, key.preset, spec.name):
+        h.update(str(part).encode())
+    h.update(repr(sorted(spec.params.items())).encode())
+    h.update(np.asarray(idx, dtype=np.int64).tobytes())
+    return cache_dir() / "attack-progress" / f"{h.hexdigest()}.pt"
+
+
 def attack_entry(
     spec: Any,
     model: nn.Module,
@@ -112,9 +132,12 @@ def attack_entry(
     tick: Callable[[int], None],
     record: Record,
 ) -> PerturbationResult:
-    """Accuracy under one attack (one 'severity'), as the record's per-perturbation result."""
-    from robench.attacks import run_attack
+    """Accuracy under one attack, as the record's per-perturbation result.
 
+    An attack has one severity, or one per strength for a sweep (``fgsm``): each severity runs
+    the single-strength attack ``spec.at(severity)`` over every batch, and a transfer sweep
+    crafts (and caches) the adversarials of each strength on the surrogate.
+    """
     entry = PerturbationResult(
         kind="attack",
         family=spec.family,
@@ -122,11 +145,11 @@ def attack_entry(
         params=dict(spec.params),
         status="done",
     )
-    correct: list[np.ndarray] = []
+    sur = None
     if spec.mode == "transfer":
         sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
         if sur is None:
-            tick(len(batches))
+            tick(len(batches) * len(spec.severities))
             return replace(
                 entry,
                 status="skipped",
@@ -135,35 +158,83 @@ def attack_entry(
         entry = replace(
             entry, surrogate=SurrogateRef(id=sur.model_id, source=sur.source, sha256=sur.sha256)
         )
-        from robench.attacks import judge_transfer
+    texts = spec.parameter_text(info.preset)
+    sevs, warnings = [], []
+    for s in spec.severities:
+        one = spec.at(s)
+        if sur is not None:
+            correct = _transfer_correct(one, model, sur, batches, cfg, tick)
+        else:
+            correct, notes = _whitebox_correct(one, model, batches, cfg, tick, record)
+            warnings += [n for n in notes if n not in warnings]
+        sevs.append(SeverityResult.of(batches.gather(correct), s, texts[s - 1]))
+    if warnings:  # AutoAttack's own warnings (randomized defense, zero gradients, ...)
+        entry = replace(entry, notes={"warnings": warnings})
+    return replace(entry, severities=tuple(sevs))
 
-        adv = _transfer_advs(spec, sur, batches, cfg, lambda n: None)
-        start = 0
-        for _, x, y, _ in batches:
-            xa = adv[start : start + len(y)].to(x.device)
-            start += len(y)
-            correct.append(
-                judge_transfer(spec, model, x, xa, y).correct.cpu().numpy()
-            )  # checks the eps budget
-            tick(1)
-    else:
-        warnings: list[str] = []
-        for idx, x, y, _ in batches:
-            res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist())
-            correct.append(res.correct.cpu().numpy())
-            warnings += [n for n in res.notes if n not in warnings]
-            tick(1)
-        if warnings:  # AutoAttack's own warnings (randomized defense, zero gradients, ...)
-            entry = replace(entry, notes={"warnings": warnings})
-    sev = SeverityResult.of(batches.gather(correct), 1, spec.parameter_text(info.preset)[0])
-    return replace(entry, severities=(sev,))
+
+def _transfer_correct(
+    spec: Any,
+    model: nn.Module,
+    sur: LoadedModel,
+    batches: Any,
+    cfg: Any,
+    tick: Callable[[int], None],
+) -> list[np.ndarray]:
+    """Per-batch correctness of ``model`` on the (cached) transfer adversarials of one strength."""
+    from robench.attacks import judge_transfer
+
+    adv = _transfer_advs(spec, sur, batches, cfg, lambda n: None)
+    correct: list[np.ndarray] = []
+    start = 0
+    for _, x, y, _ in batches:
+        xa = adv[start : start + len(y)].to(x.device)
+        start += len(y)
+        correct.append(
+            judge_transfer(spec, model, x, xa, y).correct.cpu().numpy()
+        )  # checks the eps budget
+        tick(1)
+    return correct
+
+
+def _whitebox_correct(
+    spec: Any,
+    model: nn.Module,
+    batches: Any,
+    cfg: Any,
+    tick: Callable[[int], None],
+    record: Record,
+) -> tuple[list[np.ndarray], list[str]]:
+    """Per-batch correctness under a white-box attack of one strength, and its warnings."""
+    from robench.attacks import run_attack
+
+    correct: list[np.ndarray] = []
+    warnings: list[str] = []
+    kept: list[Path] = []
+    for idx, x, y, _ in batches:
+        progress = _progress_file(spec, record, idx) if spec.algorithm == "autoattack" else None
+        res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist(), progress=progress)
+        correct.append(res.correct.cpu().numpy())
+        warnings += [n for n in res.notes if n not in warnings]
+        kept += [] if progress is None else [progress]
+        tick(1)
+    for path in kept:  # the entry is complete: a rerun has nothing to resume
+        path.unlink(missing_ok=True)
+    return correct, warnings
 
 
 def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> tuple[MaskingCheck, ...]:
     """Gradient-masking sanity checks on the first images of the run (SPEC section 3)."""
     from robench.attacks import gradient_masking_checks
 
-    idx, x, y, _ = next(iter(batches))
+    parts: list[tuple[Any, torch.Tensor, torch.Tensor]] = []
+    for idx, x, y, _ in batches:  # the first 64 images, whatever the batch size
+        parts.append((idx, x, y))
+        if sum(len(p[2]) for p in parts) >= MASKING_IMAGES:
+            break
+    idx = np.concatenate([np.asarray(p[0]) for p in parts])[:MASKING_IMAGES]
+    x = torch.cat([p[1] for p in parts])[:MASKING_IMAGES]
+    y = torch.cat([p[2] for p in parts])[:MASKING_IMAGES]
     sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
     checks = gradient_masking_checks(
         model,
@@ -171,6 +242,7 @@ def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> tuple[MaskingChec
         y,
         seed=cfg.seed,
         indices=idx.tolist(),
+        max_images=MASKING_IMAGES,
         surrogate=None if sur is None else sur.model.to(batches.device).eval(),
     )
     return tuple(MaskingCheck(name=c.name, passed=c.passed, detail=c.detail) for c in checks)

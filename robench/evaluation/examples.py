@@ -111,16 +111,21 @@ class CheckpointAdversary:
         *,
         indices: Sequence[int],
         seed: int,
+        severity: int | None = None,
     ) -> Tensor:
         """Adversarial images of attack ``name`` for the model of ``rec``.
+
+        A strength sweep (``fgsm``) is crafted at ``severity`` (default: its strongest).
 
         Raises:
             ExampleUnavailable: the model or the surrogate cannot be used.
         """
         m = rec.model
         model = self._load((m.source, m.sha256, m.kind), keep=False)
+        spec = PERTURBATIONS.get(name)
+        spec = spec.at(severity or spec.severities[-1])
         surrogate = None
-        if PERTURBATIONS.get(name).mode == "transfer":
+        if spec.mode == "transfer":
             sur = rec.perturbations[name].surrogate
             source, sha256 = ("", None) if sur is None else (sur.source, sur.sha256)
             try:
@@ -130,5 +135,5 @@ class CheckpointAdversary:
         from robench.attacks import run_attack  # Foolbox loads on first use, not with robench
 
         return run_attack(
-            name, model, x, y, seed=seed, indices=list(indices), surrogate=surrogate
+            spec, model, x, y, seed=seed, indices=list(indices), surrogate=surrogate
         ).adv

@@ -5,15 +5,22 @@ backward passes + a clean and a final forward pass; C&W = 40 + 2; a transfer att
 surrogate, unless its adversarials are cached, + 2 on the model), for what is still to do: finished
 parts of a run that would be resumed are left out, and so is a baseline already evaluated. The
 calibration times one forward pass and one forward + backward pass (gradient to the input, as the
-attacks take it) of each model on a batch of the run's images, and each pending corruption on a
-few images; the estimate multiplies. Overheads (Foolbox's bookkeeping, data, files) are not in it.
+attacks take it) of each model on a few of the run's images (1, doubled until a pass takes
+:data:`CALIBRATION_SECONDS` or reaches the run's batch: seconds on any model, where timing whole
+batches of a ResNet-50 at 224 px took minutes and gigabytes), and each pending corruption on
+images worth :data:`CORRUPTION_PROBE_PIXELS` pixels (at least one) at its middle severity; the
+estimate multiplies, so it is an estimate: small calibration batches time a GPU pessimistically,
+and overheads (Foolbox's bookkeeping, data, files) are not in it. ``batch_size="auto"`` is resolved
+as ``evaluate`` resolves it (:mod:`robench.evaluation.memory`); the header says what it chose.
+On a released ``-C`` dataset a column read from files costs its forward passes plus the measured
+time to read its images (no corruption is generated).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +30,18 @@ from torch import Tensor, nn
 
 from robench import perturbations as P
 from robench._distributed import resolve_device
-from robench.data import load_dataset
-from robench.evaluation.loop import EvalConfig, run_stem, select_indices
-from robench.evaluation.record import ResultError, RunKey, read_record
+from robench.data import DatasetInfo, ReleasedCorruptions
+from robench.data.storage import storage_of, stored
+from robench.evaluation.loop import EvalConfig, run_key, run_stem, select_indices, severities_of
+from robench.evaluation.record import ResultError, read_record
 from robench.models.loading import LoadedModel
 
 __all__ = ["PassCount", "Plan", "plan", "plan_evaluation", "time_forward", "time_gradient"]
 
 MASKING_IMAGES = 64  # gradient_masking_checks' max_images
-CORRUPTION_PROBE = 32  # images per corruption timing
+CORRUPTION_PROBE = 32  # at most this many images per corruption timing
+CORRUPTION_PROBE_PIXELS = 32 * 32 * 32  # 32 images at 32 px, 8 at 64 px, 1 at 224 px
+CALIBRATION_SECONDS = 0.25  # a calibration batch doubles until one pass takes this long
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Plan:
     calibration: dict[str, float] = field(default_factory=dict)
     corruption: dict[str, float] = field(default_factory=dict)
     batch_size: int = 250
+    calibration_images: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -104,7 +116,11 @@ class Plan:
             + self.total("surrogate_forward")
             + self.total("surrogate_gradient")
         )
-        cal = ", ".join(f"{k} {v * 1e3:.3g} ms/image" for k, v in self.calibration.items())
+        cal = ", ".join(
+            f"{k} {v * 1e3:.3g} ms/image"
+            + (f" (on {self.calibration_images[k]})" if k in self.calibration_images else "")
+            for k, v in self.calibration.items()
+        )
         if self.corruption:
             mean = sum(self.corruption.values()) / len(self.corruption)
             cal += (
@@ -119,6 +135,14 @@ class Plan:
             f"estimated time: {_duration(self.seconds)} in one process (passes x calibrated cost;"
             " overheads not counted; N processes share it about N ways)",
         ]
+        if any(c.what.startswith("autoattack") for c in self.counts):
+            rows.append(
+                "AutoAttack rows are upper bounds: every stage is counted for every image, but each"
+                " runs only on the images still classified correctly (often far fewer passes)"
+            )
+        if self.sources:
+            read = ", ".join(f"{k} ({v})" for k, v in self.sources.items())
+            rows.append(f"read from the released files, not generated: {read}")
         return "\n".join(rows)
 
 
@@ -171,29 +195,36 @@ def time_gradient(model: nn.Module, x: Tensor, y: Tensor, *, repeats: int = 3) -
 
 
 def _corruption_cost(
-    spec: Any, x: Tensor, idx: list[int], boxes: Tensor | None, seed: int, preset: str
+    spec: Any,
+    x: Tensor,
+    idx: list[int],
+    boxes: Tensor | None,
+    seed: int,
+    preset: str,
+    as_released: bool = False,
 ) -> float:
-    """Seconds per corrupted image, averaged over the severities."""
-    total = 0.0
-    for s in spec.severities:
-        _sync(x)
-        t0 = time.perf_counter()
-        spec(x, s, seed=seed, indices=idx, preset=preset, boxes=boxes)
-        _sync(x)
-        total += time.perf_counter() - t0
-    return total / (len(spec.severities) * len(x))
+    """Seconds per corrupted image at the middle severity (it stands for all: one call, not 5).
+
+    With ``as_released`` the released storage (uint8, JPEG) of the corrupted images is timed too.
+    """
+    middle = spec.severities[len(spec.severities) // 2]
+    _sync(x)
+    t0 = time.perf_counter()
+    xc = spec(x, middle, seed=seed, indices=idx, preset=preset, boxes=boxes)
+    if as_released:
+        stored(xc, storage_of(preset))
+    _sync(x)
+    return (time.perf_counter() - t0) / len(x)
 
 
 def _pending(
-    loaded: LoadedModel, cfg: EvalConfig, out: Path, n: int, preset: str, resume: bool
+    loaded: LoadedModel, cfg: EvalConfig, out: Path, n: int, info: DatasetInfo, resume: bool
 ) -> tuple[bool, list[str], bool]:
     """(clean to do, perturbations to do, masking checks to do) of a run that would resume."""
     names = cfg.names()
-    whitebox = any(getattr(P.get(k), "family", "") == "white-box" for k in names)
+    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
     path = out / f"{run_stem(loaded.model_id, cfg, n)}.json"
-    key = RunKey(
-        model_sha256=loaded.sha256, dataset=cfg.dataset, n_images=n, seed=cfg.seed, preset=preset
-    )
+    key = run_key(loaded, cfg, info, n)
     if not (resume and path.exists()):
         return True, names, whitebox
     try:
@@ -207,22 +238,32 @@ def _pending(
     return rec.clean is None, todo, whitebox and rec.gradient_masking is None
 
 
-class _Costs:
-    """Per-image seconds of each kind of pass, measured once per model."""
+def _per_image(timer: Callable[[int], float], limit: int) -> tuple[float, int]:
+    """(seconds per image, images timed): 1 image, doubled until a pass is long enough to time."""
+    k = 1
+    while True:
+        seconds = timer(k)
+        if seconds >= CALIBRATION_SECONDS or k >= limit:
+            return seconds / k, k
+        k = min(2 * k, limit)
 
-    def __init__(self, x: Tensor, y: Tensor, calibration: dict[str, float]) -> None:
-        self.x, self.y, self.calibration = x, y, calibration
+
+class _Costs:
+    """Per-image seconds of each kind of pass, measured once per model on a few images."""
+
+    def __init__(self, x: Tensor, y: Tensor, plan: Plan) -> None:
+        self.x, self.y, self.plan = x, y, plan
         self.cache: dict[int, tuple[float, float]] = {}
 
     def of(self, model: nn.Module, label: str) -> tuple[float, float]:
         if id(model) not in self.cache:
-            b = len(self.x)
-            fwd, grad = time_forward(model, self.x) / b, time_gradient(model, self.x, self.y) / b
+            x, y, b = self.x, self.y, len(self.x)
+            fwd, kf = _per_image(lambda k: time_forward(model, x[:k], repeats=1), b)
+            grad, kg = _per_image(lambda k: time_gradient(model, x[:k], y[:k], repeats=1), b)
             self.cache[id(model)] = (fwd, grad)
-            self.calibration[f"{label} forward"], self.calibration[f"{label} forward+backward"] = (
-                fwd,
-                grad,
-            )
+            for what, value, k in (("forward", fwd, kf), ("forward+backward", grad, kg)):
+                self.plan.calibration[f"{label} {what}"] = value
+                self.plan.calibration_images[f"{label} {what}"] = k
         return self.cache[id(model)]
 
 
@@ -235,7 +276,7 @@ def _count_model(
     from robench.evaluation.attack_step import _transfer_key
 
     n, sur, out = ctx["n"], ctx["surrogate"], ctx["out"]
-    clean, todo, masking = _pending(loaded, cfg, out, n, ctx["preset"], resume)
+    clean, todo, masking = _pending(loaded, cfg, out, n, ctx["info"], resume)
     model = loaded.model.to(ctx["device"]).eval()
     fwd, grad = costs.of(model, who)
     sfwd, sgrad = (
@@ -243,33 +284,27 @@ def _count_model(
     )
     rows = [PassCount("clean", who, n, forward=n, seconds=n * fwd)] if clean else []
     for name in todo:
+        if name in ctx["corruption"]:  # generated, or read from a released file
+            k = len(severities_of(name)) * n
+            made = 0 if name in ctx["sources"] else k
+            seconds = k * (fwd + ctx["corruption"][name])
+            rows.append(PassCount(name, who, n, forward=k, corrupted=made, seconds=seconds))
+            continue
         spec = P.get(name)
-        if spec.kind == "corruption":
-            k = len(spec.severities) * n
-            rows.append(
-                PassCount(
-                    name,
-                    who,
-                    n,
-                    forward=k,
-                    corrupted=k,
-                    seconds=k * (fwd + ctx["corruption"][name]),
-                )
-            )
-        elif spec.mode == "transfer":
+        if spec.mode == "transfer":
             if sur is None:
                 continue  # skipped: no surrogate
-            c = spec.cost()
-            cached = (
-                cache_dir()
-                / "transfer"
-                / f"{_transfer_key(spec, sur, cfg.dataset, cfg.seed, ctx['indices'])}.pt"
-            ).exists()
-            g, f = (
-                (0, 0)
-                if cached
-                else (c.surrogate_gradient_passes * n, c.surrogate_forward_passes * n)
+            c, one = spec.cost(), spec.at(spec.severities[0]).cost()
+            crafted = sum(  # a sweep caches each strength's adversarials apart
+                not (
+                    cache_dir()
+                    / "transfer"
+                    / f"{_transfer_key(spec.at(s), sur, cfg.dataset, cfg.seed, ctx['indices'])}.pt"
+                ).exists()
+                for s in spec.severities
             )
+            g = one.surrogate_gradient_passes * n * crafted
+            f = one.surrogate_forward_passes * n * crafted
             rows.append(
                 PassCount(
                     name,
@@ -295,7 +330,7 @@ def _count_model(
             )
     if masking:
         m, c = (
-            min(MASKING_IMAGES, cfg.batch_size, n),
+            min(MASKING_IMAGES, n),  # the run's first 64 images, whatever the batch size
             masking_checks_cost(surrogate=sur is not None),
         )
         rows.append(
@@ -326,6 +361,7 @@ def plan(
     out: Path,
     resume: bool = True,
     baseline: LoadedModel | None = None,
+    batch_note: str | None = None,
 ) -> Plan:
     """Count the passes of ``evaluate`` (and of the baseline it would evaluate); estimate the time.
 
@@ -335,6 +371,7 @@ def plan(
         out: the output folder (a run found there is resumed, so its finished parts cost nothing).
         resume: whether the run would resume.
         baseline: the baseline model ``evaluate`` would score on the same images, if any.
+        batch_note: how the batch size was chosen (shown in the header), if automatically.
 
     Returns:
         A :class:`Plan`; ``str(plan)`` is the table the CLI prints.
@@ -342,41 +379,69 @@ def plan(
     from robench.evaluation.attack_step import resolve_surrogate
 
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, "test", root=cfg.data_root, download=cfg.download)
+    ds = cfg.load()
     indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
-    n, b, preset = len(indices), min(cfg.batch_size, len(indices)), ds.info.preset
+    n, b, preset = len(indices), min(cfg.batch_size, len(indices)), cfg.preset_for(ds.info)
     x, y = ds.get_batch(torch.from_numpy(indices[:b]))
     x, y = x.to(device), y.to(device)
     names = cfg.names()
-    attacks = any(
-        P.get(k).kind == "attack" for k in names
-    )  # transfer attacks and the masking checks use it
+    attacks = any(  # transfer attacks and the masking checks use it
+        k in P.PERTURBATIONS and P.get(k).kind == "attack" for k in names
+    )
     ctx: dict[str, Any] = {
         "n": n,
         "out": Path(out),
         "preset": preset,
+        "info": ds.info,
         "device": device,
         "indices": indices,
         "surrogate": resolve_surrogate(cfg.surrogate, cfg.dataset, device) if attacks else None,
     }
-    probe = indices[: min(CORRUPTION_PROBE, b)]
+    pixels = int(x.shape[-1] * x.shape[-2])
+    probe = indices[: max(1, min(CORRUPTION_PROBE, b, CORRUPTION_PROBE_PIXELS // pixels))]
     boxes = None if ds.boxes is None else ds.boxes[torch.from_numpy(probe)].to(device)
+    ctx["sources"] = _sources(ds.released, names)
     ctx["corruption"] = {
-        k: _corruption_cost(P.get(k), x[: len(probe)], probe.tolist(), boxes, cfg.seed, preset)
+        k: _read_cost(ds.released, k, probe.tolist())
+        if k in ctx["sources"]
+        else _corruption_cost(
+            P.get(k), x[: len(probe)], probe.tolist(), boxes, cfg.seed, preset, cfg.as_released
+        )
         for k in names
-        if P.get(k).kind == "corruption"
+        if k in ctx["sources"] or P.get(k).kind == "corruption"
     }
+    how = "" if batch_note is None else f" ({batch_note})"
     result = Plan(
-        f"dry run: {loaded.model_id} on {cfg.dataset}, {n} images, batch {cfg.batch_size}, "
+        f"dry run: {loaded.model_id} on {cfg.dataset}, {n} images, batch {cfg.batch_size}{how}, "
         f"device {device}, seed {cfg.seed} (nothing is evaluated)",
         batch_size=cfg.batch_size,
     )
-    costs = _Costs(x, y, result.calibration)
+    costs = _Costs(x, y, result)
     result.counts = _count_model(loaded, "model", cfg, ctx, costs, resume)
     if baseline is not None:
         result.counts += _count_model(baseline, "baseline", cfg, ctx, costs, resume)
     result.corruption = dict(ctx["corruption"])
+    result.sources = dict(ctx["sources"])
     return result
+
+
+def _sources(released: ReleasedCorruptions | None, names: list[str]) -> dict[str, str]:
+    """The columns read from released files and where (a missing file fails here, as in a run)."""
+    if released is None:
+        return {}
+    found = {}
+    for k in names:
+        if k in released:
+            released.check(k)
+            found[k] = released.source(k)
+    return found
+
+
+def _read_cost(released: Any, name: str, idx: list[int]) -> float:
+    """Seconds per image to read released images (severity 1 stands for all)."""
+    t0 = time.perf_counter()
+    released.get_batch(name, 1, idx)
+    return (time.perf_counter() - t0) / max(1, len(idx))
 
 
 def _baseline(baseline: str | None, loaded: LoadedModel, dataset: str) -> LoadedModel | None:
@@ -399,7 +464,7 @@ def plan_evaluation(
     suite: str = "mtlat24",
     perturbations: tuple[str, ...] | list[str] = (),
     n_images: int | None = 500,
-    batch_size: int = 250,
+    batch_size: int | str = "auto",
     device: str = "auto",
     seed: int = 0,
     out: str | Path = "results",
@@ -409,27 +474,45 @@ def plan_evaluation(
     model_id: str | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
+    weights: str | Path | None = None,
+    preset: str | None = None,
+    image_size: int | None = None,
+    as_released: bool = False,
 ) -> Plan:
     """:func:`plan` with :func:`robench.evaluate`'s arguments (what ``--dry-run`` calls)."""
     from robench.data import DATASETS
-    from robench.evaluation.job import _as_loaded
+    from robench.evaluation.job import _as_loaded, auto_batch_size
+    from robench.evaluation.memory import MAX_AUTO_BATCH, parse_batch_size
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    fixed = parse_batch_size(batch_size)  # None: auto, measured as evaluate measures it
     cfg = EvalConfig(
         dataset=dataset,
         data_root=data_root,
         suite=suite,
         perturbations=tuple(perturbations),
         n_images=n_images,
-        batch_size=batch_size,
+        batch_size=fixed or MAX_AUTO_BATCH,
         device=device,
         seed=seed,
         surrogate=surrogate,
+        preset=preset,
+        image_size=image_size,
+        as_released=as_released,
     )
     DATASETS.get(dataset)
     cfg.names()
-    loaded = _as_loaded(model, model_id=model_id, arch=arch, trust_pickle=trust_pickle)
+    loaded = _as_loaded(
+        model, model_id=model_id, arch=arch, trust_pickle=trust_pickle, weights=weights
+    )
+    note = None
+    if fixed is None:
+        choice = auto_batch_size(loaded, cfg)
+        cfg, note = replace(cfg, batch_size=choice.size), str(choice)
     return plan(
-        loaded, cfg, out=Path(out), resume=resume, baseline=_baseline(baseline, loaded, dataset)
+        loaded,
+        cfg,
+        out=Path(out),
+        resume=resume,
+        baseline=_baseline(baseline, loaded, dataset),
+        batch_note=note,
     )

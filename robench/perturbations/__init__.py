@@ -94,7 +94,7 @@ register_suite("attacks", attack_specs.ATTACK_NAMES)
 register_suite("imagenet-c-extra", ("speckle_noise", "gaussian_blur", "spatter", "saturate"))
 register_suite(
     "sensor",
-    ("dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_var", "gaussian_blur_sigma"),
+    ("dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_std", "gaussian_blur_sigma"),
 )
 register_suite("deepcorrect", ("awgn", "blur"))
 register_suite("context", ("foreground_blur",))

@@ -40,12 +40,25 @@ AutoAttack is reported at on CIFAR-10). Neither is part of ``mtlat24`` nor of :d
 The suite also holds ``pgd_8_255``, robench's PGD-10 at 8/255: a model whose PGD-10 accuracy is
 more than 5 points above AutoAttack's at the same eps is flagged for gradient masking
 (:func:`robench.evaluation.scoring.autoattack_masking_check`).
+
+The opt-in suite ``mat`` holds the FGSM strength sweep of Song et al. (MAT, section 5.1), whose
+claim is a wider working range over attack strengths: ``fgsm`` (white-box) and ``fgsm_transfer``
+(crafted once on a separate crafting model, the paper's own protocol: its test examples come from
+a "model to craft adversarial examples" that is not the victim; robench uses the transfer
+surrogate, ``--surrogate``). Each is one entry whose severities are strengths: L-inf eps
+0.5/255, 1/255, ..., 5/255 (10 levels), the paper's CIFAR-10/100 and SVHN range
+``eps in [0, 5]`` in steps of 0.5, read on the 0-255 pixel scale (5 on the [0, 1] scale would
+erase the image; at 5/255 the paper's CIFAR-10 model falls from 78 % to 43 %). Eps 0 is the clean
+accuracy, recorded anyway. The same strengths are used at every preset; the paper's MNIST range
+(0 to 0.3 on [0, 1]) is not used. FGSM is one step ``x + eps * sign(grad CE)``, clipped to
+[0, 1], no random start (Foolbox's ``LinfFastGradientAttack``); a sweep's ``params["eps"]``
+lists the strengths and :meth:`AttackSpec.at` gives the single-strength attack of one severity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any, Literal
 
 from robench.perturbations._base import PERTURBATIONS, register_suite
@@ -56,15 +69,22 @@ __all__ = [
     "PGD_AT_AA",
     "AttackCost",
     "AttackSpec",
+    "MAT_NAMES",
     "autoattack_cost",
     "cw_l2_bound",
 ]
 
-Algorithm = Literal["pgd", "pgd_ll", "cw_l2", "mi_fgsm", "autoattack"]
+Algorithm = Literal["pgd", "pgd_ll", "cw_l2", "mi_fgsm", "fgsm", "autoattack"]
 Mode = Literal["whitebox", "transfer"]
 
 CW_BOUND_AT_32 = 0.5
-STEP_FACTOR: Mapping[str, float] = {"pgd": 2.5, "pgd_ll": 2.5, "mi_fgsm": 1.0, "cw_l2": 2.5}
+STEP_FACTOR: Mapping[str, float] = {
+    "pgd": 2.5,
+    "pgd_ll": 2.5,
+    "mi_fgsm": 1.0,
+    "cw_l2": 2.5,
+    "fgsm": 1.0,
+}
 
 
 def cw_l2_bound(side: int, at_32: float = CW_BOUND_AT_32) -> float:
@@ -119,8 +139,9 @@ class AttackSpec:
         description: one line.
         source: paper the parameters come from.
         params: every parameter :mod:`robench.attacks` uses (eps in [0, 1] pixel units, steps...).
+            A strength sweep lists its eps values, one per severity (:attr:`strengths`).
         implemented: whether :mod:`robench.attacks` can run it.
-        algorithm: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm`` or ``autoattack``.
+        algorithm: ``pgd``, ``pgd_ll``, ``cw_l2``, ``mi_fgsm``, ``fgsm`` or ``autoattack``.
         mode: ``whitebox`` (crafted on the evaluated model) or ``transfer`` (on a surrogate).
         norm: ``linf`` or ``l2``.
         surrogate: architecture crafting a transfer attack (``None`` for white-box).
@@ -139,15 +160,50 @@ class AttackSpec:
     kind: str = "attack"
     severities: tuple[int, ...] = (1,)
 
+    def __post_init__(self) -> None:
+        if self.strengths and self.severities != tuple(range(1, len(self.strengths) + 1)):
+            raise ValueError(
+                f"{self.name!r} sweeps {len(self.strengths)} strengths, so its severities must be "
+                f"1..{len(self.strengths)}, got {self.severities}"
+            )
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        """A sweep's L-inf eps per severity (severity ``s`` at ``strengths[s - 1]``); else ``()``.
+
+        Example:
+            >>> [round(e * 255, 2) for e in PERTURBATIONS.get("fgsm").strengths][:3]
+            [0.5, 1.0, 1.5]
+        """
+        eps = self.params.get("eps")
+        return tuple(float(e) for e in eps) if isinstance(eps, (tuple, list)) else ()
+
+    def at(self, severity: int) -> AttackSpec:
+        """The single-strength attack run at ``severity`` (the spec itself when it is no sweep).
+
+        Example:
+            >>> PERTURBATIONS.get("fgsm").at(4).epsilon == 2 / 255
+            True
+        """
+        if severity not in self.severities:
+            levels = f"{self.severities[0]}..{self.severities[-1]}"
+            raise ValueError(f"severity must be in {levels} for {self.name}, got {severity!r}")
+        if not self.strengths:
+            return self
+        params = {**self.params, "eps": self.strengths[severity - 1]}
+        return replace(self, params=params, severities=(1,))
+
     def parameter_text(self, preset: str = "cifar") -> list[str]:
-        """Human-readable parameters (one 'severity')."""
+        """Human-readable parameters, one line per severity (a sweep: ``eps=k/255`` each)."""
+        if self.strengths:
+            return [f"eps={e * 255:g}/255" for e in self.strengths]
         return [", ".join(f"{k}={v}" for k, v in self.params.items())]
 
     @property
     def epsilon(self) -> float | None:
-        """The L-inf budget, or ``None`` for an L2 attack (its bound depends on the image side)."""
+        """The L-inf budget; ``None`` for an L2 attack (it depends on the side) or a sweep."""
         eps = self.params.get("eps")
-        return None if eps is None else float(eps)
+        return None if eps is None or self.strengths else float(eps)
 
     @property
     def steps(self) -> int:
@@ -163,10 +219,15 @@ class AttackSpec:
         """
         if self.norm == "l2":
             return cw_l2_bound(side, float(self.params.get("l2_bound_at_32", CW_BOUND_AT_32)))
+        if self.strengths:
+            raise ValueError(
+                f"{self.name!r} sweeps {len(self.strengths)} strengths: "
+                "pass epsilon, or run one severity's attack (spec.at(severity))"
+            )
         return float(self.params["eps"])
 
     def step_size(self, epsilon: float, steps: int) -> float:
-        """Absolute step: ``2.5 * eps / steps`` (PGD(-LL), C&W in L2); ``eps / steps`` (MI-FGSM)."""
+        """Absolute step: ``2.5 * eps / steps`` (PGD(-LL), C&W-L2); ``eps / steps`` (MI-, FGSM)."""
         if self.algorithm not in STEP_FACTOR:
             raise ValueError(f"{self.name!r} is not a gradient attack; it has no step size rule")
         return STEP_FACTOR[self.algorithm] * float(epsilon) / int(steps)
@@ -178,7 +239,8 @@ class AttackSpec:
         (judgement) on the evaluated model; the gradient steps run on the surrogate for a transfer
         attack (plus one clean forward pass there). C&W adds one forward pass that scores its last
         iterate (its gradient passes score the earlier ones). AutoAttack's count is an upper bound
-        whose ``steps`` cannot be changed (:func:`autoattack_cost`).
+        whose ``steps`` cannot be changed (:func:`autoattack_cost`). A strength sweep is one call
+        per strength, so its cost is that of one strength times their number.
 
         Example:
             >>> c = PERTURBATIONS.get("cw_l2").cost()
@@ -189,6 +251,10 @@ class AttackSpec:
             if steps is not None:
                 raise ValueError(f"{self.name!r} has AutoAttack's fixed budget; steps can't be set")
             return autoattack_cost(**_aa_budget(self.params))
+        if self.strengths:
+            one = self.at(1).cost(steps)
+            k = len(self.strengths)
+            return AttackCost(*(k * v for v in astuple(one)))
         n = int(self.steps if steps is None else steps)
         if self.mode == "transfer":
             return AttackCost(0, 2, surrogate_gradient_passes=n, surrogate_forward_passes=1)
@@ -198,17 +264,18 @@ class AttackSpec:
 def autoattack_cost(
     *, iterations: int = 100, targets: int = 9, square_queries: int = 5000
 ) -> AttackCost:
-    """Upper bound on the passes per image of one AutoAttack (standard version) call.
+    """Upper bound on the passes per image of one AutoAttack (standard version) run.
 
-    Counted from the authors' code (``pyautoattack`` 0.2.0 = fra31/auto-attack a392200), for an
-    image that no stage breaks, so that it goes through all four:
+    Counted from the authors' code (``pyautoattack`` 0.2.0 = fra31/auto-attack a392200), called
+    once per stage by robench (so that a stopped run resumes after its last finished stage), for
+    an image that no stage breaks, so that it goes through all four:
 
     ====================  ===============================  ====================================
     stage                 forward + backward               forward only
     ====================  ===============================  ====================================
-    wrapper               -                                7 checks (randomness x5, output
+    wrapper, per stage    -                                7 checks (randomness x5, output
                                                            range, dynamic defense), 1 clean,
-                                                           1 judgement after each of 4 stages
+                                                           1 judgement: 4 x 9
     APGD-CE               ``iterations + 1`` (start)       1 (clean prediction)
     APGD-T                ``targets * (iterations + 1)``   ``1 + targets`` (target ranking)
     FAB-T                 ``targets * iterations``         ``1 + targets * (iterations + 3)``:
@@ -218,9 +285,9 @@ def autoattack_cost(
     robench               -                                2 (clean logits, judgement)
     ====================  ===============================  ====================================
 
-    At the defaults: 1,910 gradient and 5,956 forward passes. The real cost is lower, often by
+    At the defaults: 1,910 gradient and 5,980 forward passes. The real cost is lower, often by
     far: each stage runs only on the images still classified correctly (an image the model
-    already gets wrong costs the 10 wrapper and robench passes; one broken by APGD-CE about
+    already gets wrong costs the 9 wrapper and 2 robench passes; one broken by APGD-CE about
     102 gradient passes more), APGD and FAB skip targets once an image is broken, and Square
     stops when every image of its batch is broken. For a model with fewer than 10 classes the
     targets are ``classes - 1``.
@@ -228,11 +295,11 @@ def autoattack_cost(
     Example:
         >>> c = autoattack_cost()
         >>> c.gradient_passes, c.forward_passes
-        (1910, 5956)
+        (1910, 5980)
     """
     it, t, q = int(iterations), int(targets), int(square_queries)
     grad = (it + 1) + t * (it + 1) + t * it
-    fwd = (7 + 1 + 4) + 1 + (1 + t) + (1 + t * (it + 3)) + (q + 3) + 2
+    fwd = 4 * (7 + 1 + 1) + 1 + (1 + t) + (1 + t * (it + 3)) + (q + 3) + 2
     return AttackCost(gradient_passes=grad, forward_passes=fwd)
 
 
@@ -329,6 +396,35 @@ PGD_AT_AA = AttackSpec(
     _SRC,
     {**_PGD, "eps": 8 / 255},
 )
-for _spec in (*_SPECS, *_AA_SPECS, PGD_AT_AA):
+_SRC_MAT = (
+    "Song et al. (MAT), section 5.1: FGSM sweep, CIFAR-10 eps 0 to 5 (of 255) in steps of 0.5"
+)
+_FGSM = {"eps": tuple(k / 2 / 255 for k in range(1, 11)), "steps": 1, "step": "eps"}
+_MAT_SPECS = (
+    AttackSpec(
+        "fgsm",
+        "white-box",
+        "FGSM, L-inf, one signed-gradient step, swept over 10 strengths (0.5/255 .. 5/255)",
+        _SRC_MAT,
+        _FGSM,
+        algorithm="fgsm",
+        severities=tuple(range(1, 11)),
+    ),
+    AttackSpec(
+        "fgsm_transfer",
+        "black-box",
+        "FGSM crafted on a separate crafting model, swept over 10 strengths (0.5/255 .. 5/255)",
+        _SRC_MAT,
+        _FGSM,
+        algorithm="fgsm",
+        mode="transfer",
+        surrogate="vgg11",
+        severities=tuple(range(1, 11)),
+    ),
+)
+MAT_NAMES = tuple(s.name for s in _MAT_SPECS)
+
+for _spec in (*_SPECS, *_AA_SPECS, PGD_AT_AA, *_MAT_SPECS):
     PERTURBATIONS.add(_spec.name, _spec)
 register_suite("autoattack", (*AUTOATTACK_NAMES, PGD_AT_AA.name))
+register_suite("mat", MAT_NAMES)

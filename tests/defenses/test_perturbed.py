@@ -60,13 +60,13 @@ def _ctx(
 
 
 # The paper's defaults are checked by what the defenses do when built without options:
-# `constant` and `incremental` apply gaussian_noise_var at severity 5 (the per-image and slicing
+# `constant` and `incremental` apply gaussian_noise_std at severity 5 (the per-image and slicing
 # tests below), `incremental` goes from 5 % to 100 % (test_incremental_slices_the_batch), and
 # `transfer` adds 256 and 512 hidden units and trains the whole network
 # (test_transfer_replaces_the_output_layer).
 
 
-@pytest.mark.parametrize("name", ["gaussian_noise_var", "hot_pixels", "gaussian_blur_sigma"])
+@pytest.mark.parametrize("name", ["gaussian_noise_std", "hot_pixels", "gaussian_blur_sigma"])
 def test_constant_perturbs_every_image_as_the_corruption_does(name: str) -> None:
     x, y, idx = _batch()
     m = Recorder()
@@ -102,7 +102,7 @@ def test_perturbation_is_per_image_fixed_over_epochs_or_resampled() -> None:
     assert torch.equal(m.seen, first[[4, 1]])  # still independent of the batch
     r.step(m, x, y, _ctx(idx, epoch=1, gen_seed=4))
     assert not torch.equal(m.seen, first)  # new draw with the next epoch's generator
-    expected = perturbations.get("gaussian_noise_var")(
+    expected = perturbations.get("gaussian_noise_std")(
         x, 5, seed=derive_seed(3, "perturbed-data"), indices=idx
     )
     assert torch.equal(first, expected)
@@ -111,13 +111,13 @@ def test_perturbation_is_per_image_fixed_over_epochs_or_resampled() -> None:
 def test_random_level_per_image() -> None:
     x, y, idx = _batch(40)
     m = Recorder()
-    build_defense("constant", {"perturbation": "gaussian_noise_var", "severity": "0"}).step(
+    build_defense("constant", {"perturbation": "gaussian_noise_std", "severity": "0"}).step(
         m, x, y, _ctx(idx)
     )
     seed = derive_seed(7, "perturbed-data")
     levels = image_levels(seed, idx, (1, 2, 3, 4, 5))
     assert set(levels.tolist()) == {1, 2, 3, 4, 5}
-    spec = perturbations.get("gaussian_noise_var")
+    spec = perturbations.get("gaussian_noise_std")
     for i in range(0, 40, 7):
         one = spec(x[i : i + 1], int(levels[i]), seed=seed, indices=idx[i : i + 1])
         assert torch.equal(m.seen[i : i + 1], one)
@@ -143,7 +143,7 @@ def test_incremental_slices_the_batch(epoch: int, k: int) -> None:
     assert (
         out.metrics["perturbed"] == k
     )  # round(share * 40): 5 % -> 2, 62 % -> 24.8 -> 25, 100 % -> 40
-    full = perturbations.get("gaussian_noise_var")(
+    full = perturbations.get("gaussian_noise_std")(
         x, 5, seed=derive_seed(7, "perturbed-data"), indices=idx
     )
     assert torch.equal(m.seen[:k], full[:k])
@@ -186,7 +186,7 @@ def test_bad_options_are_one_sentence() -> None:
     with pytest.raises(ValueError, match="shares in"):
         build_defense("incremental", {"start": "1.5"})
     with pytest.raises(KeyError, match="did you mean"):
-        build_defense("constant", {"perturbation": "gausian_noise_var"})
+        build_defense("constant", {"perturbation": "gausian_noise_std"})
 
 
 @pytest.fixture(scope="module")

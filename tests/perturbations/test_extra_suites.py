@@ -13,7 +13,7 @@ from skimage.filters import gaussian as sk_gaussian
 from robench import perturbations as P
 
 M_TLAT = ("occlusion", "color_distortion", "translation", "rotation")
-SENSOR = ("dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_var", "gaussian_blur_sigma")
+SENSOR = ("dead_pixels", "hot_pixels", "stuck_pixels", "gaussian_noise_std", "gaussian_blur_sigma")
 
 
 def _images(n: int, size: int, seed: int = 0, lo: float = 0.02, hi: float = 0.45) -> torch.Tensor:
@@ -175,14 +175,18 @@ def test_defective_pixels_change_exactly_k_pixels(name: str) -> None:
         assert torch.equal(y[kept], x[kept])
 
 
-def test_gaussian_noise_var_has_the_listed_variance() -> None:
-    x = torch.full((16, 3, 32, 32), 0.5)
-    variances = [P.get("gaussian_noise_var").params(s)["variance"] for s in range(1, 6)]
-    assert variances == pytest.approx(list(np.linspace(0.001, 0.05, 5)))
-    for s in (1, 2, 3):
-        d = P.get("gaussian_noise_var")(x, s, seed=s) - 0.5
-        assert float(d.var()) == pytest.approx(variances[s - 1], rel=0.05)
+def test_gaussian_noise_std_levels_are_standard_deviations() -> None:
+    stds = [P.get("gaussian_noise_std").params(s)["std"] for s in range(1, 6)]
+    assert stds == pytest.approx(list(np.linspace(0.001, 0.05, 5)))
+    # On a large mid-grey batch nothing reaches 0 or 1 (0.5 is 10 std away at the top level),
+    # so the output minus 0.5 is the noise itself: its std is the level, not sqrt(level).
+    x = torch.full((64, 3, 32, 32), 0.5)
+    for s in (1, 3, 5):
+        d = P.get("gaussian_noise_std")(x, s, seed=s) - 0.5
+        assert float(d.std()) == pytest.approx(stds[s - 1], rel=0.05)
         assert abs(float(d.mean())) < 0.01
+    top = P.get("gaussian_noise_std")(x, 5, seed=11) - 0.5
+    assert 0.045 <= float(top.std()) <= 0.055  # std 0.05 +/- 10 % (a variance of 0.05: 0.22)
 
 
 @pytest.mark.parametrize("severity", [1, 5])

@@ -9,7 +9,6 @@ straightforward computation, on 224 px batches that cross a chunk boundary.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -78,8 +77,8 @@ def test_feeding_the_kernel_in_chunks_changes_nothing(name: str) -> None:
             lambda x, rng, p: x + (p["sigma255"] / 255.0) * rng.randn(*x.shape[1:], dtype=x.dtype),
         ),
         (
-            "gaussian_noise_var",
-            lambda x, rng, p: x + math.sqrt(p["variance"]) * rng.randn(*x.shape[1:], dtype=x.dtype),
+            "gaussian_noise_std",
+            lambda x, rng, p: x + p["std"] * rng.randn(*x.shape[1:], dtype=x.dtype),
         ),
         (
             "speckle_noise",

@@ -349,7 +349,7 @@ def _write_site_plots(
 ) -> dict[str, Path]:
     from robench.report import Report
     from robench.report.leaderboard.plots import clean_vs_mean_r, r_heatmap
-    from robench.report.plots import severity_curves
+    from robench.report.plots import curve_rows, severity_curves
 
     labels = _site.labels(records)
     long = (
@@ -369,14 +369,14 @@ def _write_site_plots(
         written["clean_vs_r_png"] = atomic_write_bytes(
             plots / "clean_vs_R.png", figure_png(clean_vs_mean_r(records, labels))
         )
-    if len(long) and (long["kind"] == "corruption").any():
+    if len(curve_rows(long)):
         written["severity_png"] = atomic_write_bytes(
             out / "plots" / "severity.png", figure_png(severity_curves(long))
         )
     for rec, page in zip(records, pages, strict=True):
         rep = Report(rec)
         own = _with_baseline_curves(rec, records)
-        if (own["kind"] == "corruption").any():
+        if len(curve_rows(own)):
             png = figure_png(severity_curves(own))
             written[f"{page}:severity"] = atomic_write_bytes(
                 out / "models" / f"{page}-severity.png", png

@@ -237,8 +237,12 @@ class ExampleWriter:
             return _tile(
                 spec.name, entry, positions, [None] * len(positions), "needs the checkpoint"
             )
+        sevs = sorted(s.severity for s in entry.severities)
+        level = sevs[len(sevs) // 2] if len(sevs) > 1 else None  # a sweep: its middle strength
         try:
-            adv = self._adversary.craft(rec, spec.name, x, y, indices=indices, seed=seed)
+            adv = self._adversary.craft(
+                rec, spec.name, x, y, indices=indices, seed=seed, severity=level
+            )
         except ExampleUnavailable as exc:
             if exc.of_model:
                 note = f"Adversarial images are not shown: {exc.reason}."
@@ -248,11 +252,12 @@ class ExampleWriter:
                     spec.name, entry, positions, [None] * len(positions), "needs the checkpoint"
                 )
             return _tile(spec.name, entry, positions, [None] * len(positions), exc.reason)
+        tag = "" if level is None else f"-s{level}"
         srcs = [
-            self._write(f"examples/{page}/{spec.name}-{i}.png", adv[k])
+            self._write(f"examples/{page}/{spec.name}{tag}-{i}.png", adv[k])
             for k, i in enumerate(indices)
         ]
-        return _tile(spec.name, entry, positions, srcs, "")
+        return _tile(spec.name, entry, positions, srcs, "", severity=level)
 
     def gallery(self, records: Sequence[Record]) -> dict[str, Path]:
         """One PNG per dataset: each corruption the results used, each severity, on its images."""

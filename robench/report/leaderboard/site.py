@@ -271,7 +271,7 @@ def render_index(
         for k, t in (
             ("heatmap_png", "R per model and perturbation"),
             ("clean_vs_r_png", "Clean accuracy vs mean R"),
-            ("severity_png", "Accuracy vs severity per corruption"),
+            ("severity_png", "Accuracy vs severity per corruption, vs eps per attack sweep"),
         )
         if k in plots
     ]
@@ -422,7 +422,7 @@ def render_model(
         ),
         (
             f"{page}:severity",
-            "Accuracy vs severity per corruption"
+            "Accuracy vs severity per corruption, vs eps per attack sweep"
             + (" (with the baseline's curves)" if base else ""),
         ),
     ]
