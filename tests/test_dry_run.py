@@ -51,8 +51,8 @@ def test_counted_passes_equal_the_passes_of_the_real_run(
         evaluate(tiny_trained, perturbations=names, out=tmp_path, plots=False, **RUN)
     assert not tiny_trained._forward_hooks  # the session's model is left as it was
     assert (plan.total("forward"), plan.total("gradient")) == (counter.forward, counter.gradient)
-    # PGD, C&W; the masking checks on the first 40 images (up to 64, whatever the batch size)
-    assert plan.total("gradient") == 40 * (10 + 40) + 40 * (10 + 10 + 10 + 40 + 10)
+    # PGD, C&W; the masking checks on the first batch (16 images)
+    assert plan.total("gradient") == 40 * (10 + 40) + 16 * (10 + 10 + 10 + 40 + 10)
     assert plan.total("corrupted") == 5 * 40 and plan.seconds > 0
 
 

@@ -34,8 +34,6 @@ __all__ = ["attack_entry", "masking_entry", "resolve_surrogate"]
 
 log = logging.getLogger(__name__)
 
-MASKING_IMAGES = 64  # the gradient-masking checks' images: the run's first, at any batch size
-
 
 def resolve_surrogate(surrogate: str | None, dataset: str, device: str) -> LoadedModel | None:
     """The transfer surrogate: ``auto`` -> the zoo's ``vgg_surrogate`` for the dataset, if any."""
@@ -227,14 +225,7 @@ def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> tuple[MaskingChec
     """Gradient-masking sanity checks on the first images of the run (SPEC section 3)."""
     from robench.attacks import gradient_masking_checks
 
-    parts: list[tuple[Any, torch.Tensor, torch.Tensor]] = []
-    for idx, x, y, _ in batches:  # the first 64 images, whatever the batch size
-        parts.append((idx, x, y))
-        if sum(len(p[2]) for p in parts) >= MASKING_IMAGES:
-            break
-    idx = np.concatenate([np.asarray(p[0]) for p in parts])[:MASKING_IMAGES]
-    x = torch.cat([p[1] for p in parts])[:MASKING_IMAGES]
-    y = torch.cat([p[2] for p in parts])[:MASKING_IMAGES]
+    idx, x, y, _ = next(iter(batches))
     sur = resolve_surrogate(cfg.surrogate, cfg.dataset, batches.device)
     checks = gradient_masking_checks(
         model,
@@ -242,7 +233,6 @@ def masking_entry(model: nn.Module, batches: Any, cfg: Any) -> tuple[MaskingChec
         y,
         seed=cfg.seed,
         indices=idx.tolist(),
-        max_images=MASKING_IMAGES,
         surrogate=None if sur is None else sur.model.to(batches.device).eval(),
     )
     return tuple(MaskingCheck(name=c.name, passed=c.passed, detail=c.detail) for c in checks)

@@ -330,7 +330,7 @@ def _count_model(
             )
     if masking:
         m, c = (
-            min(MASKING_IMAGES, n),  # the run's first 64 images, whatever the batch size
+            min(MASKING_IMAGES, cfg.batch_size, n),
             masking_checks_cost(surrogate=sur is not None),
         )
         rows.append(
