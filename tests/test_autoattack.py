@@ -313,17 +313,11 @@ def test_a_run_stopped_between_stages_resumes_after_the_last_finished_one(
     )
 
 
-def test_evaluate_keeps_autoattack_progress_until_the_entry_is_done(
-    tiny_trained: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run killed in the second batch's APGD-CE reruns to the same record; nothing is left."""
-    from pyautoattack.autopgd_base import APGDAttack
-
-    from robench import evaluate
+def _save_tiny(model: nn.Module, path: Path) -> None:
+    """The session's small CNN (width 8) as a robench checkpoint file."""
     from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
-    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path / "cache"))
-    norm = tiny_trained.normalize
+    norm = model.normalize
     meta = CheckpointMeta(
         arch="small_cnn",
         num_classes=10,
@@ -333,7 +327,19 @@ def test_evaluate_keeps_autoattack_progress_until_the_entry_is_done(
         std=tuple(norm.std.flatten().tolist()),
         dataset="shapes",
     )
-    save_checkpoint(tiny_trained, tmp_path / "m.pt", meta)  # a file: its hash keys the progress
+    save_checkpoint(model, path, meta)
+
+
+def test_evaluate_keeps_autoattack_progress_until_the_entry_is_done(
+    tiny_trained: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed in the second batch's APGD-CE reruns to the same record; nothing is left."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from robench import evaluate
+
+    monkeypatch.setenv("ROBENCH_CACHE", str(tmp_path / "cache"))
+    _save_tiny(tiny_trained, tmp_path / "m.pt")  # a file: its hash keys the progress
     run = {"n_images": 12, "batch_size": 6, "baseline": "none", "surrogate": "none"}
     kw = {"perturbations": ["autoattack_linf"], "plots": False, **run}
     whole = evaluate(tmp_path / "m.pt", out=tmp_path / "whole", **kw)
@@ -366,23 +372,12 @@ def test_a_baseline_evaluated_for_a_partial_run_keeps_its_whole_family_means(
 
     from robench import evaluate
     from robench.evaluation.record import read_record
-    from robench.models.checkpoint import CheckpointMeta, save_checkpoint
 
-    norm = tiny_trained.normalize
-    meta = CheckpointMeta(
-        arch="small_cnn",
-        num_classes=10,
-        input_size=32,
-        arch_kwargs={"width": 8},
-        mean=tuple(norm.mean.flatten().tolist()),
-        std=tuple(norm.std.flatten().tolist()),
-        dataset="shapes",
-    )
     other = copy.deepcopy(tiny_trained)
     with torch.no_grad():
         next(other.parameters()).mul_(0.9)
-    save_checkpoint(tiny_trained, tmp_path / "base.pt", meta)
-    save_checkpoint(other, tmp_path / "m.pt", meta)
+    _save_tiny(tiny_trained, tmp_path / "base.pt")
+    _save_tiny(other, tmp_path / "m.pt")
     run = {"n_images": 16, "baseline": str(tmp_path / "base.pt"), "surrogate": "none"}
     out = tmp_path / "out"
     evaluate(
