@@ -150,6 +150,11 @@ def test_kill_9_during_training_then_rerun_gives_the_uninterrupted_weights(tmp_p
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     card = json.loads(killed.with_suffix(".json").read_text())
     assert card["epochs"] == 3 and not partial.exists()
+    # the card's curve spans the killed run's first epoch and the rerun's two, as the checkpoint's
+    _, meta = load_checkpoint(killed)
+    curve = [round(h["test_acc"], 4) for h in meta.extra["history"]]
+    assert len(card["accuracy_curve"]) == 3 and card["accuracy_curve"] == curve
+    assert card["accuracy_curve"][-1] == pytest.approx(card["clean_accuracy"], abs=1e-4)
 
 
 @pytest.mark.slow

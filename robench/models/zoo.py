@@ -54,6 +54,8 @@ class ZooCard:
         sha256: SHA-256 of the checkpoint file.
         robench_version: version that trained it.
         notes: anything a reader should know.
+        accuracy_curve: test accuracy after each epoch (from the first), to show where training
+            plateaued; empty on cards written before robench recorded it.
     """
 
     name: str
@@ -69,6 +71,7 @@ class ZooCard:
     robench_version: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    accuracy_curve: list[float] = field(default_factory=list)
 
 
 PACKAGED_ZOO = Path(__file__).resolve().parent / "zoo_files"

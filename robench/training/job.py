@@ -215,6 +215,9 @@ def _train(
             sha256=digest,
             robench_version=__version__,
             notes=notes,
+            accuracy_curve=[
+                round(float(h["test_acc"]), 4) for h in result.history if "test_acc" in h
+            ],
         ),
         out_path.with_suffix(".json"),
     )
