@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Train the shapes zoo to convergence: the exact commands behind robench/models/zoo_files/shapes.
+#
+#   ZOO_STAGE=/path/to/stage bash scripts/train_zoo.sh [ENTRY ...]
+#
+# Trains into $ZOO_STAGE/robench/models/zoo_files/shapes (default: this checkout), one entry after
+# the other, in the order given (default: all). An entry whose card exists is skipped; a stopped
+# entry resumes from its `.partial` state on the next call. Entries that start from `zoo:standard`
+# (deepcorrect, finetune, transfer) read the staged zoo, so train `standard` first.
+# Each card records its command, wall time and per-epoch test accuracy.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+stage="${ZOO_STAGE:-$repo}"
+zoo="robench/models/zoo_files"
+mkdir -p "$stage/$zoo/shapes"
+cd "$stage"
+export ROBENCH_ZOO="$stage/$zoo"
+
+declare -A ARGS=(
+  [standard]="--defense standard --epochs 20"
+  [vgg_surrogate]="--defense standard --arch vgg11 -a width_div=4 --epochs 20"
+  [label_smoothing]="--defense label_smoothing --epochs 20"
+  [mixup]="--defense mixup --epochs 20"
+  [fgsm]="--defense fgsm --epochs 20"
+  [targeted_fgsm]="--defense targeted_fgsm --epochs 20"
+  [tlat]="--defense tlat --epochs 20"
+  [mtlat]="--defense mtlat --epochs 20"
+  [iat]="--defense iat --epochs 20"
+  [constant]="--defense constant --epochs 20"
+  [incremental]="--defense incremental --epochs 20"
+  [transfer]="--defense transfer --epochs 6"
+  [deepcorrect]="--defense deepcorrect --epochs 6"
+  [finetune]="--defense finetune --epochs 6 --lr 0.0002"
+  [fusion]="--defense fusion --epochs 6"
+  [mat_mixed]="--defense mat_mixed --epochs 20 -o candidates=0.005,0.01,0.02,0.03,0.04"
+  [mat_parallel]="--defense mat_parallel --epochs 20 -a width=16 -o candidates=0.005,0.01,0.02,0.03,0.04 -o num_strengths=3"
+)
+ORDER=(standard constant incremental transfer mixup mtlat tlat fgsm label_smoothing targeted_fgsm
+       iat deepcorrect finetune fusion vgg_surrogate mat_mixed mat_parallel)
+entries=("$@")
+[ ${#entries[@]} -eq 0 ] && entries=("${ORDER[@]}")
+for name in "${entries[@]}"; do
+  if [ -z "${ARGS[$name]+x}" ]; then echo "unknown zoo entry: $name" >&2; exit 2; fi
+  if [ -f "$zoo/shapes/$name.json" ]; then echo "== $name: card exists, skipped"; continue; fi
+  echo "== $name: robench train ${ARGS[$name]} --seed 0 --out $zoo/shapes/$name.pt ($(date -u +%FT%TZ))"
+  # shellcheck disable=SC2086
+  robench train ${ARGS[$name]} --seed 0 --out "$zoo/shapes/$name.pt"
+done
