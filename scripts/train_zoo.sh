@@ -6,7 +6,9 @@
 # Trains into $ZOO_STAGE/robench/models/zoo_files/shapes (default: this checkout), one entry after
 # the other, in the order given (default: all). An entry whose card exists is skipped; a stopped
 # entry resumes from its `.partial` state on the next call. Entries that start from `zoo:standard`
-# (deepcorrect, finetune, transfer) read the staged zoo, so train `standard` first.
+# (deepcorrect, finetune, transfer, fusion) read the staged zoo, so train `standard` first; MAT crafts
+# its adversarial sets on `zoo:vgg_surrogate` (the paper's separate crafting model, and the model the
+# `mat` suite's fgsm_transfer is crafted on), so train `vgg_surrogate` before the MAT entries.
 # Each card records its command, wall time and per-epoch test accuracy.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,8 +34,8 @@ declare -A ARGS=(
   [deepcorrect]="--defense deepcorrect --epochs 6"
   [finetune]="--defense finetune --epochs 6 --lr 0.0002"
   [fusion]="--defense fusion --epochs 6"
-  [mat_mixed]="--defense mat_mixed --epochs 20 -o candidates=0.005,0.01,0.02,0.03,0.04"
-  [mat_parallel]="--defense mat_parallel --epochs 20 -a width=16 -o candidates=0.005,0.01,0.02,0.03,0.04 -o num_strengths=3"
+  [mat_mixed]="--defense mat_mixed --epochs 20 -o crafting=zoo:vgg_surrogate"
+  [mat_parallel]="--defense mat_parallel --epochs 20 -a width=16 -o crafting=zoo:vgg_surrogate -o num_strengths=3"
 )
 ORDER=(standard constant incremental transfer mixup mtlat tlat fgsm label_smoothing targeted_fgsm
        iat deepcorrect finetune fusion vgg_surrogate mat_mixed mat_parallel)

@@ -5,6 +5,10 @@ Each branch is a full copy of a registered base architecture. The voting unit (t
 and outputs voting coefficients ``a_k(x)`` (softmax, so they sum to 1, as eq. 4 requires). The
 composite outputs ``log(sum_k a_k p_k)``: log-probabilities of the voted prediction, which are
 valid logits (their softmax is the vote), so attacks and the cross-entropy see the ensemble.
+
+:func:`crafting_cnn` is the paper's CIFAR "model to craft adversarial examples" (section 5.1): the
+separate network whose FGSM examples MAT trains and is tested on by default (see
+:mod:`robench.defenses.mat`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robench.models._base import MODELS, ImageClassifier, register_model
+from robench.models._base import CIFAR_MEAN, CIFAR_STD, MODELS, ImageClassifier, register_model
 
-__all__ = ["ParallelMAT", "branch_view"]
+__all__ = ["ParallelMAT", "branch_view", "CraftingCNN", "crafting_cnn"]
 
 
 class ParallelMAT(nn.Module):
@@ -101,3 +105,60 @@ def branch_view(model: ImageClassifier, k: int) -> nn.Module:
 def mat_parallel(num_classes: int = 10, in_chans: int = 3, **kwargs: Any) -> nn.Module:
     """Parallel-MAT composite (kwargs: base, base_kwargs, branches, strengths)."""
     return ParallelMAT(num_classes, in_chans, **kwargs)
+
+
+class CraftingCNN(nn.Module):
+    """Song et al.'s CIFAR crafting network: 3 convolutional layers and 2 fully connected layers.
+
+    "Each convolutional layer is followed by batch normalization layer and max pooling layer"
+    (section 5.1); the paper gives no widths, kernel sizes or activation, so robench uses 3x3
+    convolutions of ``width``, ``2 width`` and ``4 width`` channels, ReLU after each batch norm,
+    2x2 max pooling, and a hidden fully connected layer of ``hidden`` units with ReLU. The feature
+    map is average-pooled to 4 x 4 before the first fully connected layer (a no-op at 32 px), so
+    other image sides work too.
+
+    Args:
+        num_classes: output logits.
+        in_chans: input channels.
+        width: channels of the first convolution (doubled per layer).
+        hidden: units of the first fully connected layer.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 3, width: int = 32, hidden: int = 256
+    ) -> None:
+        super().__init__()
+        if width < 1 or hidden < 1:
+            raise ValueError(f"width and hidden must be positive, got {width} and {hidden}")
+        layers: list[nn.Module] = []
+        c = in_chans
+        for i in range(3):
+            w = width * 2**i
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * 16, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of (normalised) ``x``."""
+        out: Tensor = self.classifier(self.pool(self.features(x)))
+        return out
+
+
+def crafting_cnn(
+    num_classes: int = 10, in_chans: int = 3, width: int = 32, hidden: int = 256
+) -> ImageClassifier:
+    """A :class:`CraftingCNN` on [0, 1] images (CIFAR normalisation inside, as ``small_cnn``).
+
+    Example:
+        >>> crafting_cnn(10, width=4)(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    mean: tuple[float, ...] = CIFAR_MEAN
+    std: tuple[float, ...] = CIFAR_STD
+    if in_chans == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return ImageClassifier(CraftingCNN(num_classes, in_chans, width, hidden), mean, std)

@@ -199,7 +199,7 @@ def test_mixup_mixes_images_and_labels_with_one_lambda() -> None:
 # fusion and mat_parallel train the composite model their setup builds (test_fusion.py and
 # test_mat.py step them on it); mat_mixed's strengths come from its setup's walk unless given
 _COMPOSITE = {"fusion", "mat_parallel"}
-_OPTIONS = {"mat_mixed": {"strengths": "0.01,0.03"}}
+_OPTIONS = {"mat_mixed": {"strengths": "0.01,0.03", "protocol": "online"}}  # paper: setup's sets
 
 
 @pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n not in _COMPOSITE])

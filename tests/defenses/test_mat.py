@@ -1,4 +1,8 @@
-"""Multi-strength adversarial training (Song et al.): eq. 2, eq. 3-4, the random-walk selection."""
+"""Multi-strength adversarial training (Song et al.): eq. 2, eq. 3-4, the random-walk selection.
+
+The step and walk tests here run ``protocol=online`` (FGSM against the model being trained);
+test_mat_protocol.py covers the default, the paper's fixed sets of a separate crafting model.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +69,9 @@ def test_mixed_loss_is_eq2_unweighted_sum_over_clean_and_every_strength() -> Non
     x, y = _batch()
     ref = copy.deepcopy(m)
     strengths = (0.01, 0.03, 0.1)
-    out = build_defense("mat_mixed", {"strengths": "0.01,0.03,0.1"}).step(m, x, y, _ctx())
+    out = build_defense("mat_mixed", {"strengths": "0.01,0.03,0.1", "protocol": "online"}).step(
+        m, x, y, _ctx()
+    )
     advs = [_sign_step(ref, x, y, s) for s in strengths]
     logits = ref(torch.cat([x, *advs]))  # one batch of clean + S adversarial sets (N = N_C + S N_A)
     parts = logits.split(8)
@@ -77,7 +83,9 @@ def test_mixed_loss_is_eq2_unweighted_sum_over_clean_and_every_strength() -> Non
     assert out.metrics["loss_clean"] == pytest.approx(
         float(F.cross_entropy(parts[0], y).detach()), rel=1e-5
     )
-    one = build_defense("mat_mixed", {"strengths": "0.01"}).step(copy.deepcopy(ref), x, y, _ctx())
+    one = build_defense("mat_mixed", {"strengths": "0.01", "protocol": "online"}).step(
+        copy.deepcopy(ref), x, y, _ctx()
+    )
     assert float(one.loss.detach()) < float(out.loss.detach())  # every strength adds its own term
 
 
@@ -120,7 +128,9 @@ def test_parallel_each_branch_sees_clean_plus_its_own_strength_and_the_vote_lear
     strengths = [0.02, 0.2]
     m, (x, y) = _parallel(strengths), _batch(8, 8)
     ref = copy.deepcopy(m)
-    out = build_defense("mat_parallel").step(m, x, y, _ctx())  # strengths come from the model
+    out = build_defense("mat_parallel", {"protocol": "online"}).step(
+        m, x, y, _ctx()
+    )  # strengths come from the model
     branch_sum, vote_loss = _replay_parallel(ref, x, y, strengths)
     assert float(out.loss.detach()) == pytest.approx(
         float((branch_sum + vote_loss).detach()), rel=1e-5
@@ -237,6 +247,7 @@ WALK = {
     "walk_val": "64",
     "walk_pretrain_epochs": "1",
     "walk_trials": "20",
+    "protocol": "online",
 }
 
 
@@ -273,7 +284,7 @@ def test_bad_input_is_one_sentence() -> None:
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         build_defense("mat_mixed", {"strengths": "0.02,3"})
     with pytest.raises(ValueError, match="num_strengths"):
-        build_defense("mat_parallel", {"num_strengths": "9"})
+        build_defense("mat_parallel", {"num_strengths": "11"})
     m, (x, y) = nn.Sequential(nn.Flatten(), nn.Linear(48, N_CLASSES)), _batch()
     with pytest.raises(ValueError, match="no strengths"):
         build_defense("mat_mixed").step(m, x, y, _ctx())
@@ -304,7 +315,7 @@ def test_trained_checkpoint_rebuilds_and_gives_the_same_outputs(
         train_images=256,
         batch_size=64,
         arch_kwargs={"width": 8},
-        options={"strengths": "0.01,0.03"},
+        options={"strengths": "0.01,0.03", "protocol": "online"},
         out=tmp_path / "m.pt",
     )
     raw = torch.load(path, weights_only=True)
