@@ -362,6 +362,16 @@ def gallery_cmd(
     "published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C ones.",
 )
 @click.option(
+    "--attack-on",
+    type=click.Choice(["model", "object"]),
+    default="model",
+    show_default=True,
+    help="Which network the white-box attacks' gradients come from: the model itself, or the "
+    "object network of a composite (fusion) model, the adversarials then scored on the whole "
+    "model (Akumalla et al.'s FGSM). Fusion models also record their object and context "
+    "networks' accuracy on every image set.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Print the forward/backward passes the run will make and an estimated time; "
@@ -392,6 +402,7 @@ def evaluate_cmd(
     preset: str | None,
     image_size: int | None,
     as_released: bool,
+    attack_on: str,
     dry_run: bool,
 ) -> None:
     """Score MODEL on the benchmark; writes JSON, CSV and plots.
@@ -460,6 +471,7 @@ def evaluate_cmd(
             preset=preset,
             image_size=image_size,
             as_released=as_released,
+            attack_on=attack_on,
         )
         if not distributed.world().is_main:
             return
@@ -471,7 +483,8 @@ def evaluate_cmd(
     click.echo(
         f"\nR = A_perturbed / A_clean  ({safe_text(rec.model.id)} on {dataset}, "
         f"{rec.dataset.n_images} images, seed {seed}, preset {rec.run_key.preset}"
-        f"{', as released' if rec.run_key.as_released else ''}; "
+        f"{', as released' if rec.run_key.as_released else ''}"
+        f"{', attacks crafted on the object network' if attack_on == 'object' else ''}; "
         f"clean accuracy {report.clean_accuracy:.4f})"
     )
     click.echo(

@@ -352,6 +352,7 @@ def _strip_times(rec: dict) -> dict:  # type: ignore[type-arg]
     rec = json.loads(json.dumps(rec))
     for k in ("created", "updated"):
         rec.pop(k)
+    rec["environment"].pop("peak_rss_mib")  # a measurement, like the seconds
     for e in rec["perturbations"].values():
         e.pop("seconds")
     return rec

@@ -1,5 +1,6 @@
-"""Memory-safe defaults: ``batch_size="auto"`` measures the model, never changes a result, and the
-dry run calibrates on a few images instead of whole batches."""
+"""Memory-safe defaults: ``batch_size="auto"`` measures the model, never changes a result, the
+dry run calibrates on a few images instead of whole batches, and a batch that runs out of memory
+steps the batch size down without losing finished work or changing a result."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from robench.evaluation import memory
 from robench.evaluation.memory import (
     MAX_AUTO_BATCH,
     MEMORY_SHARE,
+    StepDown,
     choose_batch_size,
     image_memory,
+    is_out_of_memory,
     parse_batch_size,
     peak_memory,
 )
@@ -182,3 +185,171 @@ def test_cli_batch_size_auto_and_bad_values(tiny_trained: nn.Module, tmp_path: P
     )
     assert res.exit_code == 0, res.output
     assert "auto: " in res.output and "MiB per image" in res.output
+
+
+# --- out of memory: the batch size steps down, nothing finished is lost -----------------------
+
+
+def test_allocation_failures_are_told_from_other_errors() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(MemoryError())
+    cpu = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000000000 bytes."
+    assert is_out_of_memory(RuntimeError(cpu))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] not enough memory"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an allocator's error
+
+
+def test_predict_lets_an_allocation_failure_through_for_the_step_down() -> None:
+    from robench.evaluation.loop import predict
+
+    class Full(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        predict(Full(), torch.zeros(2, 3, 8, 8), 10)
+    with pytest.raises(ValueError, match="the model failed on a batch"):
+        predict(nn.Linear(3, 10), torch.zeros(2, 3, 8, 8), 10)  # a real model error: one sentence
+
+
+def test_step_down_halves_to_one_then_says_so_in_one_sentence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tried: list[int] = []
+
+    def step(size: int) -> int:
+        tried.append(size)
+        if size > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return size
+
+    steps = StepDown(16, "cuda:0")
+    with caplog.at_level("WARNING", logger="robench.evaluation.memory"):
+        assert steps.run(step) == 2
+    assert tried == [16, 8, 4, 2] and steps.size == 2 and steps.stepped
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"out of memory at batch size {a}: going on with batch size {b}"
+        for a, b in ((16, 8), (8, 4), (4, 2))
+    ]
+    assert steps.run(lambda size: size) == 2  # later parts keep the smaller size
+
+    def never(size: int) -> int:
+        raise MemoryError
+
+    with pytest.raises(ValueError, match="out of memory on cpu even at batch size 1") as err:
+        StepDown(4, "cpu").run(never)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="pass a smaller --batch-size"):
+        StepDown(4, "cuda:1", alone=False).run(never)  # a torchrun rank cannot step alone
+
+    def broken(size: int) -> int:
+        raise RuntimeError("shapes do not match")
+
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        StepDown(4, "cpu").run(broken)  # not an allocation failure: no retry
+
+
+class _Hungry(nn.Module):
+    """A model that runs out of memory on batches above ``limit`` once it made ``calls_ok`` calls.
+
+    Its state is the wrapped model's: every run of it has the wrapped model's hash.
+    """
+
+    def __init__(self, inner: nn.Module, limit: int, calls_ok: int = 0, **kw: object) -> None:
+        super().__init__()
+        self.inner, self.limit, self.calls_ok, self.calls = inner, limit, calls_ok, 0
+        self.gradient_only = bool(kw.get("gradient_only", False))
+        self.error = kw.get("error", torch.OutOfMemoryError)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        hungry = x.requires_grad or not self.gradient_only
+        if self.calls > self.calls_ok and x.shape[0] > self.limit and hungry:
+            raise self.error(  # type: ignore[operator]
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9999 bytes"
+            )
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Calls of the clean pass and of each corruption's computation, by name."""
+    from robench.evaluation import loop
+
+    calls: dict[str, int] = {}
+    clean, corrupt = loop._clean, loop._corruption_entry
+
+    def counted_clean(*a: object, **k: object) -> object:
+        calls["clean"] = calls.get("clean", 0) + 1
+        return clean(*a, **k)  # type: ignore[arg-type]
+
+    def counted_corruption(spec: object, *a: object, **k: object) -> object:
+        name = spec.name  # type: ignore[attr-defined]
+        calls[name] = calls.get(name, 0) + 1
+        return corrupt(spec, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_clean", counted_clean)
+    monkeypatch.setattr(loop, "_corruption_entry", counted_corruption)
+    return calls
+
+
+CORRUPT = {"perturbations": ["contrast", "gaussian_noise"], "n_images": 12, "baseline": "none"}
+
+
+def test_out_of_memory_steps_down_keeps_finished_parts_and_changes_no_result(
+    tiny_trained: nn.Module,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from robench.evaluation.record import read_record
+
+    calls = _count_calls(monkeypatch)
+    # the clean pass (1 batch of 12) and gaussian_noise (5 batches, first in the suite's order)
+    # fit; contrast runs out of memory above 4 images: 12 -> 6 -> 3
+    hungry = _Hungry(tiny_trained, limit=4, calls_ok=6)
+    with caplog.at_level("WARNING", logger="robench.evaluation.memory"):
+        run = evaluate(hungry, out=tmp_path / "oom", plots=False, batch_size=12, **CORRUPT)
+    assert calls == {"clean": 1, "gaussian_noise": 1, "contrast": 3}  # only the failed part again
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of memory at batch size 12: going on with batch size 6",
+        "out of memory at batch size 6: going on with batch size 3",
+    ]
+    rec = run.record
+    assert rec.config.batch_size == 3  # the size actually used
+    assert read_record(run.paths["json"]).config.batch_size == 3
+    small = evaluate(tiny_trained, out=tmp_path / "four", plots=False, batch_size=4, **CORRUPT)
+    assert _bits(rec) == _bits(small.record)  # as if batch size 4 had been asked from the start
+    assert rec.summary == small.record.summary
+
+
+def test_an_attack_steps_down_on_a_cpu_allocation_failure(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
+    run = {"perturbations": ["pgd"], "n_images": 8, "baseline": "none", "surrogate": "none"}
+    hungry = _Hungry(tiny_trained, limit=2, gradient_only=True, error=RuntimeError)
+    rec = evaluate(hungry, out=tmp_path / "oom", plots=False, batch_size=8, **run).record
+    assert rec.config.batch_size == 2 and rec.gradient_masking is not None
+    two = evaluate(tiny_trained, out=tmp_path / "two", plots=False, batch_size=2, **run).record
+    assert _bits(rec) == _bits(two)
+
+
+def test_out_of_memory_at_batch_size_one_is_one_sentence_and_the_run_resumes(
+    tiny_trained: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robench.evaluation.record import read_record
+
+    calls = _count_calls(monkeypatch)
+    full = _Hungry(tiny_trained, limit=0, calls_ok=6)  # nothing fits after gaussian_noise
+    with pytest.raises(ValueError, match="out of memory on cpu even at batch size 1") as err:
+        evaluate(full, out=tmp_path, plots=False, batch_size=12, **CORRUPT)
+    assert "\n" not in str(err.value) and "can't allocate memory" in str(err.value)
+    (path,) = tmp_path.glob("*.json")
+    saved = read_record(path)  # what was finished before the error is on disk
+    assert saved.clean is not None and set(saved.perturbations) == {"gaussian_noise"}
+    calls.clear()
+    fits = _Hungry(tiny_trained, limit=12)  # the same model (same hash) with memory to spare
+    rec = evaluate(fits, out=tmp_path, plots=False, batch_size=12, **CORRUPT).record
+    assert calls == {"contrast": 1}  # the rerun resumes: clean and gaussian_noise are kept
+    assert _bits(rec)["gaussian_noise"] == _bits(saved)["gaussian_noise"]

@@ -64,6 +64,7 @@ PAIRS = [
     (PERT, R.PerturbationResult),
     (f"{PERT}/properties/surrogate", R.SurrogateRef),
     ("$defs/severity", R.SeverityResult),
+    ("$defs/accuracy", R.Accuracy),  # a composite model's sub-networks (components)
     ("properties/summary", R.Summary),
     ("properties/baseline", R.BaselineRef),
     ("properties/gradient_masking/items", R.MaskingCheck),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 from robench import _distributed as distributed
 from robench._io import atomic_torch_save, cache_dir, first_line
 from robench.data import DatasetInfo
+from robench.evaluation.components import Tally, crafting_network
 from robench.evaluation.record import (
     MaskingCheck,
     PerturbationResult,
@@ -116,6 +117,8 @@ def _progress_file(spec: Any, record: Record, idx: Any) -> Path | None:
     h = hashlib.blake2b(digest_size=16)
     for part in (key.model_sha256, key.dataset, key.seed, key.preset, spec.name):
         h.update(str(part).encode())
+    if key.attack_on != "model":  # crafted on another network: other stages (old keys unchanged)
+        h.update(f"attack_on={key.attack_on}".encode())
     h.update(repr(sorted(spec.params.items())).encode())
     h.update(np.asarray(idx, dtype=np.int64).tobytes())
     return cache_dir() / "attack-progress" / f"{h.hexdigest()}.pt"
@@ -134,7 +137,10 @@ def attack_entry(
 
     An attack has one severity, or one per strength for a sweep (``fgsm``): each severity runs
     the single-strength attack ``spec.at(severity)`` over every batch, and a transfer sweep
-    crafts (and caches) the adversarials of each strength on the surrogate.
+    crafts (and caches) the adversarials of each strength on the surrogate. With
+    ``cfg.attack_on == "object"`` a white-box attack is crafted on the composite model's object
+    network and its adversarials are scored on ``model``. A composite model's object and context
+    networks are scored on the same adversarials (the severities' ``components``).
     """
     entry = PerturbationResult(
         kind="attack",
@@ -157,18 +163,40 @@ def attack_entry(
             entry, surrogate=SurrogateRef(id=sur.model_id, source=sur.source, sha256=sur.sha256)
         )
     texts = spec.parameter_text(info.preset)
+    tally = Tally(model, info.num_classes)
+    crafter = crafting_network(model, getattr(cfg, "attack_on", "model"))
     sevs, warnings = [], []
     for s in spec.severities:
         one = spec.at(s)
         if sur is not None:
-            correct = _transfer_correct(one, model, sur, batches, cfg, tick)
+            correct = _transfer_correct(one, model, sur, batches, cfg, tick, tally)
         else:
-            correct, notes = _whitebox_correct(one, model, batches, cfg, tick, record)
+            correct, notes = _whitebox_correct(
+                one, _Judged(model, crafter, tally), batches, cfg, tick, record
+            )
             warnings += [n for n in notes if n not in warnings]
-        sevs.append(SeverityResult.of(batches.gather(correct), s, texts[s - 1]))
+        parts = tally.take(batches.gather)
+        sevs.append(SeverityResult.of(batches.gather(correct), s, texts[s - 1], parts))
     if warnings:  # AutoAttack's own warnings (randomized defense, zero gradients, ...)
         entry = replace(entry, notes={"warnings": warnings})
     return replace(entry, severities=tuple(sevs))
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """Who a white-box attack is crafted on (``crafter``) and judged on (``model``, ``tally``)."""
+
+    model: nn.Module
+    crafter: nn.Module
+    tally: Tally
+
+    def correct(self, res: Any, y: torch.Tensor) -> np.ndarray:
+        """Per-image correctness of ``model`` on the attack's adversarials (sub-networks too)."""
+        self.tally.add(res.adv, y)
+        if self.crafter is self.model:
+            return res.correct.cpu().numpy()  # type: ignore[no-any-return]
+        with torch.no_grad():  # crafted on another network: the evaluated model judges
+            return (self.model(res.adv).argmax(1) == y).cpu().numpy()  # type: ignore[no-any-return]
 
 
 def _transfer_correct(
@@ -178,6 +206,7 @@ def _transfer_correct(
     batches: Any,
     cfg: Any,
     tick: Callable[[int], None],
+    tally: Tally,
 ) -> list[np.ndarray]:
     """Per-batch correctness of ``model`` on the (cached) transfer adversarials of one strength."""
     from robench.attacks import judge_transfer
@@ -191,19 +220,24 @@ def _transfer_correct(
         correct.append(
             judge_transfer(spec, model, x, xa, y).correct.cpu().numpy()
         )  # checks the eps budget
+        tally.add(xa, y)
         tick(1)
     return correct
 
 
 def _whitebox_correct(
     spec: Any,
-    model: nn.Module,
+    judged: _Judged,
     batches: Any,
     cfg: Any,
     tick: Callable[[int], None],
     record: Record,
 ) -> tuple[list[np.ndarray], list[str]]:
-    """Per-batch correctness under a white-box attack of one strength, and its warnings."""
+    """Per-batch correctness under a white-box attack of one strength, and its warnings.
+
+    The attack's gradients come from ``judged.crafter`` (the evaluated model, or its object
+    network); correctness is ``judged.model``'s on the adversarials.
+    """
     from robench.attacks import run_attack
 
     correct: list[np.ndarray] = []
@@ -211,8 +245,10 @@ def _whitebox_correct(
     kept: list[Path] = []
     for idx, x, y, _ in batches:
         progress = _progress_file(spec, record, idx) if spec.algorithm == "autoattack" else None
-        res = run_attack(spec, model, x, y, seed=cfg.seed, indices=idx.tolist(), progress=progress)
-        correct.append(res.correct.cpu().numpy())
+        res = run_attack(
+            spec, judged.crafter, x, y, seed=cfg.seed, indices=idx.tolist(), progress=progress
+        )
+        correct.append(judged.correct(res, y))
         warnings += [n for n in res.notes if n not in warnings]
         kept += [] if progress is None else [progress]
         tick(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "Accuracy",
     "CleanComparison",
     "CleanResult",
+    "Components",
     "JsonSection",
     "Kind",
     "Marker",
@@ -31,6 +32,7 @@ __all__ = [
     "SeverityResult",
     "Status",
     "SurrogateRef",
+    "component_accuracies",
     "dump",
     "plain",
 ]
@@ -40,8 +42,8 @@ Status = Literal["done", "skipped"]
 Marker = Literal["+", "-", ""]
 
 # How a field reaches the JSON (dataclass field metadata): ``omit`` leaves the key out when the
-# value is None, empty or False, ``flatten`` writes a nested dataclass's keys into the parent
-# object.
+# value is None, empty, False or the field's default, ``flatten`` writes a nested dataclass's keys
+# into the parent object.
 OMIT: Mapping[str, bool] = {"omit": True}
 FLATTEN: Mapping[str, bool] = {"flatten": True}
 
@@ -66,9 +68,16 @@ def dump(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if f.metadata.get("flatten"):
             out.update({} if value is None else dump(value))
-        elif not (f.metadata.get("omit") and (value is None or value == () or value is False)):
+        elif not (f.metadata.get("omit") and _empty(value, f.default)):
             out[f.name] = _json(value)
     return out
+
+
+def _empty(value: Any, default: Any) -> bool:
+    """Whether an ``OMIT`` field stays out of the JSON: None, empty, False or its default value."""
+    if value is None or value == () or value is False:
+        return True
+    return default is not MISSING and isinstance(value, str) and value == default
 
 
 def plain(cls: Any, data: Mapping[str, Any]) -> Any:
@@ -118,22 +127,63 @@ class Accuracy(JsonSection):
         return unpack_bits(self.correct, self.n)
 
 
+Components = Mapping[str, Accuracy]
+"""A composite model's sub-networks scored on the same images (``object``, ``context``)."""
+
+
+def component_accuracies(correct: Mapping[str, np.ndarray] | None) -> Components | None:
+    """Per sub-network, the :class:`Accuracy` of its per-image correctness (None: no components).
+
+    Example:
+        >>> import numpy as np
+        >>> acc = component_accuracies({"object": np.array([True, False, True, True])})
+        >>> acc["object"].n_correct, acc["object"].accuracy
+        (3, 0.75)
+    """
+    if not correct:
+        return None
+    return {name: Accuracy(**Accuracy.counts(bits)) for name, bits in correct.items()}
+
+
+def _components_from(data: Mapping[str, Any]) -> Components | None:
+    """The ``components`` of a severity's or the clean result's JSON object (None when absent)."""
+    found = data.get("components")
+    if not found:
+        return None
+    return {name: plain(Accuracy, acc) for name, acc in found.items()}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SeverityResult(Accuracy):
-    """Accuracy at one severity (an attack has one 'severity') and its parameters in words."""
+    """Accuracy at one severity (an attack has one 'severity') and its parameters in words.
+
+    ``components`` (composite models only) holds the accuracy of the model's object and context
+    networks on the same images, against the same class labels; R and markers never use it.
+    """
 
     severity: int
     parameter: str | None = field(default=None, metadata=OMIT)
+    components: Components | None = field(default=None, metadata=OMIT)
 
     @classmethod
-    def of(cls, correct: np.ndarray, severity: int, parameter: str | None) -> SeverityResult:
+    def of(
+        cls,
+        correct: np.ndarray,
+        severity: int,
+        parameter: str | None,
+        components: Components | None = None,
+    ) -> SeverityResult:
         """The result of per-image correctness ``correct`` at ``severity``."""
-        return cls(**cls.counts(correct), severity=severity, parameter=parameter)
+        return cls(
+            **cls.counts(correct), severity=severity, parameter=parameter, components=components
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SeverityResult:
         """From its JSON object (validated)."""
-        return plain(cls, data)  # type: ignore[no-any-return]  # _plain builds cls
+        rest = {k: v for k, v in data.items() if k != "components"}
+        built: SeverityResult = plain(cls, rest)
+        return replace(built, components=_components_from(data))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,11 +200,12 @@ class CleanResult(Accuracy):
     """Clean accuracy, with the comparison to the baseline's once scored against one."""
 
     comparison: CleanComparison | None = field(default=None, metadata=FLATTEN)
+    components: Components | None = field(default=None, metadata=OMIT)
 
     @classmethod
-    def of(cls, correct: np.ndarray) -> CleanResult:
-        """The clean result of per-image correctness ``correct``."""
-        return cls(**cls.counts(correct))
+    def of(cls, correct: np.ndarray, components: Components | None = None) -> CleanResult:
+        """The clean result of per-image correctness ``correct`` (and of the sub-networks)."""
+        return cls(**cls.counts(correct), components=components)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CleanResult:
@@ -170,7 +221,11 @@ class CleanResult(Accuracy):
             )
         )
         counts = {f.name: data[f.name] for f in fields(Accuracy)}
-        return cls(**counts | {"ci95": tuple(data["ci95"])}, comparison=comparison)
+        return cls(
+            **counts | {"ci95": tuple(data["ci95"])},
+            comparison=comparison,
+            components=_components_from(data),
+        )
 
     @property
     def marker(self) -> str:

@@ -17,6 +17,7 @@ from robench._io import file_lock, sha256_bytes_of_state, writable_dir
 from robench._version import __version__
 from robench.data import DATASETS
 from robench.evaluation.attack_step import attack_entry
+from robench.evaluation.components import check_attack_on
 from robench.evaluation.loop import EvalConfig, evaluate_record, run_stem
 from robench.evaluation.memory import (
     MAX_AUTO_BATCH,
@@ -171,6 +172,7 @@ def _baseline_record(
     base = load_model(baseline)
     if base.sha256 == loaded.sha256:
         return None  # the model is its own baseline: no markers
+    cfg = replace(cfg, attack_on="model")  # the baseline is attacked through its own gradients
     if auto_batch:
         cfg = replace(cfg, batch_size=auto_batch_size(base, cfg).size)
     with run_lock(out, base.model_id, enabled=distributed.world().is_main):
@@ -264,6 +266,7 @@ def evaluate(
     preset: str | None = None,
     image_size: int | None = None,
     as_released: bool = False,
+    attack_on: str = "model",
 ) -> EvalRun:
     """Score ``model`` on the benchmark; write ``<run>.json``, ``<run>.csv``, a long CSV and plots.
 
@@ -280,7 +283,8 @@ def evaluate(
         n_images: fixed, seeded subset of the test split (None: all).
         batch_size: images per forward pass, or ``auto``: the most that fit the free memory,
             measured on the model at the dataset's resolution (at most 250; see
-            :mod:`robench.evaluation.memory`). The size never changes a result.
+            :mod:`robench.evaluation.memory`). The size never changes a result; a part that
+            runs out of memory is computed again at half the size (the record keeps the size used).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: run seed.
         out: output folder.
@@ -293,7 +297,8 @@ def evaluate(
             ``timm:NAME`` / ``torchvision:NAME``).
         weights: the weights of a model spec (default: its pretrained weights in the local cache).
         trust_pickle: allow a pickled ``nn.Module`` file (runs code from it).
-        progress: show a progress bar.
+        progress: show a progress bar: the part running (``pgd 20/24``), and the run's share
+            done and time left weighted by each part's passes (:mod:`robench.evaluation.progress`).
         write_outputs: writes the derived files (CSVs, plots) beside the JSON while the run's lock
             is held; ``robench.evaluate`` passes :func:`robench.report.write_outputs`.
         preset: corruption parameters (``cifar``, ``tiny``, ``imagenet``; None: the dataset's,
@@ -302,6 +307,10 @@ def evaluate(
         as_released: pass each computed corruption through the released set's storage (the
             uint8 cast; and the JPEG at quality 85 at the ``tiny`` and ``imagenet`` presets), so
             numbers compare with published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C ones.
+        attack_on: ``model``, or ``object``: craft every white-box attack on the object network
+            of a composite (fusion) model and score the model itself on the adversarials
+            (Akumalla et al.'s FGSM protocol). Recorded, and part of the run's key; a baseline
+            model is attacked through its own gradients.
 
     Returns:
         The record and the written files (under torchrun, only rank 0 lists them: the other ranks
@@ -322,6 +331,7 @@ def evaluate(
         preset=preset,
         image_size=image_size,
         as_released=as_released,
+        attack_on=attack_on,
     )
     out = Path(out)
     DATASETS.get(dataset)  # cheap checks first: a typo fails before any loading
@@ -342,6 +352,7 @@ def evaluate(
         weights=weights,
         download=download,
     )
+    check_attack_on(loaded.model, attack_on)  # before any measuring or evaluating
     if fixed is None:
         cfg = replace(cfg, batch_size=auto_batch_size(loaded, cfg).size)
     with run_lock(out, loaded.model_id, enabled=world.is_main):  # held until every file is written

@@ -16,8 +16,9 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from robench.data import (
     load_dataset,
 )
 from robench.data.storage import storage_of, stored
+from robench.evaluation.components import ATTACK_ON, Tally, check_attack_on
+from robench.evaluation.memory import StepDown, is_out_of_memory
+from robench.evaluation.progress import MASKING, Part, RunProgress, run_parts
 from robench.evaluation.record import (
     CleanResult,
     DatasetEntry,
@@ -67,6 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ class EvalConfig:
             for ``tiny`` and ``imagenet``) before the model sees it, so accuracies compare with
             published CIFAR-10-C / Tiny-ImageNet-C / ImageNet-C numbers. Clean images, attacks
             and columns read from released files are as loaded.
+        attack_on: ``model`` (the white-box attacks differentiate the evaluated model) or
+            ``object`` (a composite model's object network crafts them, Akumalla et al.'s
+            protocol; the evaluated model is scored on them).
     """
 
     dataset: str = "shapes"
@@ -107,6 +115,7 @@ class EvalConfig:
     preset: str | None = None
     image_size: int | None = None
     as_released: bool = False
+    attack_on: str = "model"
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in P.PRESETS:
@@ -118,6 +127,8 @@ class EvalConfig:
             check_image_size(self.dataset, size)  # one sentence before any loading
         if not isinstance(self.as_released, bool):
             raise ValueError(f"as_released must be True or False, got {self.as_released!r}")
+        if self.attack_on not in ATTACK_ON:
+            raise ValueError(f"attack_on must be model or object, got {self.attack_on!r}")
 
     def load(self) -> ImageDataset:
         """The run's test split (at ``image_size`` when one is given)."""
@@ -200,6 +211,7 @@ def run_key(loaded: LoadedModel, cfg: EvalConfig, info: DatasetInfo, n: int) -> 
         preset=cfg.preset_for(info),
         image_size=None if info.image_size == spec_size else info.image_size,
         as_released=cfg.as_released,
+        attack_on=cfg.attack_on,
     )
 
 
@@ -209,6 +221,8 @@ def predict(model: nn.Module, x: Tensor, num_classes: int) -> Tensor:
         try:
             logits = model(x)
         except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise  # not the model's fault: the run steps its batch size down
             raise ValueError(
                 f"the model failed on a batch of shape {tuple(x.shape)} "
                 f"(wrong input size or channels?): {first_line(exc, 200)}"
@@ -307,7 +321,7 @@ def _corruption_entry(
     num_classes: int,
     tick: Progress,
 ) -> PerturbationResult:
-    sevs = []
+    sevs, tally = [], Tally(model, num_classes)
     for s in spec.severities:
         correct = []
         for idx, x, y, boxes in batches:
@@ -320,9 +334,11 @@ def _corruption_entry(
             if cfg.as_released:
                 xc = stored(xc, storage_of(preset))
             correct.append((predict(model, xc, num_classes) == y).cpu().numpy())
+            tally.add(xc, y)
             tick(1)
         parameter = spec.parameter_text(preset)[s - 1]
-        sevs.append(SeverityResult.of(batches.gather(correct), s, parameter))
+        parts = tally.take(batches.gather)
+        sevs.append(SeverityResult.of(batches.gather(correct), s, parameter, parts))
     return PerturbationResult(
         kind="corruption", family=spec.family, severities=tuple(sevs), status="done"
     )
@@ -338,14 +354,16 @@ def _released_entry(
 ) -> PerturbationResult:
     """A corruption column read from the released files (no image is corrupted here)."""
     family = P.get(name).family if name in P.PERTURBATIONS else released.families[name]
-    sevs = []
+    sevs, tally = [], Tally(model, num_classes)
     for s in severities_of(name):
         correct = []
         for idx, y in batches.labels():
             x = released.get_batch(name, s, idx.tolist()).to(batches.device)
             correct.append((predict(model, x, num_classes) == y).cpu().numpy())
+            tally.add(x, y)
             tick(1)
-        sevs.append(SeverityResult.of(batches.gather(correct), s, None))
+        parts = tally.take(batches.gather)
+        sevs.append(SeverityResult.of(batches.gather(correct), s, None, parts))
     return PerturbationResult(
         kind="corruption",
         family=family,
@@ -377,8 +395,9 @@ def evaluate_record(
     indices = select_indices(len(ds), cfg.n_images, cfg.seed, cfg.dataset)
     names = cfg.names()
     model = _CheckedModel(loaded.model.to(device), info.num_classes).eval()
+    check_attack_on(model, cfg.attack_on)  # one sentence for a model without an object network
     world = distributed.world()
-    batches = _Batches(ds, indices, cfg.batch_size, device, world.rank, world.size)
+    make = partial(_Batches, ds, indices, device=device, rank=world.rank, size=world.size)
     key = run_key(loaded, cfg, info, len(indices))
     path = out / f"{run_stem(loaded.model_id, cfg, len(indices))}.json"
     got = distributed.broadcast(  # rank 0 reads the file: every rank agrees on what is done
@@ -390,22 +409,25 @@ def evaluate_record(
         raise RuntimeError("rank 0 sent no result record")
     record = got
 
+    steps = StepDown(cfg.batch_size, device, alone=world.size == 1)  # halves on out-of-memory
+
     def save(rec: Record) -> Record:
+        rec = steps.noted(rec)  # the batch size actually used, once it stepped down
         return write_record(rec, path) if world.is_main else rec
 
     pending = [n for n in names if not _complete(record, n)]
     _check_released(ds.released, pending)  # a missing released file fails now, before any work
-    total = len(batches) * (int(record.clean is None) + sum(len(severities_of(n)) for n in pending))
-    with _progress(total, progress and world.is_main) as tick:
+    parts, done = _parts(record, names, pending, ds, cfg, len(indices), attack_runner)
+    with RunProgress(parts, done=done, enabled=progress and world.is_main) as bar:
         if record.clean is None:
-            correct = [
-                (predict(model, x, info.num_classes) == y).cpu().numpy()
-                for _, x, y, _ in _ticking(batches, tick)
-            ]
-            record = save(replace(record, clean=CleanResult.of(batches.gather(correct))))
+            clean = _at_size(steps, make, bar, "clean", partial(_clean, model, info.num_classes))
+            record = save(replace(record, clean=clean))
         for name in pending:
             t0 = _now()
-            entry = _column(name, ds, model, batches, cfg, tick, record, attack_runner)
+            column = partial(
+                _column, name, ds, model, cfg=cfg, record=record, attack_runner=attack_runner
+            )
+            entry = _at_size(steps, make, bar, name, column)
             entry = replace(entry, seconds=round(_now() - t0, 3))
             record = save(record.with_result(name, entry))
         if attack_runner is not None and _wants_masking(record, names):
@@ -413,10 +435,72 @@ def evaluate_record(
 
             # on the run's first batch, which rank 0 holds; the others wait for its result
             checks = distributed.broadcast(
-                masking_entry(model, batches, cfg) if world.is_main else None
+                _at_size(
+                    steps,
+                    make,
+                    bar,
+                    MASKING,
+                    lambda batches, tick: masking_entry(model, batches, cfg),
+                )
+                if world.is_main
+                else None
             )
             record = save(replace(record, gradient_masking=checks))
+        bar.finish()
     return record, path
+
+
+def _clean(model: nn.Module, num_classes: int, batches: _Batches, tick: Progress) -> CleanResult:
+    """The clean pass: which images ``model`` classifies correctly (a composite's networks too)."""
+    tally, correct = Tally(model, num_classes), []
+    for _, x, y, _ in batches:
+        correct.append((predict(model, x, num_classes) == y).cpu().numpy())
+        tally.add(x, y)
+        tick(1)
+    return CleanResult.of(batches.gather(correct), tally.take(batches.gather))
+
+
+def _at_size(
+    steps: StepDown,
+    make: Callable[[int], _Batches],
+    bar: RunProgress,
+    part: str,
+    fn: Callable[..., T],
+) -> T:
+    """``fn(batches=..., tick=...)`` for ``part``, at half the batch size after out-of-memory.
+
+    The part starts over at the smaller size; the parts finished before it are kept.
+    """
+
+    def attempt(size: int) -> T:
+        batches = make(size)
+        return fn(batches=batches, tick=bar.start(part, len(batches)))
+
+    return steps.run(attempt)
+
+
+def _parts(
+    record: Record,
+    names: list[str],
+    pending: list[str],
+    ds: ImageDataset,
+    cfg: EvalConfig,
+    n: int,
+    attack_runner: Callable[..., PerturbationResult] | None,
+) -> tuple[list[Part], list[str]]:
+    """The run's parts for the progress bar, weighted as the dry run counts them, and those done."""
+    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
+    checks = attack_runner is not None and whitebox
+    parts = run_parts(
+        names,
+        n,
+        severities=severities_of,
+        released=[k for k in names if ds.released is not None and k in ds.released],
+        masking_batch=min(cfg.batch_size, n) if checks else 0,
+        surrogate=cfg.surrogate not in (None, "none"),
+    )
+    done = [k for k in names if k not in pending] + ["clean"] * (record.clean is not None)
+    return parts, done + [MASKING] * (record.gradient_masking is not None)
 
 
 def _column(
@@ -484,12 +568,6 @@ def _check_fit(loaded: LoadedModel, info: Any) -> None:
             f"{loaded.source} takes {meta.in_chans}-channel images "
             f"but dataset {info.name!r} has {info.channels}"
         )
-
-
-def _ticking(batches: _Batches, tick: Progress):  # type: ignore[no-untyped-def]
-    for item in batches:
-        yield item
-        tick(1)
 
 
 def _resume_or_new(
@@ -567,28 +645,3 @@ def _now() -> float:
     import time
 
     return time.perf_counter()
-
-
-class _progress:
-    """A tqdm bar with ETA on stderr (silent when ``enabled`` is False)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.bar: Any = None  # a tqdm bar once entered (tqdm loads on first use)
-
-    def __enter__(self) -> Progress:
-        if self.enabled and self.total:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total, unit="batch", dynamic_ncols=True, desc="evaluate")
-            self.bar = bar
-
-            def tick(n: int) -> None:
-                bar.update(n)
-
-            return tick
-        return lambda n: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()

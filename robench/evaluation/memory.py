@@ -14,21 +14,34 @@ process runs under one (containers, CI), divided among the processes of a ``torc
 machine; on CUDA, the device's free memory. A run takes at most :data:`MEMORY_SHARE` of it, in
 batches of at most :data:`MAX_AUTO_BATCH` images. The batch size never changes a result: every
 image's randomness comes from (seed, perturbation, severity, image index), not from its batch.
+
+A batch that still runs out of memory (the measure is an estimate; other programs take memory
+too; a fixed ``--batch-size`` may be too large) does not end the run: :class:`StepDown` halves the
+batch size and computes the part again (the clean pass, or the perturbation that failed), down to
+1 image; the parts already finished stay in the record, and the record's ``config.batch_size``
+becomes the size actually used. Under ``torchrun`` the ranks deal batches by size, so a rank
+cannot step down alone: the error then asks for a smaller ``--batch-size``.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robench._io import first_line
+
+if TYPE_CHECKING:
+    from robench.evaluation.record import Record
 
 __all__ = [
     "AUTO",
@@ -36,9 +49,11 @@ __all__ = [
     "CPU_BACKWARD_FACTOR",
     "MAX_AUTO_BATCH",
     "MEMORY_SHARE",
+    "StepDown",
     "available_memory",
     "choose_batch_size",
     "image_memory",
+    "is_out_of_memory",
     "parse_batch_size",
     "peak_memory",
     "probe_images",
@@ -52,6 +67,8 @@ MEMORY_SHARE = 0.5  # of the free memory; the rest is for data, corruptions, Pyt
 CPU_BACKWARD_FACTOR = 1.5
 MIN_IMAGE_FACTOR = 16  # a corruption holds a few float copies of each image: a floor per image
 PROBE_IMAGES = 2
+OOM_TEXTS = ("can't allocate memory", "not enough memory", "out of memory")  # CPU, Windows, others
+T = TypeVar("T")
 
 
 def parse_batch_size(value: int | str) -> int | None:
@@ -305,3 +322,87 @@ def probe_images(ds: Any, device: str) -> tuple[Tensor, Tensor]:
     k = min(len(ds), 2 * PROBE_IMAGES)
     x, y = ds.get_batch(torch.arange(k))
     return x.to(device), y.to(device)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (not a bug of the model or of the data).
+
+    CUDA's ``torch.OutOfMemoryError``, Python's ``MemoryError``, and the ``RuntimeError`` of an
+    allocator that could not allocate (``DefaultCPUAllocator: can't allocate memory``, ``not
+    enough memory``, ``... out of memory``).
+
+    >>> is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    True
+    >>> is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    False
+    """
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc) for t in OOM_TEXTS)
+
+
+class StepDown:
+    """A run's batch size, halved whenever a step runs out of memory, and the step run again.
+
+    Args:
+        size: the batch size to start with.
+        device: the run's device (named in the messages; its cache is emptied on a step down).
+        alone: whether this process may change its batch size on its own (False under
+            ``torchrun``, where the ranks deal batches by size: an out-of-memory error is then
+            one sentence asking for a smaller ``--batch-size``).
+
+    Example:
+        >>> steps = StepDown(8, "cpu")
+        >>> def step(size: int) -> int:
+        ...     if size > 3:
+        ...         raise MemoryError
+        ...     return size
+        >>> steps.run(step), steps.size, steps.stepped
+        (2, 2, True)
+    """
+
+    def __init__(self, size: int, device: str, *, alone: bool = True) -> None:
+        self.first, self.size, self.device, self.alone = size, size, device, alone
+
+    @property
+    def stepped(self) -> bool:
+        """Whether the batch size went down during the run."""
+        return self.size < self.first
+
+    def run(self, step: Callable[[int], T]) -> T:
+        """``step(batch size)``, again at half the size after each out-of-memory error.
+
+        Raises:
+            ValueError: out of memory at batch size 1, or under ``torchrun`` (one sentence).
+        """
+        while True:
+            try:
+                return step(self.size)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                why = first_line(exc, 120)
+            self._halve(why)  # out of the except block: the failed batch's tensors are freed
+
+    def _halve(self, why: str) -> None:
+        if self.size <= 1:
+            raise ValueError(
+                f"out of memory on {self.device} even at batch size 1 ({why}); free some memory, "
+                "or evaluate on a device with more"
+            )
+        if not self.alone:
+            raise ValueError(
+                f"out of memory on {self.device} at batch size {self.size} ({why}); under torchrun "
+                "the batch size cannot step down on its own: pass a smaller --batch-size"
+            )
+        gc.collect()
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        old, self.size = self.size, self.size // 2
+        log.warning("out of memory at batch size %d: going on with batch size %d", old, self.size)
+
+    def noted(self, record: Record) -> Record:
+        """``record`` with the batch size actually used in its config, once it stepped down."""
+        if not self.stepped:
+            return record
+        return replace(record, config=replace(record.config, batch_size=self.size))

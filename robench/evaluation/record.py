@@ -32,11 +32,13 @@ from robench.evaluation.entries import (
     Accuracy,
     CleanComparison,
     CleanResult,
+    Components,
     JsonSection,
     PerturbationResult,
     Scores,
     SeverityResult,
     SurrogateRef,
+    component_accuracies,
     dump,
     plain,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "BaselineRef",
     "CleanComparison",
     "CleanResult",
+    "Components",
     "DatasetEntry",
     "Environment",
     "MaskingCheck",
@@ -63,6 +66,7 @@ __all__ = [
     "SeverityResult",
     "SurrogateRef",
     "Summary",
+    "component_accuracies",
     "environment",
     "new_record",
     "read_record",
@@ -76,7 +80,8 @@ class RunKey(JsonSection):
     """What identifies a run: a rerun with an equal key resumes it.
 
     ``preset`` is the corruption preset used; ``image_size`` is set only for a dataset read at
-    another size than its own (``imagefolder --image-size``), ``as_released`` only when true.
+    another size than its own (``imagefolder --image-size``), ``as_released`` only when true,
+    ``attack_on`` only when the white-box attacks were crafted on a sub-network (``object``).
     """
 
     model_sha256: str | None
@@ -86,6 +91,7 @@ class RunKey(JsonSection):
     preset: str
     image_size: int | None = field(default=None, metadata=OMIT)
     as_released: bool = field(default=False, metadata=OMIT)
+    attack_on: str = field(default="model", metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +139,9 @@ class RunConfig(JsonSection):
     preset: str | None = field(default=None, metadata=OMIT)
     image_size: int | None = field(default=None, metadata=OMIT)
     as_released: bool = field(default=False, metadata=OMIT)
+    # --attack-on: the network the white-box attacks' gradients come from (written when not
+    # ``model``, the evaluated model itself; ``object``: a composite model's object network)
+    attack_on: str = field(default="model", metadata=OMIT)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -100,6 +100,9 @@ def _check_semantics(data: Mapping[str, Any], where: str) -> None:
         raise ResultError(
             f"{where}: dataset.indices must be null or one non-negative integer per image"
         )
+    attack_on = data["run_key"].get("attack_on", "model")
+    if data["config"].get("attack_on", "model") != attack_on:
+        raise ResultError(f"{where}: config.attack_on and run_key.attack_on disagree")
     _check_counts(data["clean"], f"{where}: clean", n)
     for name, entry in data["perturbations"].items():
         at = f"{where}: perturbation {name!r}"
@@ -112,6 +115,13 @@ def _check_semantics(data: Mapping[str, Any], where: str) -> None:
 
 
 def _check_counts(entry: Mapping[str, Any], where: str, n: int) -> None:
+    """An accuracy and its sub-networks' (``components``, composite models) against their bits."""
+    _check_one(entry, where, n)
+    for name, part in entry.get("components", {}).items():
+        _check_one(part, f"{where} ({name} network)", n)
+
+
+def _check_one(entry: Mapping[str, Any], where: str, n: int) -> None:
     """Counts, accuracy and per-image bits must tell the same story (hand-edited numbers do not)."""
     m, k, acc = entry["n"], entry["n_correct"], entry["accuracy"]
     if m != n:

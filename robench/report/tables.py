@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from robench import perturbations as P
-from robench.evaluation.record import Accuracy, CleanResult, Record
+from robench.evaluation.record import Accuracy, CleanResult, Record, SeverityResult
 
 __all__ = [
     "SHORT_NAMES",
@@ -156,7 +156,15 @@ def wide_table(records: Sequence[Record], *, columns: Sequence[str] | None = Non
 
 
 def long_table(records: Iterable[Record]) -> pd.DataFrame:
-    """One row per model x perturbation x severity (severity 0 = clean), numbers as numbers."""
+    """One row per model x perturbation x severity (severity 0 = clean), numbers as numbers.
+
+    When a record is of a composite model (contextual fusion), three more columns: ``attack_on``
+    (the network the white-box attacks were crafted on) and ``object_accuracy`` /
+    ``context_accuracy``, the accuracy of its object and context networks on the row's images
+    (empty for other models); ``accuracy`` and ``R`` stay the evaluated (joint) model's.
+    """
+    records = list(records)
+    composite = any(_components_of(r) for r in records)
     rows = []
     for r in records:
         base = {
@@ -169,9 +177,12 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
             "robench_version": r.robench_version,
             "gradient_masking": masking_flags(r),
         }
+        if composite:
+            base["attack_on"] = r.run_key.attack_on
         base = {k: safe_text(v) for k, v in base.items()}
         c = _clean(r)
-        rows.append(base | _counts_row(c, "clean", "clean", "clean", 0, 1.0, ""))
+        parts = _component_cells if composite else lambda _: {}
+        rows.append(base | _counts_row(c, "clean", "clean", "clean", 0, 1.0, "") | parts(c))
         done = r.done()
         extra = sorted(n for n in done if n not in TABLE1_COLUMNS)
         # a fixed order, not the one a resumed run computed them in
@@ -188,9 +199,30 @@ def long_table(records: Iterable[Record]) -> pd.DataFrame:
                     s.accuracy / c.accuracy if c.accuracy else float("nan"),
                     safe_text(s.parameter or ""),
                 )
+                | parts(s)
                 for s in e.severities
             ]
     return pd.DataFrame(rows)
+
+
+COMPONENT_COLUMNS = {"object": "object_accuracy", "context": "context_accuracy"}
+
+
+def _components_of(record: Record) -> bool:
+    """Whether the record holds a composite model's sub-network accuracies (or was attacked so)."""
+    sevs = [s for e in record.perturbations.values() for s in e.severities]
+    return record.run_key.attack_on != "model" or any(
+        s is not None and s.components for s in [record.clean, *sevs]
+    )
+
+
+def _component_cells(s: CleanResult | SeverityResult) -> dict[str, float]:
+    """The object and context networks' accuracy on one row's images (NaN when not recorded)."""
+    found = s.components or {}
+    return {
+        col: found[name].accuracy if name in found else float("nan")
+        for name, col in COMPONENT_COLUMNS.items()
+    }
 
 
 def _counts_row(
