@@ -191,6 +191,7 @@ def score_record(record: Record, baseline: Record | None, order: Sequence[str]) 
     base_done = {} if baseline is None else baseline.done()
     perts = dict(record.perturbations)
     families: dict[str, list[float]] = {}
+    averaged = _averaged(record, order)
     for name in order:
         entry = perts.get(name)
         if entry is None or not entry.done:
@@ -199,9 +200,7 @@ def score_record(record: Record, baseline: Record | None, order: Sequence[str]) 
         base_clean = None if baseline is None else baseline.clean
         scores = _scores(entry, record.clean, base_done.get(name), base_clean, seed)
         perts[name] = replace(entry, scores=scores)
-        # family means stay those of the benchmark's own attacks: the opt-in AutoAttack suite is
-        # reported beside them, never averaged in
-        if scores.R is not None and name not in suites()["autoattack"]:
+        if scores.R is not None and name in averaged:
             group = FAMILY_GROUPS.get(entry.family, entry.family)
             families.setdefault(group, []).append(scores.R)
     # fsum is exactly rounded: the mean does not depend on the order the perturbations were run in
@@ -213,6 +212,20 @@ def score_record(record: Record, baseline: Record | None, order: Sequence[str]) 
         gradient_masking=_with_aa_check(record.gradient_masking, perts),
     )
     return replace(scored, summary=_summary(scored, baseline, mean_r))
+
+
+def _averaged(record: Record, order: Sequence[str]) -> set[str]:
+    """The entries whose R enter the family means.
+
+    The benchmark's own 24 (``mtlat24``) when the record holds any of them, so that a model
+    scored on extra suites as well (``sensor``, the FGSM sweep, ``context``) keeps family means
+    comparable with every other model's; otherwise every entry scored. The opt-in AutoAttack
+    suite is reported beside the means, never averaged in.
+    """
+    done = {n for n in order if (e := record.perturbations.get(n)) is not None and e.done}
+    done -= set(suites()["autoattack"])
+    core = done & set(suites()["mtlat24"])
+    return core or done
 
 
 def _errors(record: Record) -> dict[str, list[float]]:
