@@ -197,7 +197,9 @@ class RunProgress:
         self.expected = max(1, batches * part.severities)
         self.descriptions.append(part.label)
         if self.bar is not None:
-            self.bar.set_description_str(part.label, refresh=False)
+            self.bar.set_description_str(
+                part.label, refresh=True
+            )  # drawn now: a short part may end before the next refresh
         self._show()
         return self.tick
 
