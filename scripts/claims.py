@@ -128,11 +128,15 @@ def main() -> None:
             else "does not hold",
         )
     )  # type: ignore[union-attr]
-    noisy = {
-        n: acc(rec(n), "gaussian_noise_std")[-1]
+    cavey = {
+        n: rec(n)
         for n in ("standard", "constant", "incremental", "transfer")
         if (RECORDS / f"{n}__shapes__s0__n500.json").exists()
-        and "gaussian_noise_std" in rec(n).perturbations
+    }
+    noisy = {
+        n: acc(r, "gaussian_noise_std")[-1]
+        for n, r in cavey.items()
+        if "gaussian_noise_std" in r.perturbations
     }
     rows.append(
         (

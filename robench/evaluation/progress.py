@@ -197,9 +197,8 @@ class RunProgress:
         self.expected = max(1, batches * part.severities)
         self.descriptions.append(part.label)
         if self.bar is not None:
-            self.bar.set_description_str(
-                part.label, refresh=True
-            )  # drawn now: a short part may end before the next refresh
+            # drawn now: a short part may end before the next refresh
+            self.bar.set_description_str(part.label, refresh=True)
         self._show()
         return self.tick
 
