@@ -24,14 +24,18 @@ N_TEST = 2000
 
 
 def card(name: str) -> dict:  # type: ignore[type-arg]
-    return json.loads((ZOO / f"{name}.json").read_text())
+    """The zoo card of ``name``."""
+    data: dict = json.loads((ZOO / f"{name}.json").read_text())  # type: ignore[type-arg]
+    return data
 
 
 def rec(name: str, folder: Path = RECORDS) -> Record:
+    """The committed record of ``name`` (500 images, seed 0)."""
     return read_record(folder / f"{name}__shapes__s0__n500.json")
 
 
 def acc(r: Record, name: str) -> list[float]:
+    """Accuracy at every severity of perturbation ``name``, from the counts."""
     return [s.n_correct / s.n for s in r.perturbations[name].severities]
 
 
@@ -52,7 +56,8 @@ def card_at(name: str, epochs: int) -> dict:  # type: ignore[type-arg]
         text=True,
         check=True,
     )
-    return json.loads(shown.stdout)
+    old: dict = json.loads(shown.stdout)  # type: ignore[type-arg]
+    return old
 
 
 def clean_gap(a: str, b: str) -> tuple[float, float, float, bool]:
@@ -64,41 +69,63 @@ def clean_gap(a: str, b: str) -> tuple[float, float, float, bool]:
 
 
 def ep(name: str) -> str:
+    """How long ``name`` was trained, for the table."""
     return f"{card(name)['epochs']} ep"
 
 
-def main() -> None:
+CEILING = 0.99  # both models at or above this: the test split cannot show a clean-accuracy gap
+
+
+def clean_verdict(a: str, b: str, *, want: str) -> tuple[str, str]:
+    """The figure and verdict for "a's clean accuracy is ``want`` b's" (``above`` or ``kept``).
+
+    ``kept`` holds unless a is significantly below b; ``above`` needs a significantly above b.
+    Where both sit at the ceiling and the gap is within 2 SE, the split cannot tell: not measurable.
+    """
+    pa, pb, d, sig = clean_gap(a, b)
+    figure = f"{pa:.4f} vs {pb:.4f} (both {ep(a)})"
+    if not sig and min(pa, pb) >= CEILING:
+        return figure, f"not measurable: both at the ceiling (>= {CEILING}), gap within 2 SE"
+    if want == "kept":
+        return figure, "does not hold" if d < 0 and sig else "holds"
+    if d > 0 and sig:
+        return figure, "holds"
+    return figure, "not measurable (within 2 SE)" if not sig else "does not hold"
+
+
+def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
+    """Print the claims table (markdown) on stdout."""
     rows = []
-    a, b, d, sig = clean_gap("mtlat", "standard")
-    rows.append(
-        (
-            "M-TLAT keeps clean accuracy (Laugros, Table 1a)",
-            "73.9 vs 73.3 (ResNet-50)",
-            f"{a:.4f} vs {b:.4f} (both {ep('mtlat')})",
-            "holds" if d > -0 or not sig else "does not hold",
+    figure, verdict = clean_verdict("mtlat", "standard", want="kept")
+    paper = "73.9 vs 73.3 (ResNet-50)"
+    rows.append(("M-TLAT keeps clean accuracy (Laugros, Table 1a)", paper, figure, verdict))
+    figure, verdict = clean_verdict("mixup", "standard", want="above")
+    rows.append(("Mixup raises clean accuracy (Table 2a)", "74.9 vs 73.3", figure, verdict))
+    # TLAT against the other adversarial trainings, each trained as long as TLAT
+    others = ("targeted_fgsm", "label_smoothing", "fgsm")
+    same = [n for n in others if card(n)["epochs"] == card("tlat")["epochs"]]
+    accs = {n: card(n)["clean_accuracy"] for n in ("tlat", *same)}
+    figure = ", ".join(f"{k} {v:.4f}" for k, v in accs.items()) + f" (all {ep('tlat')})"
+    if len(same) < len(others):
+        figure += "; not yet retrained: " + ", ".join(
+            f"{n} ({ep(n)})" for n in others if n not in same
         )
-    )
-    a, b, d, sig = clean_gap("mixup", "standard")
-    rows.append(
-        (
-            "Mixup raises clean accuracy (Table 2a)",
-            "74.9 vs 73.3",
-            f"{a:.4f} vs {b:.4f} (both {ep('mixup')})",
-            "holds"
-            if d > 0 and sig
-            else ("not measurable (within 2 SE)" if not sig else "does not hold"),
-        )
-    )
-    accs = {
-        n: card(n)["clean_accuracy"] for n in ("tlat", "targeted_fgsm", "label_smoothing", "fgsm")
-    }
-    best = max(accs, key=accs.__getitem__)
+    beaten = [n for n in same if clean_gap("tlat", n)[2] > 0 and clean_gap("tlat", n)[3]]
+    below = [n for n in same if clean_gap("tlat", n)[2] < 0 and clean_gap("tlat", n)[3]]
+    if below:
+        verdict = "does not hold (below " + ", ".join(below) + ")"
+    elif same and len(beaten) == len(same):
+        verdict = "holds"
+    elif all(min(accs["tlat"], accs[n]) >= CEILING for n in same):
+        verdict = f"not measurable: at the ceiling (>= {CEILING}), gaps within 2 SE"
+    else:
+        verdict = "not measurable (within 2 SE)"
     rows.append(
         (
             "TLAT keeps the most clean accuracy of the adversarial trainings (Table 3)",
             "TLAT 69.4, targeted 68.3, LS 67.1, FGSM 65.8",
-            ", ".join(f"{k} {v:.4f}" for k, v in accs.items()) + f" ({ep('tlat')})",
-            "holds" if best == "tlat" and clean_gap("tlat", "fgsm")[3] else "does not hold",
+            figure,
+            verdict,
         )
     )
     m = rec("mtlat")
@@ -107,7 +134,8 @@ def main() -> None:
         for k, e in m.perturbations.items()
         if e.kind == "corruption" and e.scores and e.scores.baseline_R is not None and k in _bench()
     ]
-    plus = sum(1 for k in corr if m.perturbations[k].scores.marker == "+")  # type: ignore[union-attr]
+    marks = [sc.marker for k in corr if (sc := m.perturbations[k].scores) is not None]
+    plus = marks.count("+")
     rows.append(
         (
             "M-TLAT raises R on every corruption (Table 1b)",
@@ -116,18 +144,18 @@ def main() -> None:
             "holds" if plus == len(corr) else "does not hold",
         )
     )
-    dc, ft = rec("deepcorrect"), rec("finetune")
+    assert (dc := rec("deepcorrect").summary) is not None
+    assert (ft := rec("finetune").summary) is not None
+    r_dc, r_ft = dc.mean_R["corruption"], ft.mean_R["corruption"]
+    c_dc, c_ft = card("deepcorrect")["clean_accuracy"], card("finetune")["clean_accuracy"]
     rows.append(
         (
             "DeepCorrect beats fine-tuning the same layers (Table 3, CIFAR-100 blur)",
             "avg 0.5749 vs 0.4955; clean 0.6890 vs 0.6642",
-            f"mean corruption R {dc.summary.mean_R['corruption']:.3f} vs {ft.summary.mean_R['corruption']:.3f}; "  # type: ignore[union-attr]
-            f"clean {card('deepcorrect')['clean_accuracy']:.4f} vs {card('finetune')['clean_accuracy']:.4f}",
-            "holds"
-            if dc.summary.mean_R["corruption"] > ft.summary.mean_R["corruption"]
-            else "does not hold",
+            f"mean corruption R {r_dc:.3f} vs {r_ft:.3f}; clean {c_dc:.4f} vs {c_ft:.4f}",
+            "holds" if r_dc > r_ft else "does not hold",
         )
-    )  # type: ignore[union-attr]
+    )
     cavey = {
         n: rec(n)
         for n in ("standard", "constant", "incremental", "transfer")
@@ -140,7 +168,8 @@ def main() -> None:
     }
     rows.append(
         (
-            "Cavey: training on noise recovers accuracy at std 0.05 (Sec. VI; natural CIFAR 86.9 -> ~63)",
+            "Cavey: training on noise recovers accuracy at std 0.05 "
+            "(Sec. VI; natural CIFAR 86.9 -> ~63)",
             "incremental within 1 % of clean; transfer ~85 % at every level",
             ", ".join(f"{k} {v:.3f}" for k, v in noisy.items())
             + " at std 0.05; clean "
@@ -182,7 +211,7 @@ def main() -> None:
                 + " (context "
                 + "/".join(f"{v:.2f}" for v in ctx_b)
                 + ")",
-                blur_verdict(joint_b, obj_b, [s.parameter for s in blur]),
+                blur_verdict(joint_b, obj_b, [str(s.parameter) for s in blur]),
             )
         )
         joint = [s.n_correct / s.n for s in fg]
@@ -191,7 +220,8 @@ def main() -> None:
         pick = [0, 3, 6, 9]
         rows.append(
             (
-                "Under FGSM on the object network: context degrades slowest, fusion between (Fig. 4)",
+                "Under FGSM on the object network: context degrades slowest, "
+                "fusion between (Fig. 4)",
                 "curves only, no numbers",
                 "eps 1,4,7,10 (/510): object "
                 + "/".join(f"{obj[i]:.2f}" for i in pick)
@@ -209,12 +239,12 @@ def main() -> None:
         pass
     print("| claim | paper | robench on `shapes` | |")
     print("| --- | --- | --- | --- |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def cavey_verdict(noisy: dict[str, float]) -> str:
-    """Holds when every noise-trained model beats standard at std 0.05 and keeps clean within 1 pt."""
+    """Holds when every noise-trained model beats standard at std 0.05, clean kept within 1 pt."""
     trained = [k for k in noisy if k != "standard"]
     base = card("standard")["clean_accuracy"]
     ok = [
@@ -223,7 +253,7 @@ def cavey_verdict(noisy: dict[str, float]) -> str:
     if trained and all(ok):
         return "holds"
     return (
-        "holds for " + ", ".join(k for k, o in zip(trained, ok) if o)
+        "holds for " + ", ".join(k for k, o in zip(trained, ok, strict=True) if o)
         if any(ok)
         else "does not hold"
     )
@@ -231,7 +261,7 @@ def cavey_verdict(noisy: dict[str, float]) -> str:
 
 def blur_verdict(joint: list[float], obj: list[float], params: list[str]) -> str:
     """Holds at every level, from some level on, or not at all."""
-    above = [j >= o for j, o in zip(joint, obj)]
+    above = [j >= o for j, o in zip(joint, obj, strict=True)]
     if all(above):
         return "holds"
     first = next((i for i in range(len(above)) if all(above[i:])), None)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from robench import perturbations as P
-from robench.evaluation.record import read_record
+from robench.evaluation.record import Record, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "leaderboard/shapes"
@@ -18,16 +18,22 @@ ZOO = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "robench/models/zoo_fil
 BENCH = set(P.names(suite="mtlat24"))
 
 
+def _first_accuracy(r: Record, name: str) -> float | None:
+    """Accuracy at the first severity of ``name``, or None where the record lacks it."""
+    e = r.perturbations.get(name)
+    return None if e is None or not e.done else e.severities[0].accuracy
+
+
 def main() -> None:
+    """Print the zoo table (markdown) on stdout."""
     rows = []
     for f in sorted(RECORDS.glob("*__n500.json")):
         r = read_record(f)
         p = r.perturbations
         card = json.loads((ZOO / f"{r.model.id}.json").read_text())
 
-        def acc(n: str) -> float | None:
-            e = p.get(n)
-            return None if e is None or not e.done else e.severities[0].accuracy
+        def acc(n: str, r: Record = r) -> float | None:
+            return _first_accuracy(r, n)
 
         s = r.summary.mean_R if r.summary else {}
         scored = [e.scores for n, e in p.items() if e.done and e.scores and n in BENCH]
@@ -57,7 +63,7 @@ def main() -> None:
         )
     rows.sort(key=lambda t: (t[0] != "standard", -t[3]))
 
-    def f(v: float | None, d: int) -> str:
+    def fmt(v: float | None, d: int) -> str:
         return "" if v is None else f"{v:.{d}f}"
 
     print(
@@ -74,12 +80,12 @@ def main() -> None:
         cells = [
             t[0],
             str(t[1]),
-            f(t[2], 4),
-            f(t[3], 3),
-            f(t[4], 2),
-            f(t[5], 2),
-            f(t[6], 2),
-            *(f(v, 3) for v in t[7:12]),
+            fmt(t[2], 4),
+            fmt(t[3], 3),
+            fmt(t[4], 2),
+            fmt(t[5], 2),
+            fmt(t[6], 2),
+            *(fmt(v, 3) for v in t[7:12]),
         ]
         cells += ["(baseline)", ""] if base else [f"{t[12]} / {t[13]}", str(t[14])]
         cells.append(", ".join(t[15]) or "none")

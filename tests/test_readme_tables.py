@@ -1,0 +1,56 @@
+"""The README's zoo and claims tables are what the scripts recompute from the committed records.
+
+Nothing in those tables is typed by hand: `scripts/zoo_table.py` and `scripts/claims.py` read the
+records in `leaderboard/shapes/`, `papers/shapes/fusion-object/` and the zoo cards. A retrained
+model, a rescored record or a changed verdict rule that is not carried into the README fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table(script: str, tmp_path: Path) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # the installed robench, not a folder that shadows it
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) >= 3 and lines[0].startswith("| ") and lines[1].startswith("| ---")
+    return lines
+
+
+@pytest.mark.parametrize("script", ["zoo_table.py", "claims.py"])
+def test_readme_table_equals_the_script_output(script: str, tmp_path: Path) -> None:
+    lines = _table(script, tmp_path)
+    readme = (ROOT / "README.md").read_text().splitlines()
+    start = readme.index(lines[0])  # ValueError: the README lost the table's header
+    assert readme[start : start + len(lines)] == lines, (
+        f"README table differs from `python scripts/{script}`; rerun it and paste its output"
+    )
+
+
+def test_zoo_table_lists_every_committed_record(tmp_path: Path) -> None:
+    rows = _table("zoo_table.py", tmp_path)[2:]
+    names = {r.split("|")[1].strip() for r in rows}
+    records = {p.name.split("__")[0] for p in (ROOT / "leaderboard/shapes").glob("*__n500.json")}
+    assert names == records
+    assert rows[0].split("|")[1].strip() == "standard"  # the baseline leads
+
+
+def test_claims_verdicts_are_from_the_fixed_set(tmp_path: Path) -> None:
+    rows = _table("claims.py", tmp_path)[2:]
+    assert len(rows) >= 7
+    for row in rows:
+        verdict = row.split("|")[-2].strip()
+        assert verdict.startswith(("holds", "does not hold", "not measurable")), row
