@@ -18,7 +18,7 @@ its floor: the image-passes one run made (counted) times the cost of one pass pe
 ``--cw-strength`` compares ``cw_l2`` with Foolbox's ``L2PGD`` (100 steps, 2 random restarts) at the
 same radius on the first shapes test images, and times it against a 40-step L2 PGD.
 
-    python benchmarks/attacks.py [--quick] [--images 128] [--device cpu] [--cw-strength]
+    python benchmarks/attacks.py [--quick] [--images 128] [--device cpu] [--cw-strength [--model M]]
         [--autoattack] [--only cw_l2 ...]
 """
 
@@ -178,15 +178,18 @@ def measure(
     return {"images": n_images, "device": device, "repeats": repeats, "rows": rows}
 
 
-def cw_strength(n_images: int = 200, device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
+def cw_strength(
+    n_images: int = 200, device: str = "cpu", repeats: int = 3, model_id: str = "zoo:standard"
+) -> dict[str, Any]:
     """``cw_l2`` accuracy vs Foolbox's L2PGD (100 steps, 2 restarts); time vs 40-step L2 PGD."""
     import foolbox as fb
 
     from robench import perturbations as P
-    from robench.attacks import run_attack
+    from robench.attacks import bounded_cw_l2, run_attack
     from robench.data import load_dataset
+    from robench.models.loading import load_model
 
-    model, _ = _models(device)
+    model = load_model(model_id, device=device).model.eval().requires_grad_(False)
     x, y = load_dataset("shapes", "test").get_batch(range(n_images))
     x, y = x.to(device), y.to(device)
     spec = P.get("cw_l2")
@@ -205,6 +208,12 @@ def cw_strength(n_images: int = 200, device: str = "cpu", repeats: int = 3) -> d
     def cw() -> Any:
         return run_attack(spec, model, x, y, seed=0)
 
+    def cw_untargeted() -> float:  # the single-run margin variant, same passes and step rule
+        _, hit = bounded_cw_l2(
+            model, x, y, epsilon=eps, steps=steps, step=spec.step_size(eps, steps), confidence=50.0
+        )
+        return 1.0 - float(hit.float().mean())
+
     def l2pgd() -> Any:
         _, adv, _ = pgd40(fmodel, x, fb.criteria.Misclassification(y), epsilons=eps)
         with torch.no_grad():
@@ -217,10 +226,12 @@ def cw_strength(n_images: int = 200, device: str = "cpu", repeats: int = 3) -> d
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     return {
+        "model": model_id,
         "images": n_images,
         "radius": eps,
         "clean": clean,
         "cw_l2": cw().accuracy,
+        "cw_l2_untargeted": cw_untargeted(),
         "foolbox_l2pgd_100x2": 1.0 - float(broken.float().mean()),
         "foolbox_l2pgd_40": float(l2pgd().float().mean()),
         "cw_l2_s": median(cw_s),
@@ -358,13 +369,16 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cw-strength", action="store_true", help="cw_l2 vs Foolbox L2PGD only")
+    ap.add_argument("--model", default="zoo:standard", help="the model of --cw-strength")
     ap.add_argument(
         "--autoattack", action="store_true", help="autoattack_linf vs its floor and the direct call"
     )
     ap.add_argument("--only", nargs="*", default=None, help="these attacks only (default: all 5)")
     args = ap.parse_args()
     if args.cw_strength:
-        print(json.dumps(cw_strength(args.images or 200, args.device), indent=1))
+        print(
+            json.dumps(cw_strength(args.images or 200, args.device, model_id=args.model), indent=1)
+        )
         return
     if args.autoattack:
         print(json.dumps(autoattack_time(args.images or 128, args.device), indent=1))

@@ -114,29 +114,63 @@ def ref_mi_fgsm(
 
 
 def ref_cw_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int, step: float, kappa: float
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step: float,
+    kappa: float,
+    targets: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """C&W's capped margin ascended by normalised L2 steps inside the ball; best iterate kept."""
+    """C&W's capped objective ascended by normalised L2 steps inside the ball; best iterate kept.
+
+    ``targets=None``: the untargeted margin ``max_{j != y} z_j - z_y``, one run of ``steps``.
+    ``targets=k``: ``k`` runs from the clean image (steps dealt out one by one, first runs first),
+    run ``r`` ascending ``z_t - max_{j != t} z_j`` for the ``r``-th highest wrong clean logit t.
+    The best iterate is judged by the untargeted margin over all runs.
+    """
     n, rows = len(x), torch.arange(len(x))
-    xa, best, best_m = x.clone(), x.clone(), [-float("inf")] * n
+    best, best_m = x.clone(), [-float("inf")] * n
     hit = [False] * n
-    for t in range(steps + 1):
-        xa = xa.detach().requires_grad_()
-        z = model(xa)
-        other = z.clone()
-        other[rows, y] = -float("inf")
-        margin = torch.clamp(other.max(1).values - z[rows, y], max=kappa)
-        for i in range(n):
-            wrong, m = bool(z[i].argmax() != y[i]), float(margin[i])
-            if (wrong and not hit[i]) or (wrong == hit[i] and m > best_m[i]):
-                best[i], best_m[i] = xa[i].detach(), m
-            hit[i] = hit[i] or wrong
-        if t == steps:
-            break
-        (g,) = torch.autograd.grad(margin.sum(), xa)
-        d = xa.detach() + step * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) - x
-        d = d * (eps / d.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1, 1)
-        xa = (x + d).clamp(0, 1)
+    with torch.no_grad():
+        z0 = model(x)
+    ranked = [
+        sorted(
+            (j for j in range(z0.shape[1]) if j != int(y[i])), key=lambda j, i=i: -float(z0[i, j])
+        )
+        for i in range(n)
+    ]
+    runs = [0] * (1 if targets is None else targets)
+    for k in range(steps):
+        runs[k % len(runs)] += 1
+    for r, run_steps in enumerate(runs):
+        xa = x.clone()
+        for t in range(run_steps + 1):
+            xa = xa.detach().requires_grad_()
+            z = model(xa)
+            other = z.clone()
+            other[rows, y] = -float("inf")
+            margin = torch.clamp(other.max(1).values - z[rows, y], max=kappa)
+            if targets is None:
+                obj = margin
+            else:
+                tgt = torch.tensor([ranked[i][r] for i in range(n)])
+                rest = z.clone()
+                rest[rows, tgt] = -float("inf")
+                obj = torch.clamp(z[rows, tgt] - rest.max(1).values, max=kappa)
+            for i in range(n):
+                wrong, m = bool(z[i].argmax() != y[i]), float(margin[i])
+                if (wrong and not hit[i]) or (wrong == hit[i] and m > best_m[i]):
+                    best[i], best_m[i] = xa[i].detach(), m
+                hit[i] = hit[i] or wrong
+            if t == run_steps:
+                break
+            (g,) = torch.autograd.grad(obj.sum(), xa)
+            d = xa.detach() + step * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) - x
+            d = d * (eps / d.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1, 1)
+            xa = (x + d).clamp(0, 1)
     return best, torch.tensor(hit)
 
 
@@ -152,7 +186,8 @@ def test_registry_entries_are_implemented_and_costed() -> None:
         assert spec.parameter_text()[0]
     assert P.get("pgd").cost() == A.attack_cost("pgd") and P.get("pgd").cost().gradient_passes == 10
     cw = P.get("cw_l2").cost()
-    assert (cw.gradient_passes, cw.forward_passes) == (40, 3)  # + one pass on the last iterate
+    # 3 target runs of 14, 13, 13 steps, + one pass on each run's last iterate
+    assert (cw.gradient_passes, cw.forward_passes) == (40, 5)
     assert P.get("cw_l2").step_size(0.5, 40) == pytest.approx(0.03125)
     mi = A.attack_cost("mi_fgsm_0.08")
     assert (mi.gradient_passes, mi.surrogate_gradient_passes, mi.forward_passes) == (0, 10, 2)
@@ -266,11 +301,21 @@ def test_transfer_is_crafted_on_the_surrogate_and_judged_on_the_target(
 
 def test_cw_l2_equals_handwritten_bounded_cw(net: nn.Module) -> None:
     x, y = _rand(6, 10)
-    r = A.run_attack("cw_l2", net, x, y, seed=0, steps=8)
-    ref, hit = ref_cw_l2(net, x, y, eps=0.5, steps=8, step=2.5 * 0.5 / 8, kappa=50.0)
+    r = A.run_attack("cw_l2", net, x, y, seed=0, steps=8)  # 3 targets: runs of 3, 3 and 2 steps
+    ref, hit = ref_cw_l2(net, x, y, eps=0.5, steps=8, step=2.5 * 0.5 / 3, kappa=50.0, targets=3)
     torch.testing.assert_close(r.adv, ref, atol=1e-6, rtol=0)
     assert torch.equal(r.success, hit) and torch.equal(r.correct, ~hit)
     torch.testing.assert_close(r.l2, (ref - x).flatten(1).norm(dim=1), atol=1e-6, rtol=0)
+
+
+def test_untargeted_bounded_cw_equals_handwritten(net: nn.Module) -> None:
+    x, y = _rand(6, 10)
+    adv, hit = A.bounded_cw_l2(
+        net.eval().requires_grad_(False), x, y, epsilon=0.5, steps=8, step=0.15, confidence=50.0
+    )
+    ref, ref_hit = ref_cw_l2(net, x, y, eps=0.5, steps=8, step=0.15, kappa=50.0)
+    torch.testing.assert_close(adv, ref, atol=1e-6, rtol=0)
+    assert torch.equal(hit, ref_hit)
 
 
 def test_cw_l2_returns_in_ball_misclassified_adversarials(shapes_models: dict) -> None:

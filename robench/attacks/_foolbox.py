@@ -279,15 +279,22 @@ def _linf(
 def _cw(
     spec: AttackSpec, model: nn.Module, x: Tensor, y: Tensor, bound: float, steps: int
 ) -> Tensor:
-    """Bounded C&W-L2: the capped margin loss maximised inside the L2 ball of radius ``bound``."""
+    """Bounded C&W-L2: C&W's capped objective maximised inside the L2 ball of radius ``bound``.
+
+    The ``steps`` are split over the spec's ``targets`` runs; each run steps ``2.5 * bound / n``
+    for its ``n`` steps (the longest run's ``n``), as PGD does over its whole budget.
+    """
+    targets = spec.params.get("targets")
+    runs = 1 if targets is None else max(1, int(targets))
     adv, _ = bounded_cw_l2(
         model,
         x,
         y,
         epsilon=bound,
         steps=steps,
-        step=spec.step_size(bound, steps),
+        step=spec.step_size(bound, max(1, math.ceil(steps / runs))),
         confidence=float(spec.params.get("confidence", 50.0)),
+        targets=None if targets is None else int(targets),
     )
     return adv
 
