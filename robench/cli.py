@@ -442,6 +442,7 @@ def evaluate_cmd(
             preset=preset,
             image_size=image_size,
             as_released=as_released,
+            attack_on=attack_on,
         )
         if (distributed.env_world() or distributed.World()).is_main:
             click.echo(str(plan))

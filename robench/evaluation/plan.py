@@ -478,9 +478,11 @@ def plan_evaluation(
     preset: str | None = None,
     image_size: int | None = None,
     as_released: bool = False,
+    attack_on: str = "model",
 ) -> Plan:
     """:func:`plan` with :func:`robench.evaluate`'s arguments (what ``--dry-run`` calls)."""
     from robench.data import DATASETS
+    from robench.evaluation.components import check_attack_on
     from robench.evaluation.job import _as_loaded, auto_batch_size
     from robench.evaluation.memory import MAX_AUTO_BATCH, parse_batch_size
 
@@ -498,12 +500,14 @@ def plan_evaluation(
         preset=preset,
         image_size=image_size,
         as_released=as_released,
+        attack_on=attack_on,  # part of the run key: a resumed object-network run is seen as such
     )
     DATASETS.get(dataset)
     cfg.names()
     loaded = _as_loaded(
         model, model_id=model_id, arch=arch, trust_pickle=trust_pickle, weights=weights
     )
+    check_attack_on(loaded.model, attack_on)  # the same sentence evaluate gives
     note = None
     if fixed is None:
         choice = auto_batch_size(loaded, cfg)

@@ -27,6 +27,7 @@ from robench.data import load_dataset
 from robench.evaluation import attack_step
 from robench.evaluation.components import component_networks, crafting_network
 from robench.evaluation.loop import EvalConfig, select_indices
+from robench.evaluation.plan import plan_evaluation
 from robench.evaluation.record import Record, ResultError, read_record
 from robench.evaluation.validation import validate_record
 from robench.models import create_model
@@ -223,6 +224,21 @@ def test_record_round_trips_and_the_validator_checks_components(
     del bad["config"]["attack_on"]  # a config that says model, a key that says object
     with pytest.raises(ResultError, match="config.attack_on and run_key.attack_on disagree"):
         validate_record(bad, "bad.json")
+
+
+def test_the_dry_run_sees_the_object_run(
+    object_run: tuple[robench.Report, Path], fusion_ckpt: Path, tiny_trained: nn.Module
+) -> None:
+    _, out = object_run  # runs before test_attack_on_is_part_of_the_run_key sets it aside
+    args = {k: v for k, v in RUN.items() if k != "plots"}
+    done = plan_evaluation(
+        str(fusion_ckpt), perturbations=ATTACKED, out=out, attack_on="object", **args
+    )
+    assert done.counts == []  # the object run is resumed: nothing left to do
+    plain = plan_evaluation(str(fusion_ckpt), perturbations=["fgsm"], out=out, **args)
+    assert [c.what for c in plain.counts][:2] == ["clean", "fgsm"]  # another run key
+    with pytest.raises(ValueError, match="needs a composite model"):
+        plan_evaluation(tiny_trained, perturbations=["fgsm"], out=out, attack_on="object", **args)
 
 
 def test_attack_on_is_part_of_the_run_key(
