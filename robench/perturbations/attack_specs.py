@@ -35,8 +35,8 @@ Choices where the paper (Laugros et al., section 4.1) is silent, and why:
   Why three targets: one run of the untargeted margin ``max_{j != y} z_j - z_y`` was the weaker
   L2 attack on the converged ``zoo:standard`` (200 ``shapes`` test images, radius 0.5): it left
   0.250 accuracy where Foolbox's ``L2PGD`` (100 steps, 2 random restarts) leaves 0.175. The
-  three targeted runs leave 0.140 with the same 40 gradient passes, and on ``zoo:constant``,
-  ``zoo:fgsm`` and ``zoo:mtlat`` 0.495 / 0.515 / 0.360 against L2PGD's 0.515 / 0.570 / 0.395
+  three targeted runs leave 0.140 with the same 40 gradient passes, and on ``zoo:constant`` and
+  the 6-epoch ``fgsm`` and ``mtlat`` 0.495 / 0.515 / 0.360 against L2PGD's 0.515 / 0.570 / 0.395
   (``benchmarks/results/attacks-cw-targets-2026-12-06.md``). ``targets=None`` in the spec's
   parameters gives the single untargeted run.
 
