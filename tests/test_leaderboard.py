@@ -319,3 +319,31 @@ def test_rebuild_deletes_only_the_pages_it_no_longer_writes(
     )
     assert mine.read_text().startswith("kept")
     assert len(Page(lb.index.read_text()).rows) == 1
+
+
+def test_a_released_run_is_its_own_protocol_never_mixed(data: dict[str, Any]) -> None:
+    from dataclasses import replace
+
+    from robench.report.leaderboard.build import leaderboard_tables
+    from robench.report.leaderboard.site import find_baseline, labels
+    from robench.report.tables import protocol, settings_notes
+
+    base, noisy = data["base"], data["noisy"]
+    released = replace(noisy, run_key=replace(noisy.run_key, as_released=True))
+    base_released = replace(base, run_key=replace(base.run_key, as_released=True))
+    preset = noisy.run_key.preset
+    assert protocol(noisy) == f"preset {preset}"
+    assert protocol(released) == f"preset {preset}, as released"
+    assert labels([noisy, released]) == [
+        f"{noisy.model.id} (preset {preset})",
+        f"{noisy.model.id} (preset {preset}, as released)",
+    ]
+    wide, _ = leaderboard_tables([noisy, released])
+    assert list(wide["protocol"]) == [f"preset {preset}", f"preset {preset}, as released"]
+    notes = settings_notes([base, noisy, released])
+    assert notes[:2] == ["", ""] and "protocol preset" in notes[2] and "as released" in notes[2]
+    # the baseline's curves come from its run on the same images, made the same way
+    board = [base, noisy, released]
+    assert find_baseline(noisy, board) is base
+    assert find_baseline(released, board) is None
+    assert find_baseline(released, [*board, base_released]) is base_released

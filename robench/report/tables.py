@@ -76,13 +76,49 @@ def safe_text(value: Any) -> Any:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-SETTINGS = ("dataset", "n_images", "seed", "suite", "robench_version", "schema_version")
+SETTINGS = (
+    "dataset",
+    "protocol",
+    "n_images",
+    "seed",
+    "suite",
+    "robench_version",
+    "schema_version",
+)
+
+
+def protocol(record: Record) -> str:
+    """How the images were perturbed and attacked (from the run key), beyond the dataset.
+
+    A float run and an ``--as-released`` run, or one attacked through the object network, never
+    share a number: the leaderboard shows this beside the dataset and table notes flag a mix.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from robench.evaluation.record import RunKey
+        >>> key = RunKey(
+        ...     model_sha256=None, dataset="tiny", n_images=8, seed=0, preset="tiny",
+        ...     as_released=True,
+        ... )
+        >>> protocol(SimpleNamespace(run_key=key))
+        'preset tiny, as released'
+    """
+    key = record.run_key
+    parts = [f"preset {key.preset}"]
+    if key.image_size is not None:
+        parts.append(f"{key.image_size} px")
+    if key.as_released:
+        parts.append("as released")
+    if key.attack_on != "model":
+        parts.append(f"attacks on the {key.attack_on} network")
+    return ", ".join(parts)
 
 
 def settings_of(record: Record) -> dict[str, Any]:
     """What must be equal for two records' numbers to share a table."""
     return {
         "dataset": record.dataset.name,
+        "protocol": protocol(record),
         "n_images": record.dataset.n_images,
         "seed": record.config.seed,
         "suite": record.config.suite,

@@ -51,7 +51,14 @@ FAMILY_COLUMNS = {
     "white-box": "mean_R_white-box",
     "transfer": "mean_R_transfer",
 }
-_WIDE_EXTRA = ["dataset", "seed", "n_images", *FAMILY_COLUMNS.values(), "gradient_masking"]
+_WIDE_EXTRA = [
+    "dataset",
+    "protocol",
+    "seed",
+    "n_images",
+    *FAMILY_COLUMNS.values(),
+    "gradient_masking",
+]
 _LONG_TEXT = [
     "model",
     "model_sha256",
@@ -201,10 +208,11 @@ def leaderboard_tables(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.Data
 
     The wide one is Laugros et al.'s Table 1 (model, Clean, 24 R columns), then the run's facts.
     """
-    from robench.report.tables import masking_flags, safe_text
+    from robench.report.tables import masking_flags, protocol, safe_text
 
     wide = wide_table(records)
     wide["dataset"] = [safe_text(r.dataset.name) for r in records]
+    wide["protocol"] = [safe_text(protocol(r)) for r in records]
     wide["seed"] = [int(r.config.seed) for r in records]
     wide["n_images"] = [int(r.dataset.n_images) for r in records]
     for group, col in FAMILY_COLUMNS.items():

@@ -24,7 +24,7 @@ from robench._version import __version__
 from robench.evaluation.record import PerturbationResult, Record
 from robench.perturbations._base import PERTURBATIONS
 from robench.report.leaderboard.plots import GROUP_TITLES
-from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS, masking_flags
+from robench.report.tables import SHORT_NAMES, TABLE1_COLUMNS, masking_flags, protocol
 from robench.scores import FAMILY_GROUPS
 
 GROUPS = tuple(GROUP_TITLES)
@@ -51,9 +51,16 @@ def page_names(records: Sequence[Record]) -> list[str]:
 
 
 def labels(records: Sequence[Record]) -> list[str]:
-    """Display labels, distinct: the model name, plus the dataset / seed when they are needed."""
+    """Display labels, distinct: the model name, plus dataset / protocol / seed where needed."""
     many_ds = len({r.dataset.name for r in records}) > 1
     out = [f"{r.model.id} [{r.dataset.name}]" if many_ds else r.model.id for r in records]
+    protocols = [protocol(r) for r in records]
+    out = [  # the same model under another protocol: say which
+        f"{lab} ({protocols[i]})"
+        if any(o == lab and protocols[j] != protocols[i] for j, o in enumerate(out))
+        else lab
+        for i, lab in enumerate(out)
+    ]
     seen: dict[str, int] = {}
     for i, lab in enumerate(out):
         seen[lab] = seen.get(lab, 0) + 1
@@ -64,16 +71,25 @@ def labels(records: Sequence[Record]) -> list[str]:
 
 
 def find_baseline(rec: Record, records: Sequence[Record]) -> Record | None:
-    """The baseline's own result on the same images, when it is on the board."""
+    """The baseline's own result on the same images and protocol, when it is on the board.
+
+    The baseline is attacked through its own gradients (``attack_on`` is not compared), but its
+    images are made as the model's: the same preset, image size and storage step.
+    """
     base = rec.baseline
     if base is None or not base.sha256:
         return None
-    key = (rec.run_key.dataset, rec.run_key.seed, rec.run_key.n_images)
+
+    def images(r: Record) -> tuple[Any, ...]:
+        k = r.run_key
+        return k.dataset, k.seed, k.n_images, k.preset, k.image_size, k.as_released
+
     for other in records:
         if (
             other is not rec
             and other.model.sha256 == base.sha256
-            and (other.run_key.dataset, other.run_key.seed, other.run_key.n_images) == key
+            and images(other) == images(rec)
+            and other.run_key.attack_on == "model"
         ):
             return other
     return None
@@ -227,6 +243,7 @@ def index_rows(records: Sequence[Record], pages: Sequence[str]) -> list[dict[str
                 "label": lab,
                 "model": rec.model.id,
                 "dataset": rec.dataset.name,
+                "protocol": protocol(rec),
                 "n_images": rec.dataset.n_images,
                 "seed": rec.config.seed,
                 "baseline": None if rec.baseline is None else rec.baseline.id,
@@ -282,6 +299,7 @@ def render_index(
         version=__version__,
         filters=[
             ("dataset", "Dataset", _options(rows, "dataset")),
+            ("protocol", "Protocol", _options(rows, "protocol")),
             ("arch", "Architecture", _options(rows, "arch")),
             ("defense", "Defense", _options(rows, "defense")),
         ],
