@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robench.perturbations.attack_specs import cw_runs
+
 __all__ = ["bounded_cw_l2", "cw_margin", "cw_target_margin", "project_l2"]
 
 
@@ -127,7 +129,7 @@ def bounded_cw_l2(
     best = x.clone()
     best_obj = torch.full((len(x),), -math.inf, device=x.device, dtype=x.dtype)
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    runs = 1 if targets is None else min(max(1, int(targets)), max(1, steps))
+    runs = cw_runs(steps, targets)
     order: Tensor | None = None  # wrong classes of the clean image, highest logit first
     for r in range(runs):
         n = steps // runs + (1 if r < steps % runs else 0)

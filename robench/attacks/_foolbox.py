@@ -56,7 +56,7 @@ from robench.attacks._autoattack import run_autoattack
 from robench.attacks._cw import bounded_cw_l2
 from robench.perturbations._base import PERTURBATIONS, make_random_source
 from robench.perturbations._checks import check_batch
-from robench.perturbations.attack_specs import AttackCost, AttackSpec
+from robench.perturbations.attack_specs import AttackCost, AttackSpec, cw_runs
 
 __all__ = [
     "attack_mode",
@@ -285,16 +285,16 @@ def _cw(
     for its ``n`` steps (the longest run's ``n``), as PGD does over its whole budget.
     """
     targets = spec.params.get("targets")
-    runs = 1 if targets is None else max(1, int(targets))
+    targets = None if targets is None else int(targets)
     adv, _ = bounded_cw_l2(
         model,
         x,
         y,
         epsilon=bound,
         steps=steps,
-        step=spec.step_size(bound, max(1, math.ceil(steps / runs))),
+        step=spec.step_size(bound, math.ceil(steps / cw_runs(steps, targets))),
         confidence=float(spec.params.get("confidence", 50.0)),
-        targets=None if targets is None else int(targets),
+        targets=targets,
     )
     return adv
 

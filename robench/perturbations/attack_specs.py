@@ -80,6 +80,7 @@ __all__ = [
     "MAT_NAMES",
     "autoattack_cost",
     "cw_l2_bound",
+    "cw_runs",
 ]
 
 Algorithm = Literal["pgd", "pgd_ll", "cw_l2", "mi_fgsm", "fgsm", "autoattack"]
@@ -93,6 +94,18 @@ STEP_FACTOR: Mapping[str, float] = {
     "cw_l2": 2.5,
     "fgsm": 1.0,
 }
+
+
+def cw_runs(steps: int, targets: int | None) -> int:
+    """How many runs ``cw_l2`` splits its ``steps`` into: one untargeted, else one per target.
+
+    Never more runs than steps; :func:`robench.attacks.bounded_cw_l2` deals the steps out.
+
+    Example:
+        >>> cw_runs(40, 3), cw_runs(40, None), cw_runs(2, 3)
+        (3, 1, 2)
+    """
+    return 1 if targets is None else min(max(1, int(targets)), max(1, int(steps)))
 
 
 def cw_l2_bound(side: int, at_32: float = CW_BOUND_AT_32) -> float:
@@ -268,8 +281,8 @@ class AttackSpec:
         if self.mode == "transfer":
             return AttackCost(0, 2, surrogate_gradient_passes=n, surrogate_forward_passes=1)
         if self.algorithm == "cw_l2":  # + one forward pass on each run's last iterate
-            runs = int(self.params.get("targets") or 1)
-            return AttackCost(gradient_passes=n, forward_passes=2 + min(runs, max(n, 1)))
+            runs = cw_runs(n, self.params.get("targets"))
+            return AttackCost(gradient_passes=n, forward_passes=2 + runs)
         return AttackCost(gradient_passes=n, forward_passes=2)
 
 
