@@ -114,8 +114,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
         figure += "; not yet retrained: " + ", ".join(
             f"{n} ({ep(n)})" for n in others if n not in same
         )
-    beaten = [n for n in same if clean_gap("tlat", n)[2] > 0 and clean_gap("tlat", n)[3]]
-    below = [n for n in same if clean_gap("tlat", n)[2] < 0 and clean_gap("tlat", n)[3]]
+    gaps = {n: clean_gap("tlat", n) for n in same}  # (tlat, n, difference, beyond 2 SE)
+    beaten = [n for n, (_, _, d, sig) in gaps.items() if d > 0 and sig]
+    below = [n for n, (_, _, d, sig) in gaps.items() if d < 0 and sig]
     if below:
         verdict = "does not hold (below " + ", ".join(below) + ")"
     elif same and len(beaten) == len(same):

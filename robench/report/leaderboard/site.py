@@ -55,11 +55,12 @@ def labels(records: Sequence[Record]) -> list[str]:
     many_ds = len({r.dataset.name for r in records}) > 1
     out = [f"{r.model.id} [{r.dataset.name}]" if many_ds else r.model.id for r in records]
     protocols = [protocol(r) for r in records]
+    under: dict[str, set[str]] = {}  # label -> the protocols it was run under
+    for lab, proto in zip(out, protocols, strict=True):
+        under.setdefault(lab, set()).add(proto)
     out = [  # the same model under another protocol: say which
-        f"{lab} ({protocols[i]})"
-        if any(o == lab and protocols[j] != protocols[i] for j, o in enumerate(out))
-        else lab
-        for i, lab in enumerate(out)
+        f"{lab} ({proto})" if len(under[lab]) > 1 else lab
+        for lab, proto in zip(out, protocols, strict=True)
     ]
     seen: dict[str, int] = {}
     for i, lab in enumerate(out):
