@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,3 +178,36 @@ def test_dry_run_counts_the_passes_of_the_sweep(tiny_trained: nn.Module, tmp_pat
     again = plan_evaluation(tiny_trained, suite="mat", out=out, surrogate=sur, resume=False, **RUN)
     t2 = next(c for c in again.counts if c.what == "fgsm_transfer")
     assert (t2.forward, t2.surrogate_gradient, t2.surrogate_forward) == (800, 0, 0)
+
+
+def _entry(record: Any, name: str) -> dict[str, Any]:
+    """A column as its file text (the dataclasses hold NaN, which equals nothing)."""
+    return record.perturbations[name].to_dict()  # type: ignore[no-any-return]
+
+
+def test_a_retrained_surrogate_recomputes_only_the_transfer_columns(
+    tiny_trained: nn.Module, tmp_path: Path
+) -> None:
+    """A record resumed under another surrogate keeps no transfer number crafted on the old one."""
+    old, new = str(_surrogate_file(tmp_path / "a", 5)), str(_surrogate_file(tmp_path / "b", 6))
+    out = tmp_path / "r"
+    first = evaluate(tiny_trained, suite="mat", out=out, surrogate=old, plots=False, **RUN).record
+    assert first.gradient_masking is not None
+    plan = plan_evaluation(tiny_trained, suite="mat", out=out, surrogate=new, **RUN)
+    assert [c.what for c in plan.counts] == ["fgsm_transfer", "gradient-masking checks"]
+    # a run that computes only the white-box column leaves the transfer column alone
+    only_fgsm = evaluate(
+        tiny_trained, perturbations=["fgsm"], out=out, surrogate=new, plots=False, **RUN
+    ).record
+    assert _entry(only_fgsm, "fgsm_transfer") == _entry(first, "fgsm_transfer")
+    assert only_fgsm.gradient_masking == first.gradient_masking
+    again = evaluate(tiny_trained, suite="mat", out=out, surrogate=new, plots=False, **RUN).record
+    assert _entry(again, "fgsm") == _entry(first, "fgsm")  # not recomputed
+    moved = again.perturbations["fgsm_transfer"]
+    assert moved.surrogate is not None and moved.surrogate.source == new
+    fresh = evaluate(
+        tiny_trained, suite="mat", out=tmp_path / "f", surrogate=new, plots=False, **RUN
+    ).record
+    assert np.array_equal(moved.bits(), fresh.perturbations["fgsm_transfer"].bits())
+    assert not np.array_equal(moved.bits(), first.perturbations["fgsm_transfer"].bits())
+    assert again.gradient_masking == fresh.gradient_masking

@@ -86,6 +86,20 @@ def test_entry_has_a_committed_evaluation_of_this_very_file(name: str) -> None:
     assert len(mtlat24) == 24 and mtlat24 <= done <= mtlat24 | extra and rec.dataset.n_images == 500
 
 
+def test_every_committed_transfer_column_was_crafted_on_the_zoo_surrogate() -> None:
+    """One surrogate for the whole table: transfer columns of two surrogates do not compare."""
+    surrogate = read_card(ZOO / "vgg_surrogate.json").sha256
+    results = [*RESULTS.glob("*.json"), *(ROOT / "papers" / "shapes").glob("*/*__n*.json")]
+    crafted = {
+        (f.name, k, e.surrogate.sha256)
+        for f in results
+        for k, e in read_record(f).perturbations.items()
+        if e.surrogate is not None
+    }
+    assert {f for f, _, _ in crafted} >= {f.name for f in RESULTS.glob("*.json")}
+    assert [c for c in crafted if c[2] != surrogate] == []
+
+
 def test_every_spelling_of_an_entry_is_one_model_id() -> None:
     from robench.models.zoo import zoo_model_id
 

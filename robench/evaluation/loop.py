@@ -415,6 +415,7 @@ def evaluate_record(
         rec = steps.noted(rec)  # the batch size actually used, once it stepped down
         return write_record(rec, path) if world.is_main else rec
 
+    record = _forget_old_surrogate(record, names, cfg, device, path)
     pending = [n for n in names if not _complete(record, n)]
     _check_released(ds.released, pending)  # a missing released file fails now, before any work
     parts, done = _parts(record, names, pending, ds, cfg, len(indices), attack_runner)
@@ -532,6 +533,36 @@ def _check_released(released: ReleasedCorruptions | None, names: list[str]) -> N
     for n in names:
         if released is not None and n in released:
             released.check(n)
+
+
+def _forget_old_surrogate(
+    record: Record, names: list[str], cfg: EvalConfig, device: str, path: Path
+) -> Record:
+    """``record`` without the transfer columns of ``names`` crafted on another surrogate.
+
+    Its masking checks (one compares against a transfer attack) go too when this run redoes them,
+    i.e. when it scores a white-box attack; columns this run does not compute are left as they are.
+    """
+    if not any(
+        record.perturbations[k].surrogate is not None for k in names if k in record.perturbations
+    ):
+        return record
+    from robench.evaluation.attack_step import resolve_surrogate
+
+    sur = resolve_surrogate(cfg.surrogate, cfg.dataset, device)
+    stale = [k for k in record.crafted_elsewhere(None if sur is None else sur.sha256) if k in names]
+    if not stale:
+        return record
+    log.warning(
+        "%s: %s crafted on another surrogate than %s; computing them again",
+        path.name,
+        ", ".join(stale),
+        "?" if sur is None else sur.source,
+    )
+    kept = {k: e for k, e in record.perturbations.items() if k not in stale}
+    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
+    masking = None if whitebox else record.gradient_masking
+    return replace(record, perturbations=kept, gradient_masking=masking)
 
 
 def _complete(record: Record, name: str) -> bool:

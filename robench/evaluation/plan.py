@@ -218,7 +218,13 @@ def _corruption_cost(
 
 
 def _pending(
-    loaded: LoadedModel, cfg: EvalConfig, out: Path, n: int, info: DatasetInfo, resume: bool
+    loaded: LoadedModel,
+    cfg: EvalConfig,
+    out: Path,
+    n: int,
+    info: DatasetInfo,
+    resume: bool,
+    surrogate: LoadedModel | None = None,
 ) -> tuple[bool, list[str], bool]:
     """(clean to do, perturbations to do, masking checks to do) of a run that would resume."""
     names = cfg.names()
@@ -233,9 +239,15 @@ def _pending(
         return True, names, whitebox
     if rec.run_key != key:
         return True, names, whitebox
-    done = rec.done()
+    stale = [
+        k
+        for k in rec.crafted_elsewhere(None if surrogate is None else surrogate.sha256)
+        if k in names
+    ]
+    done = {k: e for k, e in rec.done().items() if k not in stale}
     todo = [k for k in names if k not in done]
-    return rec.clean is None, todo, whitebox and rec.gradient_masking is None
+    masking = rec.gradient_masking is None or bool(stale)
+    return rec.clean is None, todo, whitebox and masking
 
 
 def _per_image(timer: Callable[[int], float], limit: int) -> tuple[float, int]:
@@ -276,7 +288,7 @@ def _count_model(
     from robench.evaluation.attack_step import _transfer_key
 
     n, sur, out = ctx["n"], ctx["surrogate"], ctx["out"]
-    clean, todo, masking = _pending(loaded, cfg, out, n, ctx["info"], resume)
+    clean, todo, masking = _pending(loaded, cfg, out, n, ctx["info"], resume, sur)
     model = loaded.model.to(ctx["device"]).eval()
     fwd, grad = costs.of(model, who)
     sfwd, sgrad = (

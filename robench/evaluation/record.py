@@ -298,6 +298,20 @@ class Record(JsonSection):
         """The computed (not skipped) perturbations, in the file's order."""
         return {k: e for k, e in self.perturbations.items() if e.done}
 
+    def crafted_elsewhere(self, sha256: str | None) -> list[str]:
+        """Transfer columns crafted on a surrogate other than the one hashing to ``sha256``.
+
+        A resumed run recomputes them: a retrained surrogate changes every transfer column, and a
+        record must not keep numbers from the old one under the new one's name.
+        """
+        if sha256 is None:
+            return []
+        return [
+            k
+            for k, e in self.perturbations.items()
+            if e.surrogate is not None and e.surrogate.sha256 not in (None, sha256)
+        ]
+
     def with_result(self, name: str, result: PerturbationResult) -> Record:
         """This record with perturbation ``name`` set (and listed in ``config.perturbations``)."""
         names = tuple(sorted({*self.config.perturbations, name}))
