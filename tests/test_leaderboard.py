@@ -347,3 +347,22 @@ def test_a_released_run_is_its_own_protocol_never_mixed(data: dict[str, Any]) ->
     assert find_baseline(noisy, board) is base
     assert find_baseline(released, board) is None
     assert find_baseline(released, [*board, base_released]) is base_released
+
+
+def test_provenance_names_the_surrogate_of_each_transfer_column(data: dict[str, Any]) -> None:
+    from dataclasses import replace
+
+    from robench.evaluation.record import SurrogateRef
+    from robench.report.leaderboard.site import provenance
+
+    rec: Record = data["base"]
+    a, b = list(rec.perturbations)[:2]
+    sur = SurrogateRef(id="vgg", source="zoo:shapes/vgg_surrogate", sha256="ab" * 32)
+    other = replace(sur, sha256="cd" * 32)
+    perts = dict(rec.perturbations)
+    perts[a] = replace(perts[a], surrogate=sur)
+    perts[b] = replace(perts[b], surrogate=other)
+    rows = dict(provenance(replace(rec, perturbations=perts), Path("r.json"), "0" * 64))
+    assert rows[f"transfer surrogate ({a})"] == f"zoo:shapes/vgg_surrogate (sha256 {'ab' * 32})"
+    assert rows[f"transfer surrogate ({b})"].endswith(f"(sha256 {'cd' * 32})")
+    assert not any(k.startswith("transfer surrogate") for k, _ in provenance(rec, Path("r"), ""))

@@ -383,6 +383,15 @@ def eval_command(rec: Record) -> str:
     return shlex.join(parts)
 
 
+def _surrogates(rec: Record) -> dict[str, Any]:
+    """The surrogates the transfer columns were crafted on, each with the columns it crafted."""
+    by: dict[Any, list[str]] = {}
+    for k, e in rec.perturbations.items():
+        if e.surrogate is not None:
+            by.setdefault(e.surrogate, []).append(k)
+    return {", ".join(ks): sur for sur, ks in by.items()}
+
+
 def provenance(rec: Record, source: Path, source_sha256: str) -> list[tuple[str, str]]:
     """Everything needed to trace and rerun the result."""
     m, cfg, ds = rec.model, rec.config, rec.dataset
@@ -405,6 +414,10 @@ def provenance(rec: Record, source: Path, source_sha256: str) -> list[tuple[str,
             eval_command(rec)
             if m.kind != "python"
             else "none: the model was passed to robench.evaluate as a Python object",
+        ),
+        *(
+            (f"transfer surrogate ({k})", f"{sur.source} (sha256 {sur.sha256})")
+            for k, sur in _surrogates(rec).items()
         ),
         ("result file", f"{source.name} (sha256 {source_sha256})"),
         ("created / updated", f"{rec.created} / {rec.updated}"),
