@@ -54,3 +54,19 @@ def test_claims_verdicts_are_from_the_fixed_set(tmp_path: Path) -> None:
     for row in rows:
         verdict = row.split("|")[-2].strip()
         assert verdict.startswith(("holds", "does not hold", "not measurable")), row
+
+
+def test_mat_verdict_judges_only_a_sweep_that_separates_the_models() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "scripts" / "claims.py")
+    assert spec is not None and spec.loader is not None
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    se = dict.fromkeys(("standard", "fgsm", "mat_parallel"), 0.01)
+    close = {"standard": 0.97, "fgsm": 0.98, "mat_parallel": 0.995}  # 0.025 <= 2 * 0.0141
+    assert claims.mat_verdict(close, se).startswith("not measurable")
+    apart = {"standard": 0.6, "fgsm": 0.7, "mat_parallel": 0.8}
+    assert claims.mat_verdict(apart, se) == "holds"
+    assert claims.mat_verdict({**apart, "fgsm": 0.9}, se) == "does not hold"
+    assert claims.mat_verdict({**apart, "standard": 0.75, "fgsm": 0.5}, se) == "does not hold"
