@@ -196,7 +196,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
             "original 53.73, single 65.86, mixed 65.81, parallel 75.35",
             ", ".join(f"{k} {v:.3f} (R {rel[k]:.3f})" for k, v in sweep.items())
             + " (fgsm_transfer, 0.5..5/255)",
-            mat_verdict(rel, se),
+            mat_verdict(rel, se, {n: card(n)["epochs"] for n in rel}),
         )
     )
     try:
@@ -249,12 +249,16 @@ def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
         print("| " + " | ".join(row) + " |")
 
 
-def mat_verdict(rel: dict[str, float], se: dict[str, float]) -> str:
+def mat_verdict(rel: dict[str, float], se: dict[str, float], epochs: dict[str, int]) -> str:
     """Parallel MAT keeps the most of its accuracy over the sweep and `standard` the least.
 
-    Judged only where the sweep separates the models: when the highest and lowest R differ by
-    less than two standard errors, the strengths are too weak on `shapes` to show a working range.
+    Judged only between models trained equally long (as the clean-accuracy rows are), and only
+    where the sweep separates them: when the highest and lowest R differ by less than two
+    standard errors, the strengths are too weak on `shapes` to show a working range.
     """
+    if len(set(epochs.values())) > 1:
+        trained = ", ".join(f"{k} {v} ep" for k, v in epochs.items())
+        return f"not measurable: trained unequally long ({trained})"
     order = sorted(rel, key=rel.__getitem__)
     lo, hi = order[0], order[-1]
     if rel[hi] - rel[lo] <= 2 * math.sqrt(se[lo] ** 2 + se[hi] ** 2):

@@ -64,9 +64,14 @@ def test_mat_verdict_judges_only_a_sweep_that_separates_the_models() -> None:
     claims = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claims)
     se = dict.fromkeys(("standard", "fgsm", "mat_parallel"), 0.01)
+    ep = dict.fromkeys(se, 20)
     close = {"standard": 0.97, "fgsm": 0.98, "mat_parallel": 0.995}  # 0.025 <= 2 * 0.0141
-    assert claims.mat_verdict(close, se).startswith("not measurable")
+    assert claims.mat_verdict(close, se, ep).startswith("not measurable")
     apart = {"standard": 0.6, "fgsm": 0.7, "mat_parallel": 0.8}
-    assert claims.mat_verdict(apart, se) == "holds"
-    assert claims.mat_verdict({**apart, "fgsm": 0.9}, se) == "does not hold"
-    assert claims.mat_verdict({**apart, "standard": 0.75, "fgsm": 0.5}, se) == "does not hold"
+    assert claims.mat_verdict(apart, se, ep) == "holds"
+    assert claims.mat_verdict({**apart, "fgsm": 0.9}, se, ep) == "does not hold"
+    assert claims.mat_verdict({**apart, "standard": 0.75, "fgsm": 0.5}, se, ep) == "does not hold"
+    unequal = claims.mat_verdict(apart, se, {**ep, "mat_parallel": 3})
+    assert unequal == (
+        "not measurable: trained unequally long (standard 20 ep, fgsm 20 ep, mat_parallel 3 ep)"
+    )
