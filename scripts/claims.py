@@ -66,8 +66,12 @@ def clean_gap(a: str, b: str) -> tuple[float, float, float, bool]:
     """Clean accuracy of a and b (b trained as long as a), difference, and whether > 2 SE."""
     pa = card(a)["clean_accuracy"]
     pb = card_at(b, card(a)["epochs"])["clean_accuracy"]
-    se = math.sqrt(pa * (1 - pa) / N_TEST + pb * (1 - pb) / N_TEST)
-    return pa, pb, pa - pb, abs(pa - pb) > 2 * se
+    return pa, pb, pa - pb, abs(pa - pb) > two_se(pa, pb)
+
+
+def two_se(pa: float, pb: float) -> float:
+    """Two standard errors of the difference of two accuracies on the 2000 test images."""
+    return 2 * math.sqrt(pa * (1 - pa) / N_TEST + pb * (1 - pb) / N_TEST)
 
 
 def ep(name: str) -> str:
@@ -270,10 +274,9 @@ def limited_mixup_row() -> tuple[str, str, str, str]:
     """Mixup against standard below the ceiling: both trained on the first 2000 training images."""
     mix, std = card("mixup", LIMITED), card("standard", LIMITED)
     pa, pb = mix["clean_accuracy"], std["clean_accuracy"]
-    se = math.sqrt(pa * (1 - pa) / N_TEST + pb * (1 - pb) / N_TEST)
-    if pa - pb > 2 * se:
+    if pa - pb > two_se(pa, pb):
         verdict = "holds"
-    elif pb - pa > 2 * se:
+    elif pb - pa > two_se(pa, pb):
         verdict = "does not hold"
     else:
         verdict = "not measurable (within 2 SE)"

@@ -490,8 +490,7 @@ def _parts(
     attack_runner: Callable[..., PerturbationResult] | None,
 ) -> tuple[list[Part], list[str]]:
     """The run's parts for the progress bar, weighted as the dry run counts them, and those done."""
-    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
-    checks = attack_runner is not None and whitebox
+    checks = attack_runner is not None and scores_whitebox(names)
     parts = run_parts(
         names,
         n,
@@ -550,7 +549,7 @@ def _forget_old_surrogate(
     from robench.evaluation.attack_step import resolve_surrogate
 
     sur = resolve_surrogate(cfg.surrogate, cfg.dataset, device)
-    stale = [k for k in record.crafted_elsewhere(None if sur is None else sur.sha256) if k in names]
+    stale = record.crafted_elsewhere(None if sur is None else sur.sha256, names)
     if not stale:
         return record
     log.warning(
@@ -560,9 +559,13 @@ def _forget_old_surrogate(
         "?" if sur is None else sur.source,
     )
     kept = {k: e for k, e in record.perturbations.items() if k not in stale}
-    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
-    masking = None if whitebox else record.gradient_masking
+    masking = None if scores_whitebox(names) else record.gradient_masking
     return replace(record, perturbations=kept, gradient_masking=masking)
+
+
+def scores_whitebox(names: list[str]) -> bool:
+    """Whether a run of ``names`` scores a white-box attack (and so runs the masking checks)."""
+    return any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
 
 
 def _complete(record: Record, name: str) -> bool:

@@ -32,7 +32,14 @@ from robench import perturbations as P
 from robench._distributed import resolve_device
 from robench.data import DatasetInfo, ReleasedCorruptions
 from robench.data.storage import storage_of, stored
-from robench.evaluation.loop import EvalConfig, run_key, run_stem, select_indices, severities_of
+from robench.evaluation.loop import (
+    EvalConfig,
+    run_key,
+    run_stem,
+    scores_whitebox,
+    select_indices,
+    severities_of,
+)
 from robench.evaluation.record import ResultError, read_record
 from robench.models.loading import LoadedModel
 
@@ -228,7 +235,7 @@ def _pending(
 ) -> tuple[bool, list[str], bool]:
     """(clean to do, perturbations to do, masking checks to do) of a run that would resume."""
     names = cfg.names()
-    whitebox = any(k in P.PERTURBATIONS and P.get(k).family == "white-box" for k in names)
+    whitebox = scores_whitebox(names)
     path = out / f"{run_stem(loaded.model_id, cfg, n)}.json"
     key = run_key(loaded, cfg, info, n)
     if not (resume and path.exists()):
@@ -239,11 +246,7 @@ def _pending(
         return True, names, whitebox
     if rec.run_key != key:
         return True, names, whitebox
-    stale = [
-        k
-        for k in rec.crafted_elsewhere(None if surrogate is None else surrogate.sha256)
-        if k in names
-    ]
+    stale = rec.crafted_elsewhere(None if surrogate is None else surrogate.sha256, names)
     done = {k: e for k, e in rec.done().items() if k not in stale}
     todo = [k for k in names if k not in done]
     masking = rec.gradient_masking is None or bool(stale)

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -298,8 +298,8 @@ class Record(JsonSection):
         """The computed (not skipped) perturbations, in the file's order."""
         return {k: e for k, e in self.perturbations.items() if e.done}
 
-    def crafted_elsewhere(self, sha256: str | None) -> list[str]:
-        """Transfer columns crafted on a surrogate other than the one hashing to ``sha256``.
+    def crafted_elsewhere(self, sha256: str | None, names: Collection[str]) -> list[str]:
+        """The transfer columns among ``names`` crafted on a surrogate not hashing to ``sha256``.
 
         A resumed run recomputes them: a retrained surrogate changes every transfer column, and a
         record must not keep numbers from the old one under the new one's name.
@@ -309,7 +309,7 @@ class Record(JsonSection):
         return [
             k
             for k, e in self.perturbations.items()
-            if e.surrogate is not None and e.surrogate.sha256 not in (None, sha256)
+            if k in names and e.surrogate is not None and e.surrogate.sha256 not in (None, sha256)
         ]
 
     def with_result(self, name: str, result: PerturbationResult) -> Record:
