@@ -418,62 +418,38 @@ def evaluate_cmd(
     from robench import _distributed as distributed
     from robench import evaluate
 
+    # the options evaluate and its dry run share
+    common: dict[str, Any] = dict(
+        dataset=dataset,
+        data_root=None if data_root is None else str(data_root),
+        suite=suite,
+        perturbations=perturbations,
+        n_images=None if all_images else n_images,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        out=out,
+        resume=resume,
+        baseline=baseline,
+        surrogate=surrogate,
+        model_id=model_id,
+        arch=arch,
+        weights=weights,
+        trust_pickle=trust_pickle,
+        preset=preset,
+        image_size=image_size,
+        as_released=as_released,
+        attack_on=attack_on,
+    )
     if dry_run:
         from robench.evaluation.plan import plan_evaluation
 
-        plan = plan_evaluation(
-            model,
-            dataset=dataset,
-            data_root=None if data_root is None else str(data_root),
-            suite=suite,
-            perturbations=perturbations,
-            n_images=None if all_images else n_images,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-            out=out,
-            resume=resume,
-            baseline=baseline,
-            surrogate=surrogate,
-            model_id=model_id,
-            arch=arch,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            preset=preset,
-            image_size=image_size,
-            as_released=as_released,
-            attack_on=attack_on,
-        )
+        plan = plan_evaluation(model, **common)
         if (distributed.env_world() or distributed.World()).is_main:
             click.echo(str(plan))
         return
     try:
-        report = evaluate(
-            model,
-            dataset=dataset,
-            data_root=None if data_root is None else str(data_root),
-            download=download,
-            suite=suite,
-            perturbations=perturbations,
-            n_images=None if all_images else n_images,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-            out=out,
-            resume=resume,
-            baseline=baseline,
-            surrogate=surrogate,
-            model_id=model_id,
-            arch=arch,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            progress=True,
-            plots=not no_plots,
-            preset=preset,
-            image_size=image_size,
-            as_released=as_released,
-            attack_on=attack_on,
-        )
+        report = evaluate(model, download=download, progress=True, plots=not no_plots, **common)
         if not distributed.world().is_main:
             return
     finally:
