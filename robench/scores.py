@@ -152,14 +152,21 @@ class RDifference:
 
 
 def _per_image(clean: ArrayLike, perturbed: ArrayLike) -> tuple[NDArray[np.float64], ...]:
-    """Clean correctness (n,) and perturbed score (n,): the mean over severities of (k, n)."""
+    """Clean correctness times k (n,) and perturbed correct count over the k severities (n,).
+
+    Both are scaled by the number of severities k, so R = sum(perturbed) / sum(clean) is unchanged
+    and, for 0/1 correctness, every entry is a whole number: the (re)sampled column sums are then
+    exact in float64 whatever order a multi-threaded BLAS adds them in. With the mean over
+    severities they were not, and a resample whose dR* is 0 in exact arithmetic could land on
+    either side of 0 depending on the thread count, moving the p-value.
+    """
     c = np.asarray(clean, dtype=np.float64)
     p = np.asarray(perturbed, dtype=np.float64)
     if c.ndim != 1 or p.ndim not in (1, 2) or p.shape[-1] != c.shape[0]:
         raise ValueError(
             f"need clean (n,) and perturbed (n,) or (severities, n), got {c.shape} and {p.shape}"
         )
-    return c, (p if p.ndim == 1 else p.mean(axis=0))
+    return (c, p) if p.ndim == 1 else (c * p.shape[0], p.sum(axis=0))
 
 
 def _paired_table(

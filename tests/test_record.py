@@ -115,6 +115,37 @@ def test_scoring_a_committed_result_again_gives_the_committed_numbers() -> None:
         assert again.to_dict() == rec.to_dict(), name
 
 
+_RESCORE = """
+import json, sys
+from robench.evaluation.record import read_record
+from robench.evaluation.scoring import score_record
+rec, base = read_record(sys.argv[1]), read_record(sys.argv[2])
+print(json.dumps(score_record(rec, base, list(rec.perturbations)).to_dict(), sort_keys=True))
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_scores_do_not_depend_on_the_thread_count(threads: str) -> None:
+    # the bootstrap's resampled sums go through a BLAS product, whose summation order follows the
+    # thread count: with fractional per-image scores, a dR* that is 0 exactly fell on either side
+    # of 0, and the committed p-values only came back on the committing machine's thread count
+    import os
+    import subprocess
+    import sys
+
+    folder = Path(__file__).parents[1] / "leaderboard/shapes"
+    rec, base = (folder / f"{m}__shapes__s0__n500.json" for m in ("mixup", "standard"))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    done = subprocess.run(
+        [sys.executable, "-c", _RESCORE, str(rec), str(base)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(done.stdout) == read_record(rec).to_dict()
+
+
 def _good() -> dict[str, Any]:
     return json.loads(COMMITTED[0].read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
