@@ -88,15 +88,25 @@ def clean_verdict(a: str, b: str, *, want: str) -> tuple[str, str]:
     ``kept`` holds unless a is significantly below b; ``above`` needs a significantly above b.
     Where both sit at the ceiling and the gap is within 2 SE, the split cannot tell: not measurable.
     """
-    pa, pb, d, sig = clean_gap(a, b)
+    pa, pb, _, sig = clean_gap(a, b)
     figure = f"{pa:.4f} vs {pb:.4f} (both {ep(a)})"
     if not sig and min(pa, pb) >= CEILING:
         return figure, f"not measurable: both at the ceiling (>= {CEILING}), gap within 2 SE"
+    return figure, gap_verdict(pa, pb, want)
+
+
+def gap_verdict(pa: float, pb: float, want: str) -> str:
+    """Whether clean accuracy ``pa`` is ``want`` (``above`` or ``kept``) ``pb``, judged at 2 SE.
+
+    ``kept`` holds unless pa is below pb by more than 2 SE; ``above`` needs pa above pb by more
+    than 2 SE, is "not measurable" within 2 SE and "does not hold" below.
+    """
+    bound = two_se(pa, pb)
     if want == "kept":
-        return figure, "does not hold" if d < 0 and sig else "holds"
-    if d > 0 and sig:
-        return figure, "holds"
-    return figure, "not measurable (within 2 SE)" if not sig else "does not hold"
+        return "does not hold" if pb - pa > bound else "holds"
+    if pa - pb > bound:
+        return "holds"
+    return "does not hold" if pb - pa > bound else "not measurable (within 2 SE)"
 
 
 def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
@@ -280,20 +290,11 @@ def mat_verdict(rel: dict[str, float], se: dict[str, float], epochs: dict[str, i
 def limited_row(a: str, b: str, want: str, claim: str, paper: str) -> tuple[str, str, str, str]:
     """``a`` against ``b`` below the ceiling: both trained on the first 2000 training images.
 
-    ``want`` is ``above`` (a must beat b beyond 2 SE) or ``kept`` (a must not fall below b beyond
-    2 SE), as in :func:`clean_verdict`.
+    ``want`` is judged by :func:`gap_verdict`, as in :func:`clean_verdict` (no ceiling there).
     """
     ca, cb = card(a, LIMITED), card(b, LIMITED)
     pa, pb = ca["clean_accuracy"], cb["clean_accuracy"]
-    bound = two_se(pa, pb)
-    if want == "kept":
-        verdict = "does not hold" if pb - pa > bound else "holds"
-    elif pa - pb > bound:
-        verdict = "holds"
-    elif pb - pa > bound:
-        verdict = "does not hold"
-    else:
-        verdict = "not measurable (within 2 SE)"
+    verdict = gap_verdict(pa, pb, want)
     n = re.search(r"--train-images (\d+)", ca["command"]).group(1)  # type: ignore[union-attr]
     same = ca["epochs"] == cb["epochs"]
     epochs = f"both {ca['epochs']} ep" if same else f"{ca['epochs']} vs {cb['epochs']} ep"

@@ -7,9 +7,11 @@ model, a rescored record or a changed verdict rule that is not carried into the 
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,13 +58,34 @@ def test_claims_verdicts_are_from_the_fixed_set(tmp_path: Path) -> None:
         assert verdict.startswith(("holds", "does not hold", "not measurable")), row
 
 
-def test_mat_verdict_judges_only_a_sweep_that_separates_the_models() -> None:
+def _claims() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("claims", ROOT / "scripts" / "claims.py")
     assert spec is not None and spec.loader is not None
     claims = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(claims)
+    return claims
+
+
+def test_gap_verdict_judges_clean_accuracy_at_two_standard_errors() -> None:
+    claims = _claims()
+    gap = claims.gap_verdict
+    # two SE of the difference on the 2000 test images, by hand (about 0.0177)
+    hand = 2 * math.sqrt((0.917 * 0.083 + 0.9115 * 0.0885) / 2000)
+    assert claims.two_se(0.917, 0.9115) == pytest.approx(hand, rel=1e-12)
+    assert gap(0.917, 0.9115, "kept") == "holds"
+    assert gap(0.917, 0.9115, "above") == "not measurable (within 2 SE)"
+    # beyond it either way (each pair's own 2 SE is below 0.021), and within it from below
+    assert gap(0.95, 0.9115, "above") == "holds"
+    assert gap(0.875, 0.9115, "above") == "does not hold"
+    assert gap(0.875, 0.9115, "kept") == "does not hold"
+    assert gap(0.9, 0.9115, "kept") == "holds"
+    assert gap(0.9, 0.9115, "above") == "not measurable (within 2 SE)"
+
+
+def test_mat_verdict_judges_only_a_sweep_that_separates_the_models() -> None:
+    claims = _claims()
     se = dict.fromkeys(("standard", "fgsm", "mat_parallel"), 0.01)
     ep = dict.fromkeys(se, 20)
     close = {"standard": 0.97, "fgsm": 0.98, "mat_parallel": 0.995}  # 0.025 <= 2 * 0.0141
