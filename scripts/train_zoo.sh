@@ -18,8 +18,9 @@ mkdir -p "$stage/$zoo/shapes"
 cd "$stage"
 export ROBENCH_ZOO="$stage/$zoo"
 
-# MAT's accuracy matrix: single-strength runs long enough to be far above chance (the defaults, 2+1
-# epochs on 4000 images, leave them near 0.3 on shapes, where the walk would choose on noise)
+# MAT's accuracy matrix: single-strength runs long enough to be far above chance. These equal the
+# defaults now (2 + 1 epochs left them near 0.3 on shapes, where the walk chose on noise); they stay
+# explicit because the committed mat_mixed card was trained, and records its command, with them.
 WALK="-o walk_pretrain_epochs=8 -o walk_epochs=2"
 declare -A ARGS=(
   [standard]="--defense standard --epochs 20"
