@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 import types
 import typing
 from importlib import resources
@@ -129,10 +132,6 @@ def test_scores_do_not_depend_on_the_thread_count(threads: str) -> None:
     # the bootstrap's resampled sums go through a BLAS product, whose summation order follows the
     # thread count: with fractional per-image scores, a dR* that is 0 exactly fell on either side
     # of 0, and the committed p-values only came back on the committing machine's thread count
-    import os
-    import subprocess
-    import sys
-
     folder = Path(__file__).parents[1] / "leaderboard/shapes"
     rec, base = (folder / f"{m}__shapes__s0__n500.json" for m in ("mixup", "standard"))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
