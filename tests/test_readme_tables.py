@@ -84,6 +84,23 @@ def test_gap_verdict_judges_clean_accuracy_at_two_standard_errors() -> None:
     assert gap(0.9, 0.9115, "above") == "not measurable (within 2 SE)"
 
 
+def test_tlat_verdict_needs_every_other_training_beaten_beyond_two_standard_errors() -> None:
+    claims = _claims()
+    verdict = claims.tlat_verdict
+    # near 0.94 two SE of a difference is about 0.015 on the 2000 test images
+    apart = {"tlat": 0.95, "targeted_fgsm": 0.93, "label_smoothing": 0.92, "fgsm": 0.91}
+    assert verdict(apart) == "holds"
+    one_close = {**apart, "targeted_fgsm": 0.945}
+    assert verdict(one_close) == (
+        "not measurable: above label_smoothing, fgsm beyond 2 SE, within 2 SE of targeted_fgsm"
+    )
+    assert verdict({**apart, "fgsm": 0.97}) == "does not hold (below fgsm)"
+    assert verdict({"tlat": 0.93, "fgsm": 0.93}) == "not measurable (within 2 SE)"
+    top = {"tlat": 0.997, "targeted_fgsm": 0.998, "fgsm": 0.997}
+    assert verdict(top, ceiling=True).startswith("not measurable: at the ceiling")
+    assert verdict(top) == "not measurable (within 2 SE)"
+
+
 def test_mat_verdict_judges_only_a_sweep_that_separates_the_models() -> None:
     claims = _claims()
     se = dict.fromkeys(("standard", "fgsm", "mat_parallel"), 0.01)
