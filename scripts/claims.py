@@ -258,20 +258,40 @@ def main() -> None:  # noqa: C901, PLR0915 - one table, row by row
 
 
 def mat_verdict(rel: dict[str, float], se: dict[str, float], epochs: dict[str, int]) -> str:
-    """Parallel MAT keeps the most of its accuracy over the sweep and `standard` the least.
+    """Parallel MAT keeps more of its accuracy over the sweep than every other model.
 
     Judged only between models trained equally long (as the clean-accuracy rows are), and only
     where the sweep separates them: when the highest and lowest R differ by less than two
-    standard errors, the strengths are too weak on `shapes` to show a working range.
+    standard errors, the strengths are too weak on `shapes` to show a working range. Each gap
+    counts beyond two standard errors of the difference (:func:`lead_verdict`).
     """
     if len(set(epochs.values())) > 1:
         trained = ", ".join(f"{k} {v} ep" for k, v in epochs.items())
         return f"not measurable: trained unequally long ({trained})"
-    order = sorted(rel, key=rel.__getitem__)
-    lo, hi = order[0], order[-1]
-    if rel[hi] - rel[lo] <= 2 * math.sqrt(se[lo] ** 2 + se[hi] ** 2):
+    lo, hi = min(rel, key=rel.__getitem__), max(rel, key=rel.__getitem__)
+    if rel[hi] - rel[lo] <= 2 * math.hypot(se[lo], se[hi]):
         return "not measurable: the sweep moves no model's R beyond 2 SE of another's"
-    return "holds" if hi == "mat_parallel" and lo == "standard" else "does not hold"
+    p = "mat_parallel"
+    gaps = {n: (rel[p] - r, 2 * math.hypot(se[p], se[n])) for n, r in rel.items() if n != p}
+    return lead_verdict(gaps)
+
+
+def lead_verdict(gaps: dict[str, tuple[float, float]]) -> str:
+    """Whether one model leads every other: ``gaps`` maps each to (difference, its 2-SE bound).
+
+    "holds" when every difference is above its bound, "does not hold (below ...)" when any is
+    below minus its bound, otherwise "not measurable", naming which gaps count and which do not.
+    """
+    below = [n for n, (d, b) in gaps.items() if d < -b]
+    beaten = [n for n, (d, b) in gaps.items() if d > b]
+    if below:
+        return "does not hold (below " + ", ".join(below) + ")"
+    if gaps and len(beaten) == len(gaps):
+        return "holds"
+    if beaten:
+        close = ", ".join(n for n in gaps if n not in beaten)
+        return f"not measurable: above {', '.join(beaten)} beyond 2 SE, within 2 SE of {close}"
+    return "not measurable (within 2 SE)"
 
 
 def limited_row(a: str, b: str, want: str, claim: str, paper: str) -> tuple[str, str, str, str]:
@@ -295,23 +315,15 @@ TLAT_PAPER = "TLAT 69.4, targeted 68.3, LS 67.1, FGSM 65.8"
 def tlat_verdict(accs: dict[str, float], *, ceiling: bool = False) -> str:
     """Whether ``accs["tlat"]`` is above every other clean accuracy in ``accs`` beyond 2 SE.
 
-    Each pair is judged by :func:`gap_verdict`. With ``ceiling``, gaps all within 2 SE with every
-    model at the ceiling are reported as the ceiling hiding them (the full-data zoo).
+    Each pair is judged at two standard errors of its difference (:func:`lead_verdict`). With
+    ``ceiling``, gaps all within 2 SE with every model at the ceiling are reported as the ceiling
+    hiding them (the full-data zoo).
     """
     t = accs["tlat"]
-    judged = {n: gap_verdict(t, p, "above") for n, p in accs.items() if n != "tlat"}
-    below = [n for n, v in judged.items() if v == "does not hold"]
-    beaten = [n for n, v in judged.items() if v == "holds"]
-    if below:
-        return "does not hold (below " + ", ".join(below) + ")"
-    if judged and len(beaten) == len(judged):
-        return "holds"
-    if ceiling and not beaten and min(accs.values()) >= CEILING:
+    gaps = {n: (t - a, two_se(t, a)) for n, a in accs.items() if n != "tlat"}
+    if ceiling and all(abs(d) <= b for d, b in gaps.values()) and min(accs.values()) >= CEILING:
         return f"not measurable: at the ceiling (>= {CEILING}), gaps within 2 SE"
-    if beaten:
-        close = ", ".join(n for n in judged if n not in beaten)
-        return f"not measurable: above {', '.join(beaten)} beyond 2 SE, within 2 SE of {close}"
-    return "not measurable (within 2 SE)"
+    return lead_verdict(gaps)
 
 
 def limited_setting(*names: str) -> str:
