@@ -56,6 +56,20 @@ def _small(seed: int = 0) -> torch.nn.Module:
     return create_model("small_cnn", 10, width=4).eval()
 
 
+def _save_small(m: torch.nn.Module, path: Path) -> str:
+    """``m`` (a width-4 small_cnn) as a robench checkpoint at ``path``; returns the path."""
+    meta = CheckpointMeta(
+        arch="small_cnn",
+        arch_kwargs={"width": 4},
+        num_classes=10,
+        input_size=32,
+        mean=tuple(m.normalize.mean.flatten().tolist()),
+        std=tuple(m.normalize.std.flatten().tolist()),
+    )
+    save_checkpoint(m, path, meta)
+    return str(path)
+
+
 def test_torchscript_and_state_dict_models_score_end_to_end(tmp_path: Path) -> None:
     torch.manual_seed(0)
     plain = PlainNet().eval()
@@ -88,21 +102,9 @@ def test_torchscript_and_state_dict_models_score_end_to_end(tmp_path: Path) -> N
 
 def test_robench_checkpoint_clean_accuracy_equals_independent_count(tmp_path: Path) -> None:
     m = _small(2)
-    path = tmp_path / "m.pt"
-    save_checkpoint(
-        m,
-        path,
-        CheckpointMeta(
-            arch="small_cnn",
-            arch_kwargs={"width": 4},
-            num_classes=10,
-            input_size=32,
-            mean=tuple(m.normalize.mean.flatten().tolist()),
-            std=tuple(m.normalize.std.flatten().tolist()),
-        ),
-    )
+    path = _save_small(m, tmp_path / "m.pt")
     rep = evaluate(
-        str(path), perturbations=FAST, n_images=80, out=tmp_path / "r", baseline="none", plots=False
+        path, perturbations=FAST, n_images=80, out=tmp_path / "r", baseline="none", plots=False
     )
     assert rep.clean_accuracy == pytest.approx(_independent_accuracy(m, 80))
     per = rep.record.perturbations["gaussian_noise"]
@@ -224,6 +226,31 @@ def test_resume_never_recomputes_a_finished_perturbation(
         resume=False,
     )
     assert calls == ["gaussian_noise", "contrast"]
+
+
+def test_a_rerun_that_computes_nothing_leaves_both_records_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _save_small(_small(0), tmp_path / "base.pt")
+    out = tmp_path / "r"
+
+    def run(names: list[str]) -> dict[str, bytes]:
+        other = _small(5)
+        kw = {"n_images": 40, "out": out, "baseline": base, "plots": False}
+        evaluate(other, model_id="other", perturbations=names, **kw)
+        return {p.name: p.read_bytes() for p in sorted(out.glob("*.json"))}
+
+    first = run(["contrast"])
+    assert len(first) == 2  # the model's record and the baseline's, both computed here
+    # a later clock: a rewrite would show in `updated` even within the same second
+    from robench.evaluation import record as record_module
+
+    monkeypatch.setattr(record_module, "_now", lambda: "2099-01-01T00:00:00Z")
+    assert run(["contrast"]) == first
+    more = run(["contrast", "gaussian_noise"])  # new work: both files are written again
+    for name, data in more.items():
+        assert data != first[name]
+        assert json.loads(data)["updated"] == "2099-01-01T00:00:00Z"
 
 
 def test_markers_and_significance_against_a_baseline(tmp_path: Path) -> None:

@@ -142,6 +142,24 @@ def _with_peak_memory(record: Record) -> Record:
     )
 
 
+def _write_if_changed(record: Record, path: Path) -> Record:
+    """Write ``record`` (with this process's peak memory) unless ``path`` holds the same results.
+
+    A rerun that computed nothing and rescored to the same numbers leaves the file byte for byte
+    as it was (its ``updated`` time and environment describe the run that computed it), so a
+    committed result does not change when it is only read again.
+    """
+    try:
+        old = read_record(path)
+    except (FileNotFoundError, ResultError):
+        old = None
+    if old is not None:
+        same = replace(record, updated=old.updated, environment=old.environment)
+        if same.to_json() == old.to_json():
+            return old
+    return write_record(_with_peak_memory(record), path)
+
+
 def _baseline_record(
     baseline: str | None,
     loaded: LoadedModel,
@@ -181,7 +199,7 @@ def _baseline_record(
         )
         rec = score_record(rec, None, _all_names(cfg, rec))
         if distributed.world().is_main:
-            rec = write_record(_with_peak_memory(rec), path)
+            rec = _write_if_changed(rec, path)
     return rec
 
 
@@ -375,7 +393,7 @@ def evaluate(
         if not world.is_main:
             distributed.barrier()  # returns once rank 0 has written everything
             return EvalRun(record, {})
-        record = write_record(_with_peak_memory(record), path)
+        record = _write_if_changed(record, path)
         paths = {"json": path, **(write_outputs(record, path) if write_outputs else {})}
         distributed.barrier()
         return EvalRun(record, paths)
