@@ -41,34 +41,6 @@ def acc(r: Record, name: str) -> list[float]:
     return [s.n_correct / s.n for s in r.perturbations[name].severities]
 
 
-SIX_EPOCH_ZOO = "0b10dfa"  # the last commit whose zoo was trained for 6 epochs throughout
-
-
-def card_at(name: str, epochs: int) -> dict:  # type: ignore[type-arg]
-    """The card of ``name`` trained for ``epochs``: today's zoo, else the 6-epoch zoo in git."""
-    now = card(name)
-    if now["epochs"] == epochs or epochs != 6:
-        return now
-    import subprocess
-
-    path = f"robench/models/zoo_files/shapes/{name}.json"
-    shown = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{SIX_EPOCH_ZOO}:{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    old: dict = json.loads(shown.stdout)  # type: ignore[type-arg]
-    return old
-
-
-def clean_gap(a: str, b: str) -> tuple[float, float, float, bool]:
-    """Clean accuracy of a and b (b trained as long as a), difference, and whether > 2 SE."""
-    pa = card(a)["clean_accuracy"]
-    pb = card_at(b, card(a)["epochs"])["clean_accuracy"]
-    return pa, pb, pa - pb, abs(pa - pb) > two_se(pa, pb)
-
-
 def two_se(pa: float, pb: float) -> float:
     """Two standard errors of the difference of two accuracies on the 2000 test images."""
     return 2 * math.sqrt(pa * (1 - pa) / N_TEST + pb * (1 - pb) / N_TEST)
@@ -86,11 +58,15 @@ def clean_verdict(a: str, b: str, *, want: str) -> tuple[str, str]:
     """The figure and verdict for "a's clean accuracy is ``want`` b's" (``above`` or ``kept``).
 
     ``kept`` holds unless a is significantly below b; ``above`` needs a significantly above b.
-    Where both sit at the ceiling and the gap is within 2 SE, the split cannot tell: not measurable.
+    Where both sit at the ceiling and the gap is within 2 SE, the split cannot tell: not measurable;
+    so is a comparison of models trained for different numbers of epochs.
     """
-    pa, pb, _, sig = clean_gap(a, b)
+    pa, pb = card(a)["clean_accuracy"], card(b)["clean_accuracy"]
+    if card(a)["epochs"] != card(b)["epochs"]:
+        figure = f"{pa:.4f} vs {pb:.4f} ({ep(a)} vs {ep(b)})"
+        return figure, "not measurable: trained unequally long"
     figure = f"{pa:.4f} vs {pb:.4f} (both {ep(a)})"
-    if not sig and min(pa, pb) >= CEILING:
+    if abs(pa - pb) <= two_se(pa, pb) and min(pa, pb) >= CEILING:
         return figure, f"not measurable: both at the ceiling (>= {CEILING}), gap within 2 SE"
     return figure, gap_verdict(pa, pb, want)
 

@@ -84,6 +84,25 @@ def test_gap_verdict_judges_clean_accuracy_at_two_standard_errors() -> None:
     assert gap(0.9, 0.9115, "above") == "not measurable (within 2 SE)"
 
 
+def test_clean_verdict_compares_only_equally_long_trainings() -> None:
+    claims = _claims()
+    cards = {
+        "a": {"clean_accuracy": 0.95, "epochs": 20},
+        "b": {"clean_accuracy": 0.90, "epochs": 6},
+        "c": {"clean_accuracy": 0.997, "epochs": 20},
+        "d": {"clean_accuracy": 0.9975, "epochs": 20},
+    }
+    claims.card = cards.__getitem__  # the module is loaded fresh for this test
+    assert claims.clean_verdict("a", "b", want="above") == (
+        "0.9500 vs 0.9000 (20 ep vs 6 ep)",
+        "not measurable: trained unequally long",
+    )
+    figure, verdict = claims.clean_verdict("c", "d", want="kept")
+    assert figure == "0.9970 vs 0.9975 (both 20 ep)"
+    assert verdict.startswith("not measurable: both at the ceiling")
+    assert claims.clean_verdict("a", "c", want="kept")[1] == "does not hold"
+
+
 def test_tlat_verdict_needs_every_other_training_beaten_beyond_two_standard_errors() -> None:
     claims = _claims()
     verdict = claims.tlat_verdict
